@@ -1,0 +1,471 @@
+"""Study files: the TOML schema, its defaults and its validation.
+
+A study file is data, never code. It is turned into frozen dataclasses here and nowhere else; every
+later module sees only these objects. Unknown keys fail with a did-you-mean, out-of-range values with
+the rule and the value, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kdnas.errors import KdnasError
+
+__all__ = [
+    "STUDIES_DIR",
+    "METRICS",
+    "NumParam",
+    "ChoiceParam",
+    "DataConfig",
+    "TrainRecipe",
+    "TeacherConfig",
+    "StudentSpace",
+    "KDSpace",
+    "Objectives",
+    "Constraints",
+    "LatencyConfig",
+    "Budget",
+    "SamplerConfig",
+    "StudyConfig",
+    "load_study",
+    "resolve_study_path",
+    "study_from_dict",
+    "section_hash",
+]
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+# Objective name -> optimisation direction. Accuracy is the only objective that training moves.
+METRICS: dict[str, Literal["maximize", "minimize"]] = {
+    "val_accuracy": "maximize",
+    "params": "minimize",
+    "latency_ms": "minimize",
+}
+ALPHA_DECAYS = ("none", "linear", "cosine", "exponential")
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise KdnasError(message)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Searchable values: a scalar (fixed), a list (choices) or a table {low, high, step, log} (a range)
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NumParam:
+    """A numeric search dimension: a range ``low..high`` or explicit ``choices``."""
+
+    kind: Literal["int", "float"]
+    low: float = 0
+    high: float = 0
+    step: float | None = None
+    log: bool = False
+    choices: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.choices is not None:
+            _check(len(self.choices) > 0, "the list of choices is empty; give at least one value")
+            return
+        _check(self.low <= self.high, f"min > max: low={self.low} is above high={self.high}")
+        if self.log:
+            _check(self.low > 0, f"a log range needs low > 0, got low={self.low}")
+            _check(self.step is None, "a log range cannot also have a step; drop one of them")
+        if self.step is not None:
+            _check(self.step > 0, f"step must be > 0, got step={self.step}")
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The smallest and largest value this dimension can take."""
+        if self.choices is not None:
+            return min(self.choices), max(self.choices)
+        return self.low, self.high
+
+    def require(self, lowest: float, highest: float = math.inf, *, open_low: bool = False) -> None:
+        """Raise unless every value lies in [lowest, highest] (or (lowest, highest] with open_low)."""
+        lo, hi = self.bounds
+        below = lo <= lowest if open_low else lo < lowest
+        bracket = "(" if open_low else "["
+        got = f"{lo}" if lo == hi else f"{lo}..{hi}"
+        _check(not below and hi <= highest, f"values must be in {bracket}{lowest}, {highest}], got {got}")
+
+
+@dataclass(frozen=True)
+class ChoiceParam:
+    """A categorical search dimension."""
+
+    choices: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check(len(self.choices) > 0, "the list of choices is empty; give at least one value")
+
+    def require_in(self, known: Sequence[str]) -> None:
+        """Raise unless every choice is one of ``known``."""
+        for choice in self.choices:
+            _check(choice in known, f"unknown choice {choice!r}; known: {', '.join(known)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, how the validation split is carved, how training images are augmented."""
+
+    dataset: str = "fashion_mnist"
+    seed: int = 0  # of the validation split and the augmented views (the teacher depends on it)
+    val_fraction: float = 0.1  # carved from the training set, used for every selection
+    limit_train: int | None = None  # use only this many training images (quick studies)
+    crop_padding: int | None = None  # random-crop padding in pixels; None: the dataset's default
+    flip: bool | None = None  # random horizontal flip; None: the dataset's default
+
+    def __post_init__(self) -> None:
+        _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.limit_train is not None:
+            _check(self.limit_train >= 10, f"limit_train must be at least 10, got {self.limit_train}")
+        if self.crop_padding is not None:
+            _check(self.crop_padding >= 0, f"crop_padding must be >= 0, got {self.crop_padding}")
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """SGD with Nesterov momentum, linear warm-up then linear decay to zero."""
+
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 0.2  # peak learning rate at this batch size
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.0
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        _check(self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The fixed teacher: an architecture, and a checkpoint to load or a recipe to train it."""
+
+    arch: str = "resnet"
+    base_width: int = 32
+    blocks: tuple[int, ...] = (2, 2, 2)  # residual blocks per stage; width doubles each stage
+    checkpoint: str | None = None  # a state_dict to load instead of training
+    train: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10))
+
+    def __post_init__(self) -> None:
+        _check(self.base_width >= 1, f"base_width must be at least 1, got {self.base_width}")
+        _check(len(self.blocks) >= 1, "blocks is empty; give the number of blocks of each stage")
+        _check(all(b >= 1 for b in self.blocks), f"every stage needs at least 1 block, got {list(self.blocks)}")
+
+
+@dataclass(frozen=True)
+class StudentSpace:
+    """The student family and the ranges its width and depth are searched in."""
+
+    arch: str = "resnet"
+    stages: int = 3
+    base_width: NumParam = NumParam("int", 8, 32, step=4)
+    blocks: NumParam = NumParam("int", 1, 3)  # searched separately for every stage
+
+    def __post_init__(self) -> None:
+        _check(self.stages >= 1, f"stages must be at least 1, got {self.stages}")
+        _prefixed("base_width", lambda: self.base_width.require(1))
+        _prefixed("blocks", lambda: self.blocks.require(1))
+
+
+@dataclass(frozen=True)
+class KDSpace:
+    """Distillation hyperparameters searched alongside the architecture."""
+
+    temperature: NumParam = NumParam("float", 1.0, 8.0, log=True)
+    alpha: NumParam = NumParam("float", 0.0, 1.0, step=0.1)  # 0 is the no-distillation baseline
+    alpha_decay: ChoiceParam = ChoiceParam(ALPHA_DECAYS)
+    decay_rate: NumParam = NumParam("float", 0.5, 3.0)  # only used when alpha_decay is not "none"
+
+    def __post_init__(self) -> None:
+        _prefixed("temperature", lambda: self.temperature.require(0, open_low=True))
+        _prefixed("alpha", lambda: self.alpha.require(0, 1))
+        _prefixed("alpha_decay", lambda: self.alpha_decay.require_in(ALPHA_DECAYS))
+        _prefixed("decay_rate", lambda: self.decay_rate.require(0, open_low=True))
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """Which measurements the study optimises, in order; accuracy must be among them."""
+
+    metrics: tuple[str, ...] = tuple(METRICS)
+
+    def __post_init__(self) -> None:
+        for name in self.metrics:
+            _check(name in METRICS, f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+        _check("val_accuracy" in self.metrics, "metrics must include 'val_accuracy'")
+        _check(len(set(self.metrics)) == len(self.metrics), f"metrics has duplicates: {list(self.metrics)}")
+
+    @property
+    def directions(self) -> list[str]:
+        return [METRICS[name] for name in self.metrics]
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Hard limits: a candidate over them is rejected before any training."""
+
+    max_params: int | None = None
+    max_latency_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_params is not None:
+            _check(self.max_params >= 1, f"max_params must be at least 1, got {self.max_params}")
+        if self.max_latency_ms is not None:
+            _check(self.max_latency_ms > 0, f"max_latency_ms must be > 0, got {self.max_latency_ms}")
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How latency is measured: on which device, with what input, how many timed runs."""
+
+    device: str = "cpu"
+    batch_size: int = 1
+    threads: int = 1  # torch intra-op threads while timing on CPU
+    warmup: int = 10
+    repeats: int = 50  # the median of these is the latency
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        _check(self.threads >= 1, f"threads must be at least 1, got {self.threads}")
+        _check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
+        _check(self.repeats >= 1, f"repeats must be at least 1, got {self.repeats}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much searching: trained trials the study should hold, and a wall-clock limit per run."""
+
+    trials: int = 20
+    timeout_min: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.trials >= 1, f"trials must be at least 1, got {self.trials}")
+        if self.timeout_min is not None:
+            _check(self.timeout_min > 0, f"timeout_min must be > 0, got {self.timeout_min}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """The Optuna sampler that proposes candidates."""
+
+    name: str = "tpe"
+    startup_trials: int = 10  # random trials before the model-based sampler takes over
+
+    def __post_init__(self) -> None:
+        _check(self.name in SAMPLERS, f"unknown sampler {self.name!r}; known: {', '.join(SAMPLERS)}")
+        _check(self.startup_trials >= 0, f"startup_trials must be >= 0, got {self.startup_trials}")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study file, validated."""
+
+    name: str
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentSpace = field(default_factory=StudentSpace)
+    kd: KDSpace = field(default_factory=KDSpace)
+    train: TrainRecipe = field(default_factory=TrainRecipe)
+    objectives: Objectives = field(default_factory=Objectives)
+    constraints: Constraints = field(default_factory=Constraints)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    budget: Budget = field(default_factory=Budget)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "name must not be empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def section_hash(*sections: Any) -> str:
+    """A stable short hash of config sections (dataclasses or plain JSON values)."""
+    plain = [dataclasses.asdict(s) if dataclasses.is_dataclass(s) else s for s in sections]
+    text = json.dumps(plain, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------
+
+
+def resolve_study_path(study: str) -> Path:
+    """``study`` is a name in ``studies/`` or a path to a TOML file."""
+    path = Path(study)
+    if path.suffix == ".toml" or path.parent != Path("."):
+        if not path.is_file():
+            raise KdnasError(f"no study file at {path}; check the path")
+        return path
+    candidate = STUDIES_DIR / f"{study}.toml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in STUDIES_DIR.glob("*.toml"))
+    hint = difflib.get_close_matches(study, known, n=1)
+    did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise KdnasError(f"no study named {study!r}{did_you_mean}; known: {', '.join(known)}, or pass a path to a .toml file")
+
+
+def load_study(study: str) -> StudyConfig:
+    """Read and validate a study file given by name or path."""
+    path = resolve_study_path(study)
+    try:
+        table = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise KdnasError(f"{path} is not valid TOML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise KdnasError(f"cannot read {path}: {err}") from None
+    table.setdefault("name", path.stem)
+    try:
+        return study_from_dict(table)
+    except KdnasError as err:
+        raise KdnasError(f"{path}: {err}") from None
+
+
+def study_from_dict(table: Mapping[str, Any]) -> StudyConfig:
+    """Build a StudyConfig from plain data (a parsed TOML file or a saved ``to_dict()``)."""
+    return _build(StudyConfig, table, "")
+
+
+def _prefixed(where: str, check: Any) -> None:
+    try:
+        check()
+    except KdnasError as err:
+        raise KdnasError(f"{where}: {err}") from None
+
+
+def _build(cls: type, table: Any, where: str) -> Any:
+    label = f"[{where}]" if where else "the top level"
+    if not isinstance(table, Mapping):
+        raise KdnasError(f"{label} must be a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            hint = difflib.get_close_matches(key, list(fields), n=1)
+            did_you_mean = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(fields)}"
+            raise KdnasError(f"unknown key {key!r} in {label}{did_you_mean}")
+    kwargs = {}
+    for key, value in table.items():
+        path = f"{where}.{key}" if where else key
+        if hints[key] is NumParam:  # int or float follows the field's default
+            kwargs[key] = _num_param(value, path, fields[key].default.kind)
+        else:
+            kwargs[key] = _convert(hints[key], value, path)
+    try:
+        return cls(**kwargs)
+    except KdnasError as err:
+        raise KdnasError(f"{label} {err}") from None
+
+
+def _convert(hint: Any, value: Any, path: str) -> Any:
+    """Turn a TOML value into the type a dataclass field declares, or say what is wrong."""
+    if hint is ChoiceParam:
+        return _choice_param(value, path)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(inner, value, path)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list | tuple):
+            raise KdnasError(f"{path} must be a list, got {value!r}")
+        return tuple(_convert(item, v, path) for v in value)
+    if hint is float and _is_number(value):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise KdnasError(f"{path} must be of type {hint.__name__}, got {value!r}")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _num_param(value: Any, path: str, kind: Literal["int", "float"]) -> NumParam:
+    """A scalar is a fixed value, a list the choices, a table {low, high, step, log} a range."""
+    cast = int if kind == "int" else float
+
+    def number(v: Any) -> float:
+        if not _is_number(v) or (kind == "int" and v != int(v)):
+            raise KdnasError(f"{path} must hold {'integers' if kind == 'int' else 'numbers'}, got {v!r}")
+        return cast(v)
+
+    if isinstance(value, Mapping) and "kind" in value:  # the saved to_dict() form
+        value = {k: v for k, v in value.items() if k != "kind" and v is not None and v is not False}
+        if "choices" in value:
+            value = list(value["choices"])
+    if isinstance(value, Mapping):
+        known = ("high", "log", "low", "step")
+        for key in value:
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                extra = f"; did you mean {hint[0]!r}?" if hint else f"; known: {', '.join(known)}"
+                raise KdnasError(f"unknown key {key!r} in range {path}{extra}")
+        if "low" not in value or "high" not in value:
+            raise KdnasError(f"range {path} needs both low and high, got {dict(value)}")
+        step = value.get("step")
+        args: dict[str, Any] = dict(
+            low=number(value["low"]),
+            high=number(value["high"]),
+            step=None if step is None else number(step),
+            log=bool(value.get("log", False)),
+        )
+    elif isinstance(value, list):
+        args = dict(choices=tuple(number(v) for v in value))
+    else:
+        fixed = number(value)
+        args = dict(low=fixed, high=fixed)
+    try:
+        return NumParam(kind, **args)
+    except KdnasError as err:
+        raise KdnasError(f"{path}: {err}") from None
+
+
+def _choice_param(value: Any, path: str) -> ChoiceParam:
+    if isinstance(value, Mapping) and "choices" in value:  # the saved to_dict() form
+        value = list(value["choices"])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise KdnasError(f"{path} must be a list of names, got {value!r}")
+    try:
+        return ChoiceParam(tuple(value))
+    except KdnasError as err:
+        raise KdnasError(f"{path}: {err}") from None

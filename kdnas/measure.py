@@ -1,0 +1,100 @@
+"""What a candidate costs before it is trained: parameters, MACs and latency on a named device."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from kdnas.config import LatencyConfig
+from kdnas.errors import KdnasError
+from kdnas.models import count_params
+
+__all__ = ["Cost", "count_macs", "measure_latency", "measure_cost", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """params: trainable parameters; macs: multiply-accumulates of one forward pass of one image;
+    latency_ms: median wall time of one forward pass of the latency batch on the target device."""
+
+    params: int
+    macs: int
+    latency_ms: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available else cpu; anything else must exist on this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise KdnasError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KdnasError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise KdnasError(f"device {name!r} is not supported; use cpu, cuda, cuda:N or auto")
+    return device
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass of a batch of one image of ``input_shape`` (C, H, W)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *input_shape, device=device))
+    model.train(was_training)
+    return counter.get_total_flops() // 2  # FlopCounterMode counts a multiply-add as 2 FLOPs
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure_latency(model: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig) -> float:
+    """Median milliseconds of one inference forward pass on ``cfg.device``.
+
+    The model is copied to the device in eval mode and channels_last; ``cfg.warmup`` untimed runs
+    come first (kernel selection, caches), then ``cfg.repeats`` timed ones. On CUDA each run is
+    bracketed by synchronisation, so the time is the kernels' and not the launch's.
+    """
+    device = resolve_device(cfg.device)
+    probe = _copy_for_inference(model, device)
+    x = torch.randn(cfg.batch_size, *input_shape, device=device).contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    with _torch_threads(cfg.threads), torch.inference_mode():
+        for i in range(cfg.warmup + cfg.repeats):
+            sync()
+            start = time.perf_counter()
+            probe(x)
+            sync()
+            if i >= cfg.warmup:
+                times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def _copy_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
+    probe = copy.deepcopy(model).to(device).eval()
+    return probe.to(memory_format=torch.channels_last)
+
+
+def measure_cost(model: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig) -> Cost:
+    """Parameters, MACs and latency of ``model`` for inputs of ``input_shape`` (C, H, W)."""
+    return Cost(count_params(model), count_macs(model, input_shape), measure_latency(model, input_shape, cfg))

@@ -1,0 +1,414 @@
+"""Run a distillation-aware architecture search.
+
+    python -m kdnas.search --study fashion              # studies/fashion.toml, stored in runs/fashion/
+    python -m kdnas.search --study my_study.toml --trials 40 --storage postgresql://user@host/db
+
+The teacher is trained once (or loaded), its soft targets computed once, then an Optuna
+multi-objective study trains one student per trial and stores accuracy, parameters and latency.
+Running the same command again continues the study up to its trial budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kdnas.config import StudyConfig, load_study, section_hash
+from kdnas.errors import KdnasError
+
+__all__ = ["build_parser", "main", "run_search", "open_study", "budget_trials", "pareto_rows"]
+
+log = logging.getLogger("kdnas.search")
+
+# A trial counts against the budget once it has cost training: finished, diverged or stopped early.
+_BUDGET_STATUSES = ("complete", "diverged", "stopped")
+# Give up when the constraints reject this many candidates in a row (the space is mostly infeasible).
+_MAX_CONSECUTIVE_REJECTIONS = 200
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kdnas.search",
+        description="Search student architectures and distillation settings against a fixed teacher.",
+    )
+    parser.add_argument("--study", required=True, help="a study name in studies/ or a path to a .toml file")
+    parser.add_argument("--trials", type=int, help="trained trials the study should hold (default: [budget] trials)")
+    parser.add_argument("--timeout", type=float, metavar="MIN", help="stop this run after MIN minutes")
+    parser.add_argument("--device", default="auto", help="training device: auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where datasets are (default: data)")
+    parser.add_argument("--out", type=Path, help="run directory (default: runs/<study name>)")
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<out>/study.db)")
+    parser.add_argument("--seed", type=int, help="seed of the sampler and the students (default: the study's)")
+    parser.add_argument("--fresh", action="store_true", help="delete the stored study and start over")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        cfg = load_study(args.study)
+        if args.seed is not None:
+            cfg = dataclasses.replace(cfg, seed=args.seed)
+        if args.trials is not None or args.timeout is not None:
+            budget = dataclasses.replace(
+                cfg.budget,
+                trials=cfg.budget.trials if args.trials is None else args.trials,
+                timeout_min=cfg.budget.timeout_min if args.timeout is None else args.timeout,
+            )
+            cfg = dataclasses.replace(cfg, budget=budget)
+        out_dir = args.out or Path("runs") / cfg.name
+        return run_search(
+            cfg, out_dir, storage=args.storage, device=args.device, data_dir=args.data_dir, fresh=args.fresh,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+    except KdnasError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the study is consistent; run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    import optuna
+
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    # We print one line per trial ourselves; Optuna's own per-trial INFO would repeat it.
+    optuna.logging.set_verbosity(logging.WARNING)
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Storage and study
+# ---------------------------------------------------------------------------------------------------
+
+
+def _hide_password(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def _sampler(cfg: StudyConfig):
+    import optuna
+
+    s = cfg.sampler
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=s.startup_trials, multivariate=True,
+                                          constant_liar=True)
+    if s.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=max(4, s.startup_trials))
+    return optuna.samplers.RandomSampler(seed=cfg.seed)
+
+
+def search_space_hash(cfg: StudyConfig) -> str:
+    """What makes two runs' trials comparable: data, teacher, space, recipe, objectives, measurement."""
+    return section_hash(cfg.data, cfg.teacher, cfg.student, cfg.kd, cfg.train, cfg.objectives,
+                        cfg.constraints, cfg.latency)
+
+
+def open_study(cfg: StudyConfig, storage_url: str, *, fresh: bool = False):
+    """Create or load the study named ``cfg.name`` in ``storage_url``; refuse to mix incompatible trials."""
+    import optuna
+
+    shown = _hide_password(storage_url)
+    try:
+        with warnings.catch_warnings():  # heartbeats are marked experimental, and have been for years
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # A trial whose worker died (no heartbeat for grace_period s) is failed and run again.
+            storage = optuna.storages.RDBStorage(
+                storage_url,
+                engine_kwargs={"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else None,
+                heartbeat_interval=30,
+                grace_period=120,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+        if fresh and cfg.name in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
+            optuna.delete_study(study_name=cfg.name, storage=storage)
+            log.info("deleted the stored study %r (--fresh)", cfg.name)
+        study = optuna.create_study(
+            storage=storage, sampler=_sampler(cfg), study_name=cfg.name,
+            directions=cfg.objectives.directions, load_if_exists=True,
+        )
+    except Exception as err:  # driver missing, server down, bad URL, wrong password: all one line
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise KdnasError(f"cannot open storage {shown}: {reason}") from None
+    space_hash = search_space_hash(cfg)
+    stored = study.user_attrs.get("space_hash")
+    if stored is not None and stored != space_hash:
+        raise KdnasError(
+            f"study {cfg.name!r} in {shown} was run with a different data/teacher/space/recipe; "
+            "rerun with --fresh to start over, or give the study another name"
+        )
+    if stored is None:
+        study.set_user_attr("space_hash", space_hash)
+    study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict(), default=list)))
+    return study
+
+
+def budget_trials(study) -> int:
+    """Trials that count against the budget (those that cost training)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") in _BUDGET_STATUSES)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The search
+# ---------------------------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def run_search(
+    cfg: StudyConfig,
+    out_dir: Path,
+    *,
+    storage: str | None = None,
+    device: str = "auto",
+    data_dir: Path = Path("data"),
+    fresh: bool = False,
+    progress: bool = False,
+) -> int:
+    """Teacher, soft targets, then trials until the study holds ``cfg.budget.trials``; returns an exit code."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from kdnas.data import AugmentedViews, load_data
+    from kdnas.measure import resolve_device
+    from kdnas.teacher import obtain_teacher, soft_targets_for
+
+    train_device = resolve_device(device)
+    resolve_device(cfg.latency.device)  # fail now, not in the first trial
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise KdnasError(f"cannot write to {out_dir} ({err.strerror}); pass a writable --out") from None
+    storage_url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    study = open_study(cfg, storage_url, fresh=fresh)
+    _write_json(out_dir / "config.json", cfg.to_dict())
+
+    done = budget_trials(study)
+    if done >= cfg.budget.trials:
+        log.info("study %r already holds %d trained trials (budget %d); raise --trials to run more",
+                 cfg.name, done, cfg.budget.trials)
+        _print_pareto(study, cfg)
+        return 0
+
+    with logging_redirect_tqdm():
+        data = load_data(cfg.data, data_dir).to(train_device)
+        log.info("data: %s, %d train / %d val / %d test images, training on %s", data.info.name, len(data.train),
+                 len(data.val), len(data.test), train_device)
+        with _bar("teacher", progress) as hook:
+            teacher = obtain_teacher(cfg, data, out_dir, on_step=hook)
+        log.info("teacher: %s, test accuracy %.2f%%, val accuracy %.2f%%", teacher.spec.describe(),
+                 100 * teacher.test_accuracy, 100 * teacher.val_accuracy)
+        study.set_user_attr("teacher", teacher.summary())
+        views = AugmentedViews(data)
+        soft_targets = None
+        if cfg.kd.alpha.bounds[1] > 0:
+            with _bar("soft targets", progress) as hook:
+                soft_targets = soft_targets_for(teacher, views, cfg.train.epochs, out_dir,
+                                                cfg.teacher.train.eval_batch_size, on_step=hook)
+        objective = _Objective(cfg, views, soft_targets, train_device)
+        remaining = cfg.budget.trials - done
+        log.info("search: %d of %d trials done, running %d more (storage %s)", done, cfg.budget.trials, remaining,
+                 _hide_password(storage_url))
+        _optimize(study, objective, cfg, remaining, progress)
+    _print_pareto(study, cfg)
+    print(f"study {cfg.name!r} stored in {_hide_password(storage_url)}; run directory {out_dir}")
+    return 0
+
+
+class _bar:
+    """A tqdm bar driven by ``on_step(step, total)`` hooks; a no-op hook when progress is off."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label, self.enabled, self.bar = label, enabled, None
+
+    def __enter__(self) -> Callable[[int, int], None] | None:
+        if not self.enabled:
+            return None
+        from tqdm import tqdm
+
+        def hook(step: int, total: int) -> None:
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc=self.label, unit="step", leave=False, dynamic_ncols=True)
+            self.bar.update(step - self.bar.n)
+
+        return hook
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _Objective:
+    """One trial: sample, measure, reject or train, record."""
+
+    def __init__(self, cfg: StudyConfig, views, soft_targets, device) -> None:
+        self.cfg, self.views, self.soft_targets, self.device = cfg, views, soft_targets, device
+        info = views.data.info
+        self.input_shape = (info.in_channels, info.image_size, info.image_size)
+
+    def __call__(self, trial) -> tuple[float, ...]:
+        import torch
+
+        from kdnas.measure import count_macs, measure_latency
+        from kdnas.models import build_model, count_params
+        from kdnas.space import suggest
+        from kdnas.trainer import TrainingDiverged, fit
+
+        cfg, info = self.cfg, self.views.data.info
+        arch, kd = suggest(trial, cfg, info.in_channels, info.num_classes)
+        torch.manual_seed(cfg.seed)  # same candidate, same initial weights, same result
+        model = build_model(arch)
+        params = count_params(model)
+        trial.set_user_attr("arch", arch.describe())
+        trial.set_user_attr("params", params)
+        trial.set_user_attr("macs", count_macs(model, self.input_shape))
+        limit = cfg.constraints
+        if limit.max_params is not None and params > limit.max_params:
+            self._reject(trial, f"{params:,} params > max_params {limit.max_params:,}")
+        latency = measure_latency(model, self.input_shape, cfg.latency)
+        trial.set_user_attr("latency_ms", latency)
+        if limit.max_latency_ms is not None and latency > limit.max_latency_ms:
+            self._reject(trial, f"latency {latency:.3f} ms > max_latency_ms {limit.max_latency_ms}")
+        try:
+            result = fit(model.to(self.device), self.views, cfg.train, kd=kd, soft_targets=self.soft_targets)
+        except TrainingDiverged as err:
+            trial.set_user_attr("status", "diverged")
+            trial.set_user_attr("reason", str(err))
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("status", "interrupted")
+            trial.set_user_attr("reason", "interrupted by the user")
+            raise
+        trial.set_user_attr("status", "complete")
+        trial.set_user_attr("val_curve", result.val_accuracy)
+        trial.set_user_attr("train_seconds", result.seconds)
+        trial.set_user_attr("images_per_s", result.images_per_s)
+        measured = {"val_accuracy": result.val_accuracy[-1], "params": float(params), "latency_ms": latency}
+        return tuple(measured[m] for m in cfg.objectives.metrics)
+
+    @staticmethod
+    def _reject(trial, reason: str) -> None:
+        import optuna
+
+        trial.set_user_attr("status", "rejected")
+        trial.set_user_attr("reason", reason)
+        raise optuna.TrialPruned(reason)
+
+
+def _trial_line(trial) -> str:
+    a, p = trial.user_attrs, trial.params
+    kd = f"T={p.get('temperature', 0):.2g} a={p.get('alpha', 0):.2g} {p.get('alpha_decay', '')}"
+    if p.get("alpha_decay", "none") != "none":
+        kd += f"({p.get('decay_rate', 0):.2g})"
+    head = f"trial {trial.number:>3}  {a.get('arch', '?'):<18} {kd:<28}"
+    status = a.get("status")
+    if status == "complete":
+        return (f"{head} acc {100 * a['val_curve'][-1]:6.2f}%  params {a['params']:>9,}  "
+                f"lat {a['latency_ms']:7.3f} ms  {a['train_seconds']:6.0f} s")
+    return f"{head} {status or trial.state.name.lower()}: {a.get('reason', '')}"
+
+
+def _optimize(study, objective: _Objective, cfg: StudyConfig, remaining: int, progress: bool) -> None:
+    import optuna
+    from tqdm import tqdm
+
+    from kdnas.trainer import TrainingDiverged
+
+    target = cfg.budget.trials
+    bar = tqdm(total=remaining, desc="trials", unit="trial", disable=not progress, dynamic_ncols=True)
+    rejected_in_a_row = 0
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal rejected_in_a_row
+        log.info("%s", _trial_line(trial))
+        status = trial.user_attrs.get("status")
+        rejected_in_a_row = rejected_in_a_row + 1 if status == "rejected" else 0
+        if status in _BUDGET_STATUSES:
+            bar.update(1)
+            complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+            if complete:
+                best = max(t.user_attrs["val_curve"][-1] for t in complete)
+                bar.set_postfix_str(f"best acc {100 * best:.2f}%")
+        if budget_trials(study) >= target:
+            study.stop()
+        elif rejected_in_a_row >= _MAX_CONSECUTIVE_REJECTIONS:
+            log.warning("the constraints rejected %d candidates in a row; widen [constraints] or narrow the space",
+                        rejected_in_a_row)
+            study.stop()
+
+    timeout = cfg.budget.timeout_min * 60 if cfg.budget.timeout_min else None
+    try:
+        study.optimize(objective, timeout=timeout, catch=(TrainingDiverged,), callbacks=[after_trial])
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The result
+# ---------------------------------------------------------------------------------------------------
+
+
+def pareto_rows(study) -> list[dict[str, Any]]:
+    """The Pareto-optimal complete trials, most accurate first."""
+    rows = []
+    for t in study.best_trials:
+        a, p = t.user_attrs, t.params
+        rows.append({
+            "trial": t.number,
+            "arch": a["arch"],
+            "T": p.get("temperature"),
+            "alpha": p.get("alpha"),
+            "decay": p.get("alpha_decay"),
+            "val_accuracy": a["val_curve"][-1],
+            "params": a["params"],
+            "macs": a["macs"],
+            "latency_ms": a["latency_ms"],
+        })
+    return sorted(rows, key=lambda r: -r["val_accuracy"])
+
+
+def _print_pareto(study, cfg: StudyConfig) -> None:
+    rows = pareto_rows(study)
+    if not rows:
+        print("no complete trials yet")
+        return
+    print(f"Pareto-optimal trials of {cfg.name!r} ({len(rows)}):")
+    print(f"{'trial':>5}  {'architecture':<18} {'T':>5} {'alpha':>5} {'decay':<11} {'val acc':>8} "
+          f"{'params':>10} {'MMACs':>7} {'latency':>10}")
+    for r in rows:
+        print(f"{r['trial']:>5}  {r['arch']:<18} {r['T']:>5.2f} {r['alpha']:>5.2f} {r['decay']:<11} "
+              f"{100 * r['val_accuracy']:>7.2f}% {r['params']:>10,} {r['macs'] / 1e6:>7.2f} "
+              f"{r['latency_ms']:>7.3f} ms")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,241 @@
+"""The fixed teacher: loaded or trained once per study, and its soft targets computed once.
+
+``runs/<study>/teacher.pt`` holds the weights with the architecture, dataset, accuracies and a
+fingerprint of everything they depend on (the study's teacher section and the data). A later run
+reuses the file only when the fingerprint matches; a changed teacher section retrains, and a file
+that cannot be read is reported and never used.
+
+``runs/<study>/soft_targets.pt`` holds the teacher's logits (fp16) for the view of every training
+image in every epoch a student trains. Views are a pure function of (seed, image, epoch), so a
+trial that reads the cache sees exactly what a live teacher would have produced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdnas.config import StudyConfig, section_hash
+from kdnas.data import AugmentedViews, ImageData
+from kdnas.errors import KdnasError
+from kdnas.models import ArchSpec, build_model, count_params
+from kdnas.trainer import evaluate, fit
+
+__all__ = ["Teacher", "obtain_teacher", "teacher_spec", "CachedSoftTargets", "LiveTeacher", "soft_targets_for"]
+
+log = logging.getLogger(__name__)
+
+TEACHER_FORMAT = "kdnas-teacher/1"
+SOFT_TARGETS_FORMAT = "kdnas-soft-targets/1"
+StepHook = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Teacher:
+    model: nn.Module  # in eval mode, on the training device
+    spec: ArchSpec
+    val_accuracy: float
+    test_accuracy: float
+    fingerprint: str
+    path: Path | None  # where it is stored (None for a checkpoint used as it is)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "spec": dataclasses.asdict(self.spec),
+            "params": count_params(self.model),
+            "val_accuracy": self.val_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "fingerprint": self.fingerprint,
+            "path": str(self.path) if self.path else None,
+        }
+
+
+def teacher_spec(cfg: StudyConfig, data: ImageData) -> ArchSpec:
+    t = cfg.teacher
+    return ArchSpec(t.arch, data.info.in_channels, data.info.num_classes, t.base_width, t.blocks)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """Write ``path`` completely or not at all (a crash leaves the old file or none)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read(path: Path, expected_format: str) -> dict[str, Any] | None:
+    """The stored dict, or None (with a warning) if the file is unreadable or of another format."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupted, not a torch file: report, never use
+        log.warning("%s is unreadable (%s); it will be rebuilt", path, type(err).__name__)
+        return None
+    if not isinstance(blob, dict) or blob.get("format") != expected_format:
+        log.warning("%s is not a %s file; it will be rebuilt", path, expected_format)
+        return None
+    return blob
+
+
+def obtain_teacher(
+    cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step: StepHook | None = None
+) -> Teacher:
+    """Load the study's teacher, training it first if no valid stored one exists.
+
+    Args:
+        cfg: the study; its ``[teacher]`` section decides architecture and recipe.
+        data: the dataset, already on the training device.
+        out_dir: the study's run directory.
+        on_step: progress hook for teacher training, ``on_step(step, total_steps)``.
+
+    Raises:
+        KdnasError: a checkpoint named in the study is missing or does not fit the architecture.
+    """
+    spec = teacher_spec(cfg, data)
+    device = data.train.images.device
+    fingerprint = section_hash(cfg.teacher, data.fingerprint)
+    if cfg.teacher.checkpoint:
+        model = _load_checkpoint(Path(cfg.teacher.checkpoint), spec).to(device)
+        return _finish(model, spec, data, fingerprint, None, cfg.teacher.train.eval_batch_size)
+
+    path = out_dir / "teacher.pt"
+    if path.exists():
+        blob = _read(path, TEACHER_FORMAT)
+        if blob is not None and blob.get("fingerprint") == fingerprint:
+            model = build_model(spec)
+            model.load_state_dict(blob["state_dict"])
+            log.info("teacher: reusing %s (test accuracy %.2f%%)", path, 100 * blob["test_accuracy"])
+            model.to(device=device, memory_format=torch.channels_last).eval()
+            return Teacher(model, spec, blob["val_accuracy"], blob["test_accuracy"], fingerprint, path)
+        if blob is not None:
+            log.warning("teacher: the [teacher] section or the data changed since %s was trained; retraining", path)
+
+    log.info("teacher: training %s (%s params) for %d epochs", spec.describe(),
+             f"{count_params(build_model(spec)):,}", cfg.teacher.train.epochs)
+    torch.manual_seed(cfg.data.seed)
+    model = build_model(spec).to(device)
+    result = fit(
+        model, AugmentedViews(data), cfg.teacher.train, on_step=on_step,
+        on_epoch=lambda e, acc: log.info("teacher: epoch %d/%d, val accuracy %.2f%%", e + 1,
+                                         cfg.teacher.train.epochs, 100 * acc),
+    )
+    teacher = _finish(model, spec, data, fingerprint, path, cfg.teacher.train.eval_batch_size)
+    _atomic_save(
+        {
+            "format": TEACHER_FORMAT,
+            "fingerprint": fingerprint,
+            "spec": dataclasses.asdict(spec),
+            "dataset": data.info.name,
+            "val_accuracy": teacher.val_accuracy,
+            "test_accuracy": teacher.test_accuracy,
+            "train_seconds": result.seconds,
+            "teacher_config": dataclasses.asdict(cfg.teacher),
+            "torch_version": str(torch.__version__),
+            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        },
+        path,
+    )
+    log.info("teacher: saved %s (test accuracy %.2f%%, %.0f s)", path, 100 * teacher.test_accuracy, result.seconds)
+    return teacher
+
+
+def _finish(model: nn.Module, spec: ArchSpec, data: ImageData, fingerprint: str, path: Path | None,
+            batch_size: int) -> Teacher:
+    model.to(memory_format=torch.channels_last).eval()
+    val = evaluate(model, data.val, data.info, batch_size)
+    test = evaluate(model, data.test, data.info, batch_size)
+    return Teacher(model, spec, val, test, fingerprint, path)
+
+
+def _load_checkpoint(path: Path, spec: ArchSpec) -> nn.Module:
+    if not path.is_file():
+        raise KdnasError(f"teacher checkpoint {path} does not exist; fix [teacher] checkpoint or remove it to train one")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise KdnasError(f"teacher checkpoint {path} is unreadable ({type(err).__name__}); replace it") from None
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    model = build_model(spec)
+    try:
+        model.load_state_dict(state)  # type: ignore[arg-type]
+    except Exception:
+        raise KdnasError(
+            f"teacher checkpoint {path} does not match the architecture {spec.describe()}; "
+            "fix [teacher] arch/base_width/blocks"
+        ) from None
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# Soft targets
+# ---------------------------------------------------------------------------------------------------
+
+
+class LiveTeacher:
+    """Runs the teacher on every batch (what the cache replaces); outputs rounded to fp16 like it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval()
+
+    def __call__(self, epoch: int, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(views).half().float()
+
+
+class CachedSoftTargets:
+    """Teacher logits for every (epoch, image): a (E, N, C) fp16 tensor on the training device."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+    def __call__(self, epoch: int, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        return self.logits[epoch, indices].float()
+
+
+def soft_targets_for(
+    teacher: Teacher, views: AugmentedViews, epochs: int, out_dir: Path, batch_size: int,
+    *, on_step: StepHook | None = None,
+) -> CachedSoftTargets:
+    """Load the soft-target cache for ``epochs`` epochs of ``views``, computing it if needed."""
+    path = out_dir / "soft_targets.pt"
+    key = section_hash(teacher.fingerprint, views.data.fingerprint, epochs)
+    device = views.data.train.images.device
+    if path.exists():
+        blob = _read(path, SOFT_TARGETS_FORMAT)
+        if blob is not None and blob.get("key") == key:
+            return CachedSoftTargets(blob["logits"].to(device))
+        if blob is not None:
+            log.info("soft targets: teacher, data or epochs changed since %s was written; rebuilding", path)
+
+    n, num_classes = len(views), views.data.info.num_classes
+    needed = epochs * n * num_classes * 2
+    free = shutil.disk_usage(out_dir).free
+    if free < 2 * needed:  # room for the temporary file beside the old one
+        raise KdnasError(f"not enough disk for the soft-target cache in {out_dir}: needs {needed / 2**20:.0f} MiB, "
+                         f"{free / 2**20:.0f} MiB free; free space or pass another --out")
+    log.info("soft targets: running the teacher on %d epochs x %d views", epochs, n)
+    logits = torch.empty(epochs, n, num_classes, dtype=torch.float16, device=device)
+    live = LiveTeacher(teacher.model)
+    steps = epochs * -(-n // batch_size)
+    step = 0
+    every = torch.arange(n, device=device)
+    for epoch in range(epochs):
+        params = views.epoch_params(epoch)
+        for first in range(0, n, batch_size):
+            indices = every[first : first + batch_size]
+            logits[epoch, indices] = live(epoch, indices, views.batch(indices, params)).half()
+            step += 1
+            if on_step is not None:
+                on_step(step, steps)
+    _atomic_save({"format": SOFT_TARGETS_FORMAT, "key": key, "logits": logits.cpu()}, path)
+    return CachedSoftTargets(logits)

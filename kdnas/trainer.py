@@ -1,0 +1,158 @@
+"""Train and evaluate one network: students (with soft targets) and the teacher (without).
+
+The hot path has no DataLoader: the training split lives on the training device as one uint8
+tensor, every batch is cropped, flipped and normalised there by ``AugmentedViews``, and the teacher's
+logits come from a ``SoftTargets`` callable (a cache lookup, or a live teacher).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from kdnas.config import TrainRecipe
+from kdnas.data import AugmentedViews, Split, normalize
+from kdnas.distill import KDSpec, kd_loss
+
+__all__ = ["SoftTargets", "FitResult", "TrainingDiverged", "fit", "evaluate", "predict_logits"]
+
+# How often the running loss is checked for NaN/inf; each check is a device sync point on CUDA.
+_FINITE_CHECK_EVERY = 25
+
+
+class SoftTargets(Protocol):
+    """The teacher's logits (B, C) for the views (B, C, H, W) of training images ``indices`` in ``epoch``."""
+
+    def __call__(self, epoch: int, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor: ...
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says when."""
+
+
+@dataclass
+class FitResult:
+    """Per-epoch validation accuracy (0..1) and mean training loss, plus throughput figures."""
+
+    val_accuracy: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    images: int = 0  # training images processed
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def _lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Linear warm-up to ``peak``, then linear decay to zero at the last step."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast pays on CUDA tensor cores; on CPU it is slower than float32 for small convs.
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def fit(
+    model: nn.Module,
+    views: AugmentedViews,
+    recipe: TrainRecipe,
+    *,
+    kd: KDSpec | None = None,
+    soft_targets: SoftTargets | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> FitResult:
+    """Train ``model`` in place on ``views`` and evaluate it on the validation split after every epoch.
+
+    Args:
+        model: on the same device as ``views``.
+        views: the training split's augmented views; ``views.data.val`` is the validation split.
+        recipe: epochs, batch size, SGD and learning-rate schedule.
+        kd: distillation hyperparameters; None (or alpha 0) is plain supervised training.
+        soft_targets: teacher logits for each batch; required when ``kd.alpha > 0``.
+        on_epoch: called after each epoch's evaluation as ``on_epoch(epoch, val_accuracy)``; it may
+            raise (e.g. ``optuna.TrialPruned``) to stop training.
+        on_step: called after every optimizer step as ``on_step(step, total_steps)``.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite.
+    """
+    distilling = kd is not None and kd.alpha > 0
+    if distilling and soft_targets is None:
+        raise ValueError("soft_targets are required when kd.alpha > 0")
+    device = views.data.train.images.device
+    model.to(device=device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0,
+        weight_decay=recipe.weight_decay,
+    )
+    n = len(views)
+    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    total_steps = recipe.epochs * steps_per_epoch
+    warmup_steps = round(recipe.warmup_epochs * steps_per_epoch)
+    result = FitResult()
+    start = time.perf_counter()
+    step = 0
+    for epoch in range(recipe.epochs):
+        model.train()
+        order, params = views.order(epoch), views.epoch_params(epoch)
+        loss_sum = torch.zeros((), device=device)
+        for first in range(0, n, recipe.batch_size):
+            indices = order[first : first + recipe.batch_size]
+            x = views.batch(indices, params)
+            y = views.data.train.labels[indices]
+            alpha = kd.alpha_at(step / total_steps) if distilling else 0.0
+            teacher_logits = soft_targets(epoch, indices, x) if alpha > 0 else None
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, total_steps, warmup_steps, recipe.lr)
+            with _autocast(device):
+                logits = model(x)
+            loss = kd_loss(logits.float(), teacher_logits, y, alpha, kd.temperature if kd else 1.0,
+                           recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            step += 1
+            if step % _FINITE_CHECK_EVERY == 0 or first + recipe.batch_size >= n:
+                if not math.isfinite(loss_sum.item()):  # sync point
+                    raise TrainingDiverged(f"non-finite loss in epoch {epoch + 1}, step {step}")
+            if on_step is not None:
+                on_step(step, total_steps)
+        result.images += n
+        result.train_loss.append(loss_sum.item() / steps_per_epoch)
+        accuracy = evaluate(model, views.data.val, views.data.info, recipe.eval_batch_size)
+        result.val_accuracy.append(accuracy)
+        result.seconds = time.perf_counter() - start
+        if on_epoch is not None:
+            on_epoch(epoch, accuracy)
+    return result
+
+
+def predict_logits(model: nn.Module, images: torch.Tensor, info, batch_size: int) -> torch.Tensor:
+    """Logits (N, C) of un-augmented uint8 ``images`` (N, C, H, W), in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    with torch.inference_mode(), _autocast(device):
+        for first in range(0, len(images), batch_size):
+            batch = images[first : first + batch_size].to(device)
+            outputs.append(model(normalize(batch, info)).float())
+    return torch.cat(outputs)
+
+
+def evaluate(model: nn.Module, split: Split, info, batch_size: int) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on ``split``."""
+    logits = predict_logits(model, split.images, info, batch_size)
+    return (logits.argmax(1) == split.labels.to(logits.device)).float().mean().item()
