@@ -30,7 +30,7 @@ from kdnas.errors import KdnasError
 from kdnas.models import ArchSpec, build_model, count_params
 from kdnas.trainer import evaluate, fit
 
-__all__ = ["Teacher", "obtain_teacher", "teacher_spec", "CachedSoftTargets", "LiveTeacher", "soft_targets_for"]
+__all__ = ["Teacher", "obtain_teacher", "load_stored_teacher", "teacher_spec", "CachedSoftTargets", "LiveTeacher", "soft_targets_for"]
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,8 @@ def obtain_teacher(
     if path.exists():
         blob = _read(path, TEACHER_FORMAT)
         if blob is not None and blob.get("fingerprint") == fingerprint:
-            model = build_model(spec)
-            model.load_state_dict(blob["state_dict"])
             log.info("teacher: reusing %s (test accuracy %.2f%%)", path, 100 * blob["test_accuracy"])
-            model.to(device=device, memory_format=torch.channels_last).eval()
-            return Teacher(model, spec, blob["val_accuracy"], blob["test_accuracy"], fingerprint, path)
+            return load_stored_teacher(path, device, blob)
         if blob is not None:
             log.warning("teacher: the [teacher] section or the data changed since %s was trained; retraining", path)
 
@@ -147,6 +144,22 @@ def obtain_teacher(
     )
     log.info("teacher: saved %s (test accuracy %.2f%%, %.0f s)", path, 100 * teacher.test_accuracy, result.seconds)
     return teacher
+
+
+def load_stored_teacher(path: Path, device: torch.device | str, blob: dict[str, Any] | None = None) -> Teacher:
+    """Load a ``teacher.pt`` written by ``obtain_teacher`` (its fingerprint is the caller's to check).
+
+    Raises:
+        KdnasError: the file is missing, unreadable or not a kdnas teacher.
+    """
+    blob = blob if blob is not None else _read(path, TEACHER_FORMAT) if path.is_file() else None
+    if blob is None:
+        raise KdnasError(f"no usable teacher at {path}; run the search again to train it")
+    spec = ArchSpec(**{**blob["spec"], "blocks": tuple(blob["spec"]["blocks"])})
+    model = build_model(spec)
+    model.load_state_dict(blob["state_dict"])
+    model.to(device=device, memory_format=torch.channels_last).eval()
+    return Teacher(model, spec, blob["val_accuracy"], blob["test_accuracy"], blob["fingerprint"], path)
 
 
 def _finish(model: nn.Module, spec: ArchSpec, data: ImageData, fingerprint: str, path: Path | None,
