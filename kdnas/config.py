@@ -335,7 +335,9 @@ def resolve_study_path(study: str) -> Path:
     known = sorted(p.stem for p in STUDIES_DIR.glob("*.toml"))
     hint = difflib.get_close_matches(study, known, n=1)
     did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-    raise KdnasError(f"no study named {study!r}{did_you_mean}; known: {', '.join(known)}, or pass a path to a .toml file")
+    raise KdnasError(
+        f"no study named {study!r}{did_you_mean}; known: {', '.join(known)}, or pass a path to a .toml file"
+    )
 
 
 def load_study(study: str) -> StudyConfig:

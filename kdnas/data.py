@@ -121,8 +121,17 @@ def _read_fashion_mnist(data_dir: Path, download: bool) -> RawSplits:
     return train_x[:, None], train_y, test_x[:, None], test_y
 
 
-def _read_cifar(data_dir: Path, download: bool, *, folder: str, train: list[str], test: str, label_key: bytes,
-                torchvision_name: str, title: str) -> RawSplits:
+def _read_cifar(
+    data_dir: Path,
+    download: bool,
+    *,
+    folder: str,
+    train: list[str],
+    test: str,
+    label_key: bytes,
+    torchvision_name: str,
+    title: str,
+) -> RawSplits:
     root = data_dir / folder
     files = [root / name for name in (*train, test)]
     if not all(f.is_file() for f in files) and download:
@@ -168,19 +177,45 @@ DATASETS.register("fashion_mnist")(
 )
 DATASETS.register("cifar10")(
     DatasetInfo(
-        "cifar10", 3, 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), crop_padding=4, flip=True,
+        "cifar10",
+        3,
+        10,
+        32,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        crop_padding=4,
+        flip=True,
         read=lambda d, dl: _read_cifar(
-            d, dl, folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)], test="test_batch",
-            label_key=b"labels", torchvision_name="CIFAR10", title="CIFAR-10",
+            d,
+            dl,
+            folder="cifar-10-batches-py",
+            train=[f"data_batch_{i}" for i in range(1, 6)],
+            test="test_batch",
+            label_key=b"labels",
+            torchvision_name="CIFAR10",
+            title="CIFAR-10",
         ),
     )
 )
 DATASETS.register("cifar100")(
     DatasetInfo(
-        "cifar100", 3, 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), crop_padding=4, flip=True,
+        "cifar100",
+        3,
+        100,
+        32,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        crop_padding=4,
+        flip=True,
         read=lambda d, dl: _read_cifar(
-            d, dl, folder="cifar-100-python", train=["train"], test="test", label_key=b"fine_labels",
-            torchvision_name="CIFAR100", title="CIFAR-100",
+            d,
+            dl,
+            folder="cifar-100-python",
+            train=["train"],
+            test="test",
+            label_key=b"fine_labels",
+            torchvision_name="CIFAR100",
+            title="CIFAR-100",
         ),
     )
 )
@@ -219,8 +254,16 @@ class ImageData:
     fingerprint: str  # changes whenever the images, the split or the augmentation change
 
     def to(self, device: torch.device | str) -> ImageData:
-        return ImageData(self.info, self.train.to(device), self.val.to(device), self.test.to(device),
-                         self.crop_padding, self.flip, self.seed, self.fingerprint)
+        return ImageData(
+            self.info,
+            self.train.to(device),
+            self.val.to(device),
+            self.test.to(device),
+            self.crop_padding,
+            self.flip,
+            self.seed,
+            self.fingerprint,
+        )
 
 
 def load_data(cfg: DataConfig, data_dir: Path, *, download: bool = True) -> ImageData:
@@ -314,7 +357,9 @@ class AugmentedViews:
         rows = dy[:, None] + self._rows  # (B, H)
         cols = torch.where(flip[:, None], width - 1 - self._cols, self._cols) + dx[:, None]  # (B, W)
         crops = self._padded[
-            indices[:, None, None, None], self._channels[None, :, None, None], rows[:, None, :, None],
+            indices[:, None, None, None],
+            self._channels[None, :, None, None],
+            rows[:, None, :, None],
             cols[:, None, None, :],
         ]
         return normalize(crops, self.data.info)

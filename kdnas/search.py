@@ -71,7 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, budget=budget)
         out_dir = args.out or Path("runs") / cfg.name
         return run_search(
-            cfg, out_dir, storage=args.storage, device=args.device, data_dir=args.data_dir, fresh=args.fresh,
+            cfg,
+            out_dir,
+            storage=args.storage,
+            device=args.device,
+            data_dir=args.data_dir,
+            fresh=args.fresh,
             progress=not args.no_progress and sys.stderr.isatty(),
         )
     except KdnasError as err:
@@ -114,8 +119,9 @@ def _sampler(cfg: StudyConfig):
 
     s = cfg.sampler
     if s.name == "tpe":
-        return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=s.startup_trials, multivariate=True,
-                                          constant_liar=True)
+        return optuna.samplers.TPESampler(
+            seed=cfg.seed, n_startup_trials=s.startup_trials, multivariate=True, constant_liar=True
+        )
     if s.name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=max(4, s.startup_trials))
     return optuna.samplers.RandomSampler(seed=cfg.seed)
@@ -123,8 +129,9 @@ def _sampler(cfg: StudyConfig):
 
 def search_space_hash(cfg: StudyConfig) -> str:
     """What makes two runs' trials comparable: data, teacher, space, recipe, objectives, measurement."""
-    return section_hash(cfg.data, cfg.teacher, cfg.student, cfg.kd, cfg.train, cfg.objectives,
-                        cfg.constraints, cfg.latency)
+    return section_hash(
+        cfg.data, cfg.teacher, cfg.student, cfg.kd, cfg.train, cfg.objectives, cfg.constraints, cfg.latency
+    )
 
 
 def open_study(cfg: StudyConfig, storage_url: str, *, fresh: bool = False):
@@ -147,8 +154,11 @@ def open_study(cfg: StudyConfig, storage_url: str, *, fresh: bool = False):
             optuna.delete_study(study_name=cfg.name, storage=storage)
             log.info("deleted the stored study %r (--fresh)", cfg.name)
         study = optuna.create_study(
-            storage=storage, sampler=_sampler(cfg), study_name=cfg.name,
-            directions=cfg.objectives.directions, load_if_exists=True,
+            storage=storage,
+            sampler=_sampler(cfg),
+            study_name=cfg.name,
+            directions=cfg.objectives.directions,
+            load_if_exists=True,
         )
     except Exception as err:  # driver missing, server down, bad URL, wrong password: all one line
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -182,6 +192,16 @@ def _write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def _ensure_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise KdnasError(f"cannot write to {out_dir} ({err.strerror}); pass a writable --out") from None
+
+
 def run_search(
     cfg: StudyConfig,
     out_dir: Path,
@@ -199,45 +219,61 @@ def run_search(
     from kdnas.measure import resolve_device
     from kdnas.teacher import obtain_teacher, soft_targets_for
 
+    # Everything that can fail on bad input is checked before anything is written.
     train_device = resolve_device(device)
-    resolve_device(cfg.latency.device)  # fail now, not in the first trial
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise KdnasError(f"cannot write to {out_dir} ({err.strerror}); pass a writable --out") from None
+    resolve_device(cfg.latency.device)
+    data = load_data(cfg.data, data_dir)
+    _ensure_writable(out_dir)
     storage_url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
     study = open_study(cfg, storage_url, fresh=fresh)
     _write_json(out_dir / "config.json", cfg.to_dict())
 
     done = budget_trials(study)
     if done >= cfg.budget.trials:
-        log.info("study %r already holds %d trained trials (budget %d); raise --trials to run more",
-                 cfg.name, done, cfg.budget.trials)
+        log.info(
+            "study %r already holds %d trained trials (budget %d); raise --trials to run more",
+            cfg.name,
+            done,
+            cfg.budget.trials,
+        )
         _print_pareto(study, cfg)
         return 0
 
     with logging_redirect_tqdm():
-        data = load_data(cfg.data, data_dir).to(train_device)
-        log.info("data: %s, %d train / %d val / %d test images, training on %s", data.info.name, len(data.train),
-                 len(data.val), len(data.test), train_device)
+        data = data.to(train_device)
+        log.info(
+            "data: %s, %d train / %d val / %d test images, training on %s",
+            data.info.name,
+            len(data.train),
+            len(data.val),
+            len(data.test),
+            train_device,
+        )
         with _bar("teacher", progress) as hook:
             teacher = obtain_teacher(cfg, data, out_dir, on_step=hook)
-        log.info("teacher: %s, test accuracy %.2f%%, val accuracy %.2f%%", teacher.spec.describe(),
-                 100 * teacher.test_accuracy, 100 * teacher.val_accuracy)
+        log.info(
+            "teacher: %s, test accuracy %.2f%%, val accuracy %.2f%%",
+            teacher.spec.describe(),
+            100 * teacher.test_accuracy,
+            100 * teacher.val_accuracy,
+        )
         study.set_user_attr("teacher", teacher.summary())
         views = AugmentedViews(data)
         soft_targets = None
         if cfg.kd.alpha.bounds[1] > 0:
             with _bar("soft targets", progress) as hook:
-                soft_targets = soft_targets_for(teacher, views, cfg.train.epochs, out_dir,
-                                                cfg.teacher.train.eval_batch_size, on_step=hook)
+                soft_targets = soft_targets_for(
+                    teacher, views, cfg.train.epochs, out_dir, cfg.teacher.train.eval_batch_size, on_step=hook
+                )
         objective = _Objective(cfg, views, soft_targets, train_device)
         remaining = cfg.budget.trials - done
-        log.info("search: %d of %d trials done, running %d more (storage %s)", done, cfg.budget.trials, remaining,
-                 _hide_password(storage_url))
+        log.info(
+            "search: %d of %d trials done, running %d more (storage %s)",
+            done,
+            cfg.budget.trials,
+            remaining,
+            _hide_password(storage_url),
+        )
         _optimize(study, objective, cfg, remaining, progress)
     _print_pareto(study, cfg)
     print(f"study {cfg.name!r} stored in {_hide_password(storage_url)}; run directory {out_dir}")
@@ -332,8 +368,10 @@ def _trial_line(trial) -> str:
     head = f"trial {trial.number:>3}  {a.get('arch', '?'):<18} {kd:<28}"
     status = a.get("status")
     if status == "complete":
-        return (f"{head} acc {100 * a['val_curve'][-1]:6.2f}%  params {a['params']:>9,}  "
-                f"lat {a['latency_ms']:7.3f} ms  {a['train_seconds']:6.0f} s")
+        return (
+            f"{head} acc {100 * a['val_curve'][-1]:6.2f}%  params {a['params']:>9,}  "
+            f"lat {a['latency_ms']:7.3f} ms  {a['train_seconds']:6.0f} s"
+        )
     return f"{head} {status or trial.state.name.lower()}: {a.get('reason', '')}"
 
 
@@ -361,8 +399,10 @@ def _optimize(study, objective: _Objective, cfg: StudyConfig, remaining: int, pr
         if budget_trials(study) >= target:
             study.stop()
         elif rejected_in_a_row >= _MAX_CONSECUTIVE_REJECTIONS:
-            log.warning("the constraints rejected %d candidates in a row; widen [constraints] or narrow the space",
-                        rejected_in_a_row)
+            log.warning(
+                "the constraints rejected %d candidates in a row; widen [constraints] or narrow the space",
+                rejected_in_a_row,
+            )
             study.stop()
 
     timeout = cfg.budget.timeout_min * 60 if cfg.budget.timeout_min else None
@@ -382,17 +422,19 @@ def pareto_rows(study) -> list[dict[str, Any]]:
     rows = []
     for t in study.best_trials:
         a, p = t.user_attrs, t.params
-        rows.append({
-            "trial": t.number,
-            "arch": a["arch"],
-            "T": p.get("temperature"),
-            "alpha": p.get("alpha"),
-            "decay": p.get("alpha_decay"),
-            "val_accuracy": a["val_curve"][-1],
-            "params": a["params"],
-            "macs": a["macs"],
-            "latency_ms": a["latency_ms"],
-        })
+        rows.append(
+            {
+                "trial": t.number,
+                "arch": a["arch"],
+                "T": p.get("temperature"),
+                "alpha": p.get("alpha"),
+                "decay": p.get("alpha_decay"),
+                "val_accuracy": a["val_curve"][-1],
+                "params": a["params"],
+                "macs": a["macs"],
+                "latency_ms": a["latency_ms"],
+            }
+        )
     return sorted(rows, key=lambda r: -r["val_accuracy"])
 
 
@@ -402,12 +444,16 @@ def _print_pareto(study, cfg: StudyConfig) -> None:
         print("no complete trials yet")
         return
     print(f"Pareto-optimal trials of {cfg.name!r} ({len(rows)}):")
-    print(f"{'trial':>5}  {'architecture':<18} {'T':>5} {'alpha':>5} {'decay':<11} {'val acc':>8} "
-          f"{'params':>10} {'MMACs':>7} {'latency':>10}")
+    print(
+        f"{'trial':>5}  {'architecture':<18} {'T':>5} {'alpha':>5} {'decay':<11} {'val acc':>8} "
+        f"{'params':>10} {'MMACs':>7} {'latency':>10}"
+    )
     for r in rows:
-        print(f"{r['trial']:>5}  {r['arch']:<18} {r['T']:>5.2f} {r['alpha']:>5.2f} {r['decay']:<11} "
-              f"{100 * r['val_accuracy']:>7.2f}% {r['params']:>10,} {r['macs'] / 1e6:>7.2f} "
-              f"{r['latency_ms']:>7.3f} ms")
+        print(
+            f"{r['trial']:>5}  {r['arch']:<18} {r['T']:>5.2f} {r['alpha']:>5.2f} {r['decay']:<11} "
+            f"{100 * r['val_accuracy']:>7.2f}% {r['params']:>10,} {r['macs'] / 1e6:>7.2f} "
+            f"{r['latency_ms']:>7.3f} ms"
+        )
 
 
 if __name__ == "__main__":

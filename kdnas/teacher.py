@@ -30,7 +30,15 @@ from kdnas.errors import KdnasError
 from kdnas.models import ArchSpec, build_model, count_params
 from kdnas.trainer import evaluate, fit
 
-__all__ = ["Teacher", "obtain_teacher", "load_stored_teacher", "teacher_spec", "CachedSoftTargets", "LiveTeacher", "soft_targets_for"]
+__all__ = [
+    "Teacher",
+    "obtain_teacher",
+    "load_stored_teacher",
+    "teacher_spec",
+    "CachedSoftTargets",
+    "LiveTeacher",
+    "soft_targets_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +95,7 @@ def _read(path: Path, expected_format: str) -> dict[str, Any] | None:
     return blob
 
 
-def obtain_teacher(
-    cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step: StepHook | None = None
-) -> Teacher:
+def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step: StepHook | None = None) -> Teacher:
     """Load the study's teacher, training it first if no valid stored one exists.
 
     Args:
@@ -117,14 +123,22 @@ def obtain_teacher(
         if blob is not None:
             log.warning("teacher: the [teacher] section or the data changed since %s was trained; retraining", path)
 
-    log.info("teacher: training %s (%s params) for %d epochs", spec.describe(),
-             f"{count_params(build_model(spec)):,}", cfg.teacher.train.epochs)
+    log.info(
+        "teacher: training %s (%s params) for %d epochs",
+        spec.describe(),
+        f"{count_params(build_model(spec)):,}",
+        cfg.teacher.train.epochs,
+    )
     torch.manual_seed(cfg.data.seed)
     model = build_model(spec).to(device)
     result = fit(
-        model, AugmentedViews(data), cfg.teacher.train, on_step=on_step,
-        on_epoch=lambda e, acc: log.info("teacher: epoch %d/%d, val accuracy %.2f%%", e + 1,
-                                         cfg.teacher.train.epochs, 100 * acc),
+        model,
+        AugmentedViews(data),
+        cfg.teacher.train,
+        on_step=on_step,
+        on_epoch=lambda e, acc: log.info(
+            "teacher: epoch %d/%d, val accuracy %.2f%%", e + 1, cfg.teacher.train.epochs, 100 * acc
+        ),
     )
     teacher = _finish(model, spec, data, fingerprint, path, cfg.teacher.train.eval_batch_size)
     _atomic_save(
@@ -162,8 +176,9 @@ def load_stored_teacher(path: Path, device: torch.device | str, blob: dict[str, 
     return Teacher(model, spec, blob["val_accuracy"], blob["test_accuracy"], blob["fingerprint"], path)
 
 
-def _finish(model: nn.Module, spec: ArchSpec, data: ImageData, fingerprint: str, path: Path | None,
-            batch_size: int) -> Teacher:
+def _finish(
+    model: nn.Module, spec: ArchSpec, data: ImageData, fingerprint: str, path: Path | None, batch_size: int
+) -> Teacher:
     model.to(memory_format=torch.channels_last).eval()
     val = evaluate(model, data.val, data.info, batch_size)
     test = evaluate(model, data.test, data.info, batch_size)
@@ -172,7 +187,9 @@ def _finish(model: nn.Module, spec: ArchSpec, data: ImageData, fingerprint: str,
 
 def _load_checkpoint(path: Path, spec: ArchSpec) -> nn.Module:
     if not path.is_file():
-        raise KdnasError(f"teacher checkpoint {path} does not exist; fix [teacher] checkpoint or remove it to train one")
+        raise KdnasError(
+            f"teacher checkpoint {path} does not exist; fix [teacher] checkpoint or remove it to train one"
+        )
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -216,8 +233,13 @@ class CachedSoftTargets:
 
 
 def soft_targets_for(
-    teacher: Teacher, views: AugmentedViews, epochs: int, out_dir: Path, batch_size: int,
-    *, on_step: StepHook | None = None,
+    teacher: Teacher,
+    views: AugmentedViews,
+    epochs: int,
+    out_dir: Path,
+    batch_size: int,
+    *,
+    on_step: StepHook | None = None,
 ) -> CachedSoftTargets:
     """Load the soft-target cache for ``epochs`` epochs of ``views``, computing it if needed."""
     path = out_dir / "soft_targets.pt"
@@ -234,8 +256,10 @@ def soft_targets_for(
     needed = epochs * n * num_classes * 2
     free = shutil.disk_usage(out_dir).free
     if free < 2 * needed:  # room for the temporary file beside the old one
-        raise KdnasError(f"not enough disk for the soft-target cache in {out_dir}: needs {needed / 2**20:.0f} MiB, "
-                         f"{free / 2**20:.0f} MiB free; free space or pass another --out")
+        raise KdnasError(
+            f"not enough disk for the soft-target cache in {out_dir}: needs {needed / 2**20:.0f} MiB, "
+            f"{free / 2**20:.0f} MiB free; free space or pass another --out"
+        )
     log.info("soft targets: running the teacher on %d epochs x %d views", epochs, n)
     logits = torch.empty(epochs, n, num_classes, dtype=torch.float16, device=device)
     live = LiveTeacher(teacher.model)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kdnas.config import TrainRecipe
-from kdnas.data import AugmentedViews, Split, normalize
+from kdnas.data import AugmentedViews, DatasetInfo, Split, normalize
 from kdnas.distill import KDSpec, kd_loss
 
 __all__ = ["SoftTargets", "FitResult", "TrainingDiverged", "fit", "evaluate", "predict_logits"]
@@ -94,7 +94,10 @@ def fit(
     device = views.data.train.images.device
     model.to(device=device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0,
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=recipe.momentum > 0,
         weight_decay=recipe.weight_decay,
     )
     n = len(views)
@@ -118,16 +121,17 @@ def fit(
                 group["lr"] = _lr_at(step, total_steps, warmup_steps, recipe.lr)
             with _autocast(device):
                 logits = model(x)
-            loss = kd_loss(logits.float(), teacher_logits, y, alpha, kd.temperature if kd else 1.0,
-                           recipe.label_smoothing)
+            loss = kd_loss(
+                logits.float(), teacher_logits, y, alpha, kd.temperature if kd else 1.0, recipe.label_smoothing
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()
             step += 1
-            if step % _FINITE_CHECK_EVERY == 0 or first + recipe.batch_size >= n:
-                if not math.isfinite(loss_sum.item()):  # sync point
-                    raise TrainingDiverged(f"non-finite loss in epoch {epoch + 1}, step {step}")
+            at_check = step % _FINITE_CHECK_EVERY == 0 or first + recipe.batch_size >= n
+            if at_check and not math.isfinite(loss_sum.item()):  # sync point
+                raise TrainingDiverged(f"non-finite loss in epoch {epoch + 1}, step {step}")
             if on_step is not None:
                 on_step(step, total_steps)
         result.images += n
@@ -140,7 +144,7 @@ def fit(
     return result
 
 
-def predict_logits(model: nn.Module, images: torch.Tensor, info, batch_size: int) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: torch.Tensor, info: DatasetInfo, batch_size: int) -> torch.Tensor:
     """Logits (N, C) of un-augmented uint8 ``images`` (N, C, H, W), in eval mode."""
     model.eval()
     device = next(model.parameters()).device
@@ -152,7 +156,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, info, batch_size: int
     return torch.cat(outputs)
 
 
-def evaluate(model: nn.Module, split: Split, info, batch_size: int) -> float:
+def evaluate(model: nn.Module, split: Split, info: DatasetInfo, batch_size: int) -> float:
     """Top-1 accuracy (0..1) of ``model`` on ``split``."""
     logits = predict_logits(model, split.images, info, batch_size)
     return (logits.argmax(1) == split.labels.to(logits.device)).float().mean().item()

@@ -1,0 +1,169 @@
+"""End to end: the real `smoke` study through `kdnas.search.main`, and every bad input the CLI names."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+
+from kdnas.config import STUDIES_DIR
+from kdnas.search import main
+
+pytestmark = pytest.mark.slow
+
+
+def _load(out: Path, name: str = "smoke") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def _write_study(tmp_path: Path, extra: str, name: str = "custom") -> Path:
+    """The smoke study with ``extra`` TOML appended (later keys of a table must not repeat earlier ones)."""
+    path = tmp_path / f"{name}.toml"
+    path.write_text((STUDIES_DIR / "smoke.toml").read_text() + "\n" + extra)
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    code = main(["--study", "smoke", "--out", str(out), "--no-progress"])
+    return out, code
+
+
+def test_smoke_study_stores_complete_trials_with_three_objectives(smoke_run: tuple[Path, int]) -> None:
+    out, code = smoke_run
+    assert code == 0
+    study = _load(out)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 3
+    for trial in complete:
+        accuracy, params, latency = trial.values
+        assert 0.0 < accuracy <= 1.0
+        assert params == trial.user_attrs["params"] > 0
+        assert latency > 0
+        assert trial.user_attrs["macs"] > 0
+        assert len(trial.user_attrs["val_curve"]) == 2  # one entry per epoch of [train]
+    assert (out / "teacher.pt").is_file() and (out / "soft_targets.pt").is_file()
+    assert study.user_attrs["teacher"]["test_accuracy"] > 0.5  # a real, trained teacher
+
+
+def test_second_run_reuses_teacher_and_adds_trials(smoke_run: tuple[Path, int], capsys) -> None:
+    out, _ = smoke_run
+    teacher_mtime = (out / "teacher.pt").stat().st_mtime_ns
+    cache_mtime = (out / "soft_targets.pt").stat().st_mtime_ns
+    assert main(["--study", "smoke", "--out", str(out), "--trials", "4", "--no-progress"]) == 0
+    assert (out / "teacher.pt").stat().st_mtime_ns == teacher_mtime
+    assert (out / "soft_targets.pt").stat().st_mtime_ns == cache_mtime
+    assert "teacher: reusing" in capsys.readouterr().err
+    study = _load(out)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 4
+    numbers = [t.number for t in study.trials]
+    assert numbers == sorted(set(numbers))
+
+
+def test_run_with_budget_reached_trains_nothing(smoke_run: tuple[Path, int], capsys) -> None:
+    out, _ = smoke_run
+    before = len(_load(out).trials)
+    assert main(["--study", "smoke", "--out", str(out), "--trials", "2", "--no-progress"]) == 0
+    assert len(_load(out).trials) == before
+    assert "Pareto-optimal trials" in capsys.readouterr().out
+
+
+def test_changed_space_refuses_to_mix_trials(smoke_run: tuple[Path, int], tmp_path: Path, capsys) -> None:
+    out, _ = smoke_run
+    changed = _write_study(tmp_path, "[constraints]\nmax_params = 10_000\n", name="smoke")
+    assert main(["--study", str(changed), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "different data/teacher/space" in err and "--fresh" in err
+
+
+def test_constraints_reject_before_training(tmp_path: Path) -> None:
+    path = _write_study(tmp_path, "[constraints]\nmax_params = 6_000\n")  # only width 4 fits
+    out = tmp_path / "run"
+    assert main(["--study", str(path), "--out", str(out), "--no-progress", "--trials", "2"]) == 0
+    study = _load(out, "custom")
+    rejected = [t for t in study.trials if t.user_attrs.get("status") == "rejected"]
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in rejected)
+    assert all("max_params" in t.user_attrs["reason"] and "val_curve" not in t.user_attrs for t in rejected)
+    assert len(complete) == 2 and all(t.user_attrs["params"] <= 6_000 for t in complete)
+
+
+def test_diverging_trial_is_failed_with_reason_and_study_goes_on(tmp_path: Path) -> None:
+    text = (STUDIES_DIR / "smoke.toml").read_text().replace("lr = 0.1\n\n[latency]", "lr = 1e12\n\n[latency]")
+    path = tmp_path / "diverge.toml"
+    path.write_text(text)
+    out = tmp_path / "run"
+    assert main(["--study", str(path), "--out", str(out), "--no-progress", "--trials", "2"]) == 0
+    trials = _load(out, "diverge").trials
+    assert len(trials) == 2
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    assert all("non-finite loss" in t.user_attrs["reason"] for t in trials)
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        pytest.param("[kd]\ntemperture = 2.0\n", "did you mean 'temperature'", id="unknown-key"),
+        pytest.param("[kd]\nalpha = { low = 0.0, high = 1.5 }\n", "alpha", id="alpha-out-of-range"),
+        pytest.param("[budget\ntrials = 3\n", "not valid TOML", id="malformed-toml"),
+    ],
+)
+def test_bad_study_file_is_one_line_error(tmp_path: Path, capsys, toml: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    out = tmp_path / "run"
+    assert main(["--study", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_unknown_study_name_lists_known_studies(capsys) -> None:
+    assert main(["--study", "smok"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'smoke'" in err and "fashion" in err and err.count("\n") == 1
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path: Path, capsys, monkeypatch) -> None:
+    # Only the download is replaced: this machine is offline, and a real attempt costs ~20 s of DNS time.
+    monkeypatch.setattr("kdnas.data._torchvision", _offline)
+    path = _write_study(tmp_path, "", name="cifar_missing")
+    path.write_text(path.read_text().replace('dataset = "fashion_mnist"', 'dataset = "cifar10"'))
+    out = tmp_path / "run"
+    assert main(["--study", str(path), "--out", str(out), "--data-dir", str(tmp_path / "empty")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the failed download's log lines
+    assert last.startswith("error: CIFAR-10 not found") and str(tmp_path / "empty") in last
+    assert not out.exists()
+
+
+def _offline():
+    raise OSError("network is unreachable")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        pytest.param("sqlite:////nonexistent-dir/sub/study.db", "cannot open storage", id="sqlite-bad-dir"),
+        pytest.param("postgresql://kdnas:secret@127.0.0.1:1/kdnas", "cannot open storage", id="postgres-down"),
+        pytest.param("nosuchdb://x", "cannot open storage", id="unknown-scheme"),
+    ],
+)
+def test_unreachable_storage_is_one_line_error(tmp_path: Path, capsys, url: str, message: str) -> None:
+    out = tmp_path / "run"
+    assert main(["--study", "smoke", "--out", str(out), "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "secret" not in err
+    assert not (out / "teacher.pt").exists()
+
+
+def test_fresh_starts_over(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["--study", "smoke", "--out", str(out), "--trials", "1", "--no-progress"]) == 0
+    assert main(["--study", "smoke", "--out", str(out), "--trials", "1", "--no-progress", "--fresh"]) == 0
+    study = _load(out)
+    assert [t.number for t in study.trials] == [0]
+    with sqlite3.connect(out / "study.db") as db:
+        assert db.execute("select count(*) from studies").fetchone()[0] == 1
