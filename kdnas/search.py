@@ -30,7 +30,7 @@ log = logging.getLogger("kdnas.search")
 
 # A trial counts against the budget once it has cost training: finished, diverged or stopped early.
 _BUDGET_STATUSES = ("complete", "diverged", "stopped")
-# Give up when the constraints reject this many candidates in a row (the space is mostly infeasible).
+# Give up after this many candidates in a row were rejected or already trained (the space is used up).
 _MAX_CONSECUTIVE_REJECTIONS = 200
 
 
@@ -114,17 +114,22 @@ def _hide_password(url: str) -> str:
         return url
 
 
-def _sampler(cfg: StudyConfig):
+def _sampler(cfg: StudyConfig, stored_trials: int):
+    """The study's sampler, seeded by (seed, trials already stored).
+
+    A resumed study must not replay the random sequence of its first run (that would train the same
+    candidates again), and the same study file, seed and history still give the same proposals.
+    """
     import optuna
 
-    s = cfg.sampler
+    s, seed = cfg.sampler, cfg.seed + 1_000_003 * stored_trials
     if s.name == "tpe":
         return optuna.samplers.TPESampler(
-            seed=cfg.seed, n_startup_trials=s.startup_trials, multivariate=True, constant_liar=True
+            seed=seed, n_startup_trials=s.startup_trials, multivariate=True, constant_liar=True
         )
     if s.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=max(4, s.startup_trials))
-    return optuna.samplers.RandomSampler(seed=cfg.seed)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, s.startup_trials))
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def search_space_hash(cfg: StudyConfig) -> str:
@@ -155,7 +160,6 @@ def open_study(cfg: StudyConfig, storage_url: str, *, fresh: bool = False):
             log.info("deleted the stored study %r (--fresh)", cfg.name)
         study = optuna.create_study(
             storage=storage,
-            sampler=_sampler(cfg),
             study_name=cfg.name,
             directions=cfg.objectives.directions,
             load_if_exists=True,
@@ -172,6 +176,7 @@ def open_study(cfg: StudyConfig, storage_url: str, *, fresh: bool = False):
         )
     if stored is None:
         study.set_user_attr("space_hash", space_hash)
+    study.sampler = _sampler(cfg, len(study.get_trials(deepcopy=False)))
     study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict(), default=list)))
     return study
 
@@ -303,6 +308,19 @@ class _bar:
             self.bar.close()
 
 
+_MEASURED_ATTRS = ("arch", "params", "macs", "latency_ms", "val_curve", "train_seconds", "images_per_s")
+
+
+def _completed_twin(trial):
+    """A complete trial of the same study with exactly these params, if any."""
+    import optuna
+
+    for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if other.params == trial.params and other.user_attrs.get("status") == "complete":
+            return other
+    return None
+
+
 class _Objective:
     """One trial: sample, measure, reject or train, record."""
 
@@ -321,6 +339,13 @@ class _Objective:
 
         cfg, info = self.cfg, self.views.data.info
         arch, kd = suggest(trial, cfg, info.in_channels, info.num_classes)
+        twin = _completed_twin(trial)
+        if twin is not None:  # training is deterministic: the stored result is this candidate's result
+            for key in _MEASURED_ATTRS:
+                trial.set_user_attr(key, twin.user_attrs[key])
+            trial.set_user_attr("status", "duplicate")
+            trial.set_user_attr("reason", f"same candidate as trial {twin.number}; its result reused")
+            return tuple(twin.values)
         torch.manual_seed(cfg.seed)  # same candidate, same initial weights, same result
         model = build_model(arch)
         params = count_params(model)
@@ -389,7 +414,7 @@ def _optimize(study, objective: _Objective, cfg: StudyConfig, remaining: int, pr
         nonlocal rejected_in_a_row
         log.info("%s", _trial_line(trial))
         status = trial.user_attrs.get("status")
-        rejected_in_a_row = rejected_in_a_row + 1 if status == "rejected" else 0
+        rejected_in_a_row = rejected_in_a_row + 1 if status in ("rejected", "duplicate") else 0
         if status in _BUDGET_STATUSES:
             bar.update(1)
             complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]

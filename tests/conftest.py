@@ -19,6 +19,17 @@ import torch
 
 from kdnas.data import DatasetInfo, ImageData, Split
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The tests' networks are tiny: with one intra-op thread a training step is ~20x faster than with two
+    on a shared 2-core machine (no OpenMP hand-offs), and results do not depend on the core count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------------------
 # A tiny synthetic dataset: 1x8x8 images, 4 classes, the class is the bright quadrant
 # ---------------------------------------------------------------------------------------------------
@@ -29,7 +40,14 @@ def _no_reader(data_dir: Path, download: bool):
 
 
 TINY_INFO = DatasetInfo(
-    "tiny", in_channels=1, num_classes=4, image_size=8, mean=(0.3,), std=(0.3,), crop_padding=1, flip=False,
+    "tiny",
+    in_channels=1,
+    num_classes=4,
+    image_size=8,
+    mean=(0.3,),
+    std=(0.3,),
+    crop_padding=1,
+    flip=False,
     read=_no_reader,
 )
 
@@ -99,7 +117,12 @@ def write_idx(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-FASHION_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_NAMES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def write_fashion_mnist(folder: Path, n_train: int = 50, n_test: int = 12, *, gz: bool = True, seed: int = 0):
@@ -133,14 +156,16 @@ def write_cifar10(data_dir: Path, n_per_batch: int = 8, n_test: int = 10, *, see
     for b in range(1, 6):
         x = _tagged_images(n_per_batch, (3, 32, 32), rng, first_id=(b - 1) * n_per_batch)
         y = rng.integers(0, 10, size=n_per_batch).tolist()
-        _write_pickle(root / f"data_batch_{b}", {b"batch_label": b"training batch", b"data": x.reshape(-1, 3072),
-                                                 b"labels": y})
+        _write_pickle(
+            root / f"data_batch_{b}", {b"batch_label": b"training batch", b"data": x.reshape(-1, 3072), b"labels": y}
+        )
         xs.append(x)
         ys.extend(y)
     test_x = _tagged_images(n_test, (3, 32, 32), rng)
     test_y = rng.integers(0, 10, size=n_test).tolist()
-    _write_pickle(root / "test_batch", {b"batch_label": b"testing batch", b"data": test_x.reshape(-1, 3072),
-                                        b"labels": test_y})
+    _write_pickle(
+        root / "test_batch", {b"batch_label": b"testing batch", b"data": test_x.reshape(-1, 3072), b"labels": test_y}
+    )
     return np.concatenate(xs), np.array(ys), test_x, np.array(test_y)
 
 
@@ -152,8 +177,9 @@ def write_cifar100(data_dir: Path, n_train: int = 30, n_test: int = 10, *, seed:
     for name, n in (("train", n_train), ("test", n_test)):
         x = _tagged_images(n, (3, 32, 32), rng)
         fine = rng.integers(0, 100, size=n).tolist()
-        _write_pickle(root / name, {b"data": x.reshape(-1, 3072), b"fine_labels": fine,
-                                    b"coarse_labels": [f // 5 for f in fine]})
+        _write_pickle(
+            root / name, {b"data": x.reshape(-1, 3072), b"fine_labels": fine, b"coarse_labels": [f // 5 for f in fine]}
+        )
         out += [x, np.array(fine)]
     return tuple(out)
 

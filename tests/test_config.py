@@ -89,17 +89,30 @@ def test_file_that_is_not_utf8_is_reported(tmp_path):
     ("text", "expected"),
     [
         pytest.param("sed = 1\n", "unknown key 'sed' in the top level; did you mean 'seed'?", id="top-level"),
-        pytest.param("[trian]\nepochs = 1\n", "unknown key 'trian' in the top level; did you mean 'train'?",
-                     id="section-name"),
+        pytest.param(
+            "[trian]\nepochs = 1\n", "unknown key 'trian' in the top level; did you mean 'train'?", id="section-name"
+        ),
         pytest.param("[train]\nepoch = 3\n", "unknown key 'epoch' in [train]; did you mean 'epochs'?", id="in-section"),
-        pytest.param("[teacher.train]\nbatchsize = 3\n",
-                     "unknown key 'batchsize' in [teacher.train]; did you mean 'batch_size'?", id="nested-section"),
-        pytest.param("[kd]\nalpha = { low = 0.0, hihg = 1.0 }\n",
-                     "unknown key 'hihg' in range kd.alpha; did you mean 'high'?", id="range-table"),
-        pytest.param("[data]\nzzzz = 1\n", "unknown key 'zzzz' in [data]; known keys: dataset, seed,",
-                     id="no-close-match-lists-keys"),
-        pytest.param("[kd]\nalpha = { low = 0.0, high = 1.0, qqqq = 2 }\n",
-                     "unknown key 'qqqq' in range kd.alpha; known: high, log, low, step", id="range-no-close-match"),
+        pytest.param(
+            "[teacher.train]\nbatchsize = 3\n",
+            "unknown key 'batchsize' in [teacher.train]; did you mean 'batch_size'?",
+            id="nested-section",
+        ),
+        pytest.param(
+            "[kd]\nalpha = { low = 0.0, hihg = 1.0 }\n",
+            "unknown key 'hihg' in range kd.alpha; did you mean 'high'?",
+            id="range-table",
+        ),
+        pytest.param(
+            "[data]\nzzzz = 1\n",
+            "unknown key 'zzzz' in [data]; known keys: dataset, seed,",
+            id="no-close-match-lists-keys",
+        ),
+        pytest.param(
+            "[kd]\nalpha = { low = 0.0, high = 1.0, qqqq = 2 }\n",
+            "unknown key 'qqqq' in range kd.alpha; known: high, log, low, step",
+            id="range-no-close-match",
+        ),
     ],
 )
 def test_unknown_keys_are_rejected_with_a_suggestion(tmp_path, text, expected):
@@ -111,36 +124,57 @@ def test_unknown_keys_are_rejected_with_a_suggestion(tmp_path, text, expected):
     [
         pytest.param("[teacher]\nbase_width = 0\n", "base_width must be at least 1, got 0", id="teacher-width-0"),
         pytest.param("[teacher]\nbase_width = -8\n", "base_width must be at least 1, got -8", id="teacher-width-neg"),
-        pytest.param("[student]\nbase_width = 0\n", "base_width: values must be in [1, inf], got 0",
-                     id="student-width-0"),
-        pytest.param("[student]\nbase_width = { low = -4, high = 8 }\n",
-                     "base_width: values must be in [1, inf], got -4..8", id="student-width-range"),
-        pytest.param("[teacher]\nblocks = [2, 0]\n", "every stage needs at least 1 block, got [2, 0]",
-                     id="teacher-blocks-0"),
+        pytest.param(
+            "[student]\nbase_width = 0\n", "base_width: values must be in [1, inf], got 0", id="student-width-0"
+        ),
+        pytest.param(
+            "[student]\nbase_width = { low = -4, high = 8 }\n",
+            "base_width: values must be in [1, inf], got -4..8",
+            id="student-width-range",
+        ),
+        pytest.param(
+            "[teacher]\nblocks = [2, 0]\n", "every stage needs at least 1 block, got [2, 0]", id="teacher-blocks-0"
+        ),
         pytest.param("[teacher]\nblocks = []\n", "blocks is empty", id="teacher-blocks-empty"),
         pytest.param("[student]\nblocks = 0\n", "blocks: values must be in [1, inf], got 0", id="student-blocks-0"),
         pytest.param("[student]\nstages = 0\n", "stages must be at least 1, got 0", id="stages-0"),
         pytest.param("[kd]\ntemperature = 0\n", "temperature: values must be in (0, inf], got 0.0", id="T-zero"),
-        pytest.param("[kd]\ntemperature = { low = -1.0, high = 4.0 }\n",
-                     "temperature: values must be in (0, inf], got -1.0..4.0", id="T-negative-range"),
+        pytest.param(
+            "[kd]\ntemperature = { low = -1.0, high = 4.0 }\n",
+            "temperature: values must be in (0, inf], got -1.0..4.0",
+            id="T-negative-range",
+        ),
         pytest.param("[kd]\nalpha = 1.5\n", "alpha: values must be in [0, 1], got 1.5", id="alpha-above-1"),
         pytest.param("[kd]\nalpha = -0.1\n", "alpha: values must be in [0, 1], got -0.1", id="alpha-below-0"),
-        pytest.param("[kd]\nalpha = [0.0, 0.5, 2.0]\n", "alpha: values must be in [0, 1], got 0.0..2.0",
-                     id="alpha-choice-above-1"),
+        pytest.param(
+            "[kd]\nalpha = [0.0, 0.5, 2.0]\n",
+            "alpha: values must be in [0, 1], got 0.0..2.0",
+            id="alpha-choice-above-1",
+        ),
         pytest.param("[kd]\ndecay_rate = 0\n", "decay_rate: values must be in (0, inf], got 0.0", id="rate-zero"),
-        pytest.param("[kd]\ndecay_rate = -2.0\n", "decay_rate: values must be in (0, inf], got -2.0",
-                     id="rate-negative"),
+        pytest.param(
+            "[kd]\ndecay_rate = -2.0\n", "decay_rate: values must be in (0, inf], got -2.0", id="rate-negative"
+        ),
         pytest.param("[kd]\nalpha = []\n", "kd.alpha: the list of choices is empty", id="empty-num-choices"),
-        pytest.param("[kd]\nalpha_decay = []\n", "kd.alpha_decay: the list of choices is empty",
-                     id="empty-name-choices"),
-        pytest.param("[kd]\nalpha = { low = 0.8, high = 0.2 }\n", "min > max: low=0.8 is above high=0.2",
-                     id="min-above-max"),
-        pytest.param("[student]\nblocks = { low = 3, high = 1 }\n", "min > max: low=3 is above high=1",
-                     id="int-min-above-max"),
-        pytest.param("[kd]\ntemperature = { low = 0.0, high = 4.0, log = true }\n", "a log range needs low > 0",
-                     id="log-low-zero"),
-        pytest.param("[kd]\ntemperature = { low = 1.0, high = 4.0, log = true, step = 0.5 }\n",
-                     "cannot also have a step", id="log-with-step"),
+        pytest.param(
+            "[kd]\nalpha_decay = []\n", "kd.alpha_decay: the list of choices is empty", id="empty-name-choices"
+        ),
+        pytest.param(
+            "[kd]\nalpha = { low = 0.8, high = 0.2 }\n", "min > max: low=0.8 is above high=0.2", id="min-above-max"
+        ),
+        pytest.param(
+            "[student]\nblocks = { low = 3, high = 1 }\n", "min > max: low=3 is above high=1", id="int-min-above-max"
+        ),
+        pytest.param(
+            "[kd]\ntemperature = { low = 0.0, high = 4.0, log = true }\n",
+            "a log range needs low > 0",
+            id="log-low-zero",
+        ),
+        pytest.param(
+            "[kd]\ntemperature = { low = 1.0, high = 4.0, log = true, step = 0.5 }\n",
+            "cannot also have a step",
+            id="log-with-step",
+        ),
         pytest.param("[kd]\nalpha = { low = 0.0, high = 1.0, step = 0 }\n", "step must be > 0", id="step-zero"),
         pytest.param("[kd]\nalpha = { low = 0.0 }\n", "range kd.alpha needs both low and high", id="range-no-high"),
         pytest.param("[data]\nval_fraction = 1.0\n", "val_fraction must be in (0, 1), got 1.0", id="val-fraction"),
@@ -151,7 +185,7 @@ def test_unknown_keys_are_rejected_with_a_suggestion(tmp_path, text, expected):
         pytest.param("[budget]\ntrials = 0\n", "trials must be at least 1, got 0", id="trials-0"),
         pytest.param("[latency]\nthreads = 0\n", "threads must be at least 1, got 0", id="threads-0"),
         pytest.param("[constraints]\nmax_params = 0\n", "max_params must be at least 1, got 0", id="max-params-0"),
-        pytest.param("name = \"\"\n", "name must not be empty", id="empty-name"),
+        pytest.param('name = ""\n', "name must not be empty", id="empty-name"),
     ],
 )
 def test_out_of_range_values_are_rejected_with_rule_and_value(tmp_path, text, expected):
@@ -161,25 +195,36 @@ def test_out_of_range_values_are_rejected_with_rule_and_value(tmp_path, text, ex
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        pytest.param("seed = \"zero\"\n", "seed must be of type int, got 'zero'", id="str-for-int"),
+        pytest.param('seed = "zero"\n', "seed must be of type int, got 'zero'", id="str-for-int"),
         pytest.param("seed = 1.5\n", "seed must be of type int, got 1.5", id="float-for-int"),
         pytest.param("seed = true\n", "seed must be of type int, got True", id="bool-for-int"),
-        pytest.param("[train]\nlr = \"fast\"\n", "train.lr must be of type float, got 'fast'", id="str-for-float"),
+        pytest.param('[train]\nlr = "fast"\n', "train.lr must be of type float, got 'fast'", id="str-for-float"),
         pytest.param("[data]\nflip = 1\n", "data.flip must be of type bool, got 1", id="int-for-bool"),
-        pytest.param("[data]\nlimit_train = 50.5\n", "data.limit_train must be of type int, got 50.5",
-                     id="float-for-optional-int"),
+        pytest.param(
+            "[data]\nlimit_train = 50.5\n",
+            "data.limit_train must be of type int, got 50.5",
+            id="float-for-optional-int",
+        ),
         pytest.param("[teacher]\nblocks = 2\n", "teacher.blocks must be a list, got 2", id="scalar-for-list"),
-        pytest.param("[teacher]\nblocks = [1, \"2\"]\n", "teacher.blocks must be of type int, got '2'",
-                     id="str-in-int-list"),
+        pytest.param(
+            '[teacher]\nblocks = [1, "2"]\n', "teacher.blocks must be of type int, got '2'", id="str-in-int-list"
+        ),
         pytest.param("train = 5\n", "[train] must be a table, got 5", id="scalar-for-section"),
-        pytest.param("[student]\nbase_width = 8.5\n", "student.base_width must hold integers, got 8.5",
-                     id="fraction-for-int-param"),
-        pytest.param("[student]\nblocks = { low = 1, high = 3, step = 0.5 }\n",
-                     "student.blocks must hold integers, got 0.5", id="fraction-step-for-int-param"),
-        pytest.param("[kd]\nalpha = \"half\"\n", "kd.alpha must hold numbers, got 'half'", id="str-for-num-param"),
+        pytest.param(
+            "[student]\nbase_width = 8.5\n",
+            "student.base_width must hold integers, got 8.5",
+            id="fraction-for-int-param",
+        ),
+        pytest.param(
+            "[student]\nblocks = { low = 1, high = 3, step = 0.5 }\n",
+            "student.blocks must hold integers, got 0.5",
+            id="fraction-step-for-int-param",
+        ),
+        pytest.param('[kd]\nalpha = "half"\n', "kd.alpha must hold numbers, got 'half'", id="str-for-num-param"),
         pytest.param("[kd]\nalpha = [0.5, true]\n", "kd.alpha must hold numbers, got True", id="bool-in-choices"),
-        pytest.param("[kd]\nalpha_decay = [\"none\", 3]\n", "kd.alpha_decay must be a list of names",
-                     id="number-in-names"),
+        pytest.param(
+            '[kd]\nalpha_decay = ["none", 3]\n', "kd.alpha_decay must be a list of names", id="number-in-names"
+        ),
     ],
 )
 def test_wrong_types_are_rejected(tmp_path, text, expected):
@@ -196,18 +241,26 @@ def test_log_flag_that_is_not_a_bool_is_rejected(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        pytest.param("[kd]\nalpha_decay = [\"none\", \"step\"]\n",
-                     "[kd] alpha_decay: unknown choice 'step'; known: none, linear, cosine, exponential",
-                     id="alpha-decay"),
-        pytest.param("[kd]\nalpha_decay = \"lineaer\"\n", "unknown choice 'lineaer'", id="alpha-decay-scalar"),
-        pytest.param("[sampler]\nname = \"tpee\"\n", "unknown sampler 'tpee'; known: tpe, nsga2, random",
-                     id="sampler"),
-        pytest.param("[objectives]\nmetrics = [\"val_accuracy\", \"flops\"]\n",
-                     "unknown metric 'flops'; known: val_accuracy, params, latency_ms", id="metric"),
-        pytest.param("[objectives]\nmetrics = [\"params\"]\n", "metrics must include 'val_accuracy'",
-                     id="metric-without-accuracy"),
-        pytest.param("[objectives]\nmetrics = [\"val_accuracy\", \"params\", \"params\"]\n", "metrics has duplicates",
-                     id="metric-duplicate"),
+        pytest.param(
+            '[kd]\nalpha_decay = ["none", "step"]\n',
+            "[kd] alpha_decay: unknown choice 'step'; known: none, linear, cosine, exponential",
+            id="alpha-decay",
+        ),
+        pytest.param('[kd]\nalpha_decay = "lineaer"\n', "unknown choice 'lineaer'", id="alpha-decay-scalar"),
+        pytest.param('[sampler]\nname = "tpee"\n', "unknown sampler 'tpee'; known: tpe, nsga2, random", id="sampler"),
+        pytest.param(
+            '[objectives]\nmetrics = ["val_accuracy", "flops"]\n',
+            "unknown metric 'flops'; known: val_accuracy, params, latency_ms",
+            id="metric",
+        ),
+        pytest.param(
+            '[objectives]\nmetrics = ["params"]\n', "metrics must include 'val_accuracy'", id="metric-without-accuracy"
+        ),
+        pytest.param(
+            '[objectives]\nmetrics = ["val_accuracy", "params", "params"]\n',
+            "metrics has duplicates",
+            id="metric-duplicate",
+        ),
     ],
 )
 def test_unknown_names_are_rejected_with_the_known_list(tmp_path, text, expected):
@@ -250,8 +303,9 @@ def test_name_in_file_wins_over_file_name(tmp_path):
         pytest.param("base_width = 16", NumParam("int", 16, 16), id="scalar-is-fixed"),
         pytest.param("base_width = [8, 16, 24]", NumParam("int", choices=(8, 16, 24)), id="list-is-choices"),
         pytest.param("base_width = { low = 8, high = 32, step = 8 }", NumParam("int", 8, 32, step=8), id="range"),
-        pytest.param("base_width = { low = 4, high = 64, log = true }", NumParam("int", 4, 64, log=True),
-                     id="log-range"),
+        pytest.param(
+            "base_width = { low = 4, high = 64, log = true }", NumParam("int", 4, 64, log=True), id="log-range"
+        ),
         pytest.param("base_width = 16.0", NumParam("int", 16, 16), id="integral-float-is-int"),
     ],
 )
@@ -266,8 +320,9 @@ def test_searchable_int_forms(tmp_path, text, expected):
     [
         pytest.param("temperature = 4", NumParam("float", 4.0, 4.0), id="scalar-is-fixed"),
         pytest.param("temperature = [1, 2.5, 4]", NumParam("float", choices=(1.0, 2.5, 4.0)), id="list-is-choices"),
-        pytest.param("temperature = { low = 1, high = 8, log = true }", NumParam("float", 1.0, 8.0, log=True),
-                     id="log-range"),
+        pytest.param(
+            "temperature = { low = 1, high = 8, log = true }", NumParam("float", 1.0, 8.0, log=True), id="log-range"
+        ),
     ],
 )
 def test_searchable_float_forms(tmp_path, text, expected):

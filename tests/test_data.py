@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 
 import numpy as np
 import pytest
@@ -41,8 +42,8 @@ def test_idx_writer_uses_the_real_magic_numbers(tmp_path, fashion_mnist_writer):
     fashion_mnist_writer(tmp_path, n_train=3, n_test=2)
     images = gzip.decompress((tmp_path / "train-images-idx3-ubyte.gz").read_bytes())
     labels = gzip.decompress((tmp_path / "train-labels-idx1-ubyte.gz").read_bytes())
-    assert images[:16] == bytes.fromhex("00000803" "00000003" "0000001c" "0000001c")
-    assert labels[:8] == bytes.fromhex("00000801" "00000003")
+    assert images[:16] == bytes.fromhex("00000803000000030000001c0000001c")
+    assert labels[:8] == bytes.fromhex("0000080100000003")
 
 
 @pytest.mark.parametrize("gz", [pytest.param(True, id="gz"), pytest.param(False, id="plain")])
@@ -137,8 +138,6 @@ def test_cifar_rows_are_read_as_red_green_blue_planes(tmp_path, cifar10_writer):
     cifar10_writer(tmp_path, n_per_batch=2, n_test=1)
     # Overwrite the test batch with one image whose planes are constant: 10 (red), 20 (green), 30 (blue).
     row = np.repeat(np.array([10, 20, 30], dtype=np.uint8), 1024)[None]
-    import pickle
-
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
         pickle.dump({b"data": row, b"labels": [3]}, f, protocol=2)
     data = load_data(DataConfig(dataset="cifar10"), tmp_path, download=False)

@@ -26,8 +26,11 @@ def logits_case(seed: int = 0, n: int = 5, c: int = 7):
 
 
 def as_torch(student, teacher, targets):
-    return (torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32),
-            torch.tensor(targets, dtype=torch.int64))
+    return (
+        torch.tensor(student, dtype=torch.float32),
+        torch.tensor(teacher, dtype=torch.float32),
+        torch.tensor(targets, dtype=torch.int64),
+    )
 
 
 def np_log_softmax(z: np.ndarray) -> np.ndarray:
@@ -233,8 +236,11 @@ def test_alpha_zero_stays_zero_under_every_schedule(schedule):
         pytest.param({"alpha": float("nan")}, r"alpha must be in \[0, 1\], got nan", id="alpha-nan"),
         pytest.param({"decay_rate": 0.0}, "decay_rate must be > 0, got 0.0", id="rate-zero"),
         pytest.param({"decay_rate": -3.0}, "decay_rate must be > 0, got -3.0", id="rate-negative"),
-        pytest.param({"alpha_decay": "step"}, "unknown alpha schedule 'step'; known: cosine, exponential, linear, none",
-                     id="unknown-schedule"),
+        pytest.param(
+            {"alpha_decay": "step"},
+            "unknown alpha schedule 'step'; known: cosine, exponential, linear, none",
+            id="unknown-schedule",
+        ),
     ],
 )
 def test_kdspec_rejects_bad_values(kwargs, expected):

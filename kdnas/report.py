@@ -1,0 +1,808 @@
+"""What a search found: a self-contained HTML report, and the tables behind it.
+
+    python -m kdnas.report --study fashion             # runs/fashion/report.html, trials.csv, pareto.csv
+    python -m kdnas.report --study smoke --out /tmp/smoke
+
+Everything starts from one pandas DataFrame, ``trials_frame(study)``: one row per trial with its
+parameters, measurements, status and Pareto flags. The CSV files are that frame; every figure is drawn
+from it afterwards (importances and the parallel-coordinates view come from Optuna's own functions).
+The report answers "which student, at what cost, and what did distillation buy?": accuracy against
+parameters and latency with the Pareto fronts joined, the front without distillation against the
+front with it, hypervolume over trials, hyperparameter importances, and the study's settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import math
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdnas.config import METRICS, NumParam, StudyConfig, load_study, study_from_dict
+from kdnas.errors import KdnasError
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+    import plotly.graph_objects as go
+
+__all__ = [
+    "NO_KD_ALPHA",
+    "StudyRun",
+    "load_run",
+    "trials_frame",
+    "pareto_front",
+    "kd_gain",
+    "largest_student_params",
+    "hypervolume_history",
+    "write_report",
+    "run_cli",
+    "build_parser",
+    "main",
+]
+
+log = logging.getLogger(__name__)
+
+# Below this initial alpha the soft term barely moves training: such trials are the no-distillation baseline.
+NO_KD_ALPHA = 0.05
+# The columns of trials.csv before and after the trial's own parameters.
+_LEAD_COLUMNS = ["trial", "status", "state", "reason", "arch"]
+_MEASURED_COLUMNS = [
+    "val_accuracy",
+    "params",
+    "macs",
+    "latency_ms",
+    "pareto",
+    "front_params",
+    "front_latency",
+    "distilled",
+    "epochs",
+    "train_seconds",
+    "duration_s",
+    "images_per_s",
+    "started",
+]
+_FAINT = "rgba(120, 120, 120, 0.35)"
+_FRONT = "#d62728"
+_KD = "#1f77b4"
+_NO_KD = "#ff7f0e"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading a stored study (shared by report, export and train)
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """A stored study with the config it was run with and its run directory (teacher, reports)."""
+
+    study: optuna.Study
+    cfg: StudyConfig
+    out_dir: Path
+
+
+def load_run(study: str, out: Path | None = None, storage: str | None = None) -> StudyRun:
+    """Open the study that ``python -m kdnas.search --study STUDY [--out OUT] [--storage URL]`` wrote.
+
+    Nothing is created: a missing run directory or database is an error, not an empty study.
+
+    Raises:
+        KdnasError: unknown study file, nothing stored under that name, or no complete trial yet.
+    """
+    import optuna
+
+    from kdnas.search import _hide_password
+
+    name = load_study(study).name
+    out_dir = out if out is not None else Path("runs") / name
+    if storage is None:
+        db = out_dir / "study.db"
+        if not db.is_file():
+            raise KdnasError(
+                f"no stored study {name!r}: {db} does not exist; run 'python -m kdnas.search "
+                f"--study {study}' first, or pass the --out (or --storage) the search used"
+            )
+        storage = f"sqlite:///{db.resolve()}"
+    shown = _hide_password(storage)
+    try:
+        stored = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise KdnasError(f"no study named {name!r} in {shown}; run the search first or check --storage") from None
+    except Exception as err:  # driver missing, server down, not a database: one line
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise KdnasError(f"cannot open storage {shown}: {reason}") from None
+    # The stored config is what the trials were run with (--seed and --trials included).
+    cfg = study_from_dict(stored.user_attrs["config"]) if "config" in stored.user_attrs else load_study(study)
+    complete = [t for t in stored.get_trials(deepcopy=False) if t.user_attrs.get("status") == "complete"]
+    if not complete:
+        counts = _status_counts(stored)
+        held = ", ".join(f"{n} {s}" for s, n in counts.items()) or "none"
+        raise KdnasError(
+            f"study {name!r} has no complete trial yet (trials: {held}); "
+            f"run 'python -m kdnas.search --study {study}' until one finishes"
+        )
+    return StudyRun(stored, cfg, out_dir)
+
+
+def _status(trial: optuna.trial.FrozenTrial) -> str:
+    return trial.user_attrs.get("status") or trial.state.name.lower()
+
+
+def _status_counts(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[_status(t)] = counts.get(_status(t), 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The data
+# ---------------------------------------------------------------------------------------------------
+
+
+def pareto_front(rows: pd.DataFrame, size: str) -> pd.DataFrame:
+    """The rows no other row beats on both small ``size`` and high ``val_accuracy``, smallest first.
+
+    Rows missing either value are never on it; of equal rows only the first is kept.
+    """
+    ranked = rows.dropna(subset=[size, "val_accuracy"])
+    ranked = ranked.sort_values([size, "val_accuracy"], ascending=[True, False], kind="stable")
+    best_so_far = ranked["val_accuracy"].cummax().shift(fill_value=-math.inf)
+    return ranked[ranked["val_accuracy"] > best_so_far]
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: parameters, measurements, status, reason, durations and Pareto flags.
+
+    Columns: ``trial``, ``status`` (complete, rejected, diverged, interrupted, stopped, or Optuna's
+    state for a trial that never said), ``state``, ``reason``, ``arch``, every searched parameter,
+    ``val_accuracy`` (0..1, last epoch), ``params``, ``macs``, ``latency_ms``, ``pareto`` (optimal in
+    all the study's objectives), ``front_params`` / ``front_latency`` (optimal for accuracy against
+    that one cost), ``distilled`` (alpha >= NO_KD_ALPHA), ``epochs``, ``train_seconds``,
+    ``duration_s`` (wall time of the trial), ``images_per_s``, ``started``.
+    """
+    import pandas as pd
+
+    trials = study.get_trials(deepcopy=False)
+    optimal = {t.number for t in study.best_trials}
+    param_names = list(dict.fromkeys(name for t in trials for name in t.params))
+    rows = []
+    for t in trials:
+        a = t.user_attrs
+        curve = a.get("val_curve") or []
+        ended = t.datetime_complete
+        rows.append(
+            {
+                "trial": t.number,
+                "status": _status(t),
+                "state": t.state.name.lower(),
+                "reason": a.get("reason", t.system_attrs.get("fail_reason", "")),
+                "arch": a.get("arch", ""),
+                **{name: t.params.get(name) for name in param_names},
+                "val_accuracy": curve[-1] if curve else math.nan,
+                "params": a.get("params", math.nan),
+                "macs": a.get("macs", math.nan),
+                "latency_ms": a.get("latency_ms", math.nan),
+                "pareto": t.number in optimal,
+                "front_params": False,
+                "front_latency": False,
+                "distilled": t.params.get("alpha", 0.0) >= NO_KD_ALPHA,
+                "epochs": len(curve),
+                "train_seconds": a.get("train_seconds", math.nan),
+                "duration_s": (ended - t.datetime_start).total_seconds() if ended and t.datetime_start else math.nan,
+                "images_per_s": a.get("images_per_s", math.nan),
+                "started": t.datetime_start,
+            }
+        )
+    df = pd.DataFrame(rows, columns=[*_LEAD_COLUMNS, *param_names, *_MEASURED_COLUMNS])
+    done = df[df["status"] == "complete"]
+    for size, flag in (("params", "front_params"), ("latency_ms", "front_latency")):
+        df.loc[pareto_front(done, size).index, flag] = True
+    return df
+
+
+def kd_gain(df: pd.DataFrame) -> pd.DataFrame:
+    """The best accuracy reachable within each size, without and with distillation, and the difference.
+
+    Rows are the sizes (parameter counts) on either front; ``no_kd`` / ``kd`` are the best validation
+    accuracy of complete trials with at most that many parameters (NaN when there is none), ``gain``
+    is ``kd - no_kd``.
+    """
+    import numpy as np
+    import pandas as pd
+
+    done = df[df["status"] == "complete"]
+    fronts = {}
+    for column, distilled in (("no_kd", False), ("kd", True)):
+        fronts[column] = pareto_front(done[done["distilled"] == distilled], "params")
+    sizes = sorted(set(fronts["no_kd"]["params"]) | set(fronts["kd"]["params"]))
+    table = pd.DataFrame({"params": sizes})
+    for column, front in fronts.items():
+        # A front is sorted by size with rising accuracy: the best within a size is its last row not above it.
+        at = np.searchsorted(front["params"].to_numpy(dtype=float), table["params"].to_numpy(dtype=float), "right")
+        accuracy = front["val_accuracy"].to_numpy()
+        table[column] = [accuracy[i - 1] if i > 0 else math.nan for i in at]
+    table["gain"] = table["kd"] - table["no_kd"]
+    return table
+
+
+def largest_student_params(cfg: StudyConfig) -> int:
+    """Parameters of the largest student the search space allows: the fixed hypervolume reference."""
+    from kdnas.data import DATASETS
+    from kdnas.models import ArchSpec, build_model, count_params
+
+    info = DATASETS.get(cfg.data.dataset)
+    space = cfg.student
+    widest = ArchSpec(
+        space.arch,
+        info.in_channels,
+        info.num_classes,
+        int(space.base_width.bounds[1]),
+        (int(space.blocks.bounds[1]),) * space.stages,
+    )
+    return count_params(build_model(widest))
+
+
+def hypervolume_history(df: pd.DataFrame, reference_params: int) -> pd.Series:
+    """Hypervolume of (accuracy, parameters) after each trial, normalised to [0, 1].
+
+    The reference point is 0% accuracy at ``reference_params`` parameters; 1.0 would be a perfect
+    student with no parameters. Points are (1 - accuracy, params / reference_params), minimised.
+    """
+    import numpy as np
+    import pandas as pd
+    from optuna._hypervolume import compute_hypervolume  # Optuna's WFG algorithm; not (yet) public API
+
+    points: list[tuple[float, float]] = []
+    history = []
+    for row in df.sort_values("trial").itertuples():
+        if row.status == "complete" and row.params <= reference_params:
+            points.append((1.0 - row.val_accuracy, row.params / reference_params))
+        history.append(compute_hypervolume(np.array(points), np.ones(2)) if points else 0.0)
+    return pd.Series(history, index=df.sort_values("trial")["trial"].to_numpy(), name="hypervolume")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Figures, drawn from the frame
+# ---------------------------------------------------------------------------------------------------
+
+
+def _hover(row: Any) -> str:
+    """One trial's hover text: what it is, what it scored, what it costs."""
+    lines = [f"<b>trial {row.trial}</b> {html.escape(str(row.arch))} ({row.status})"]
+    if isinstance(getattr(row, "alpha_decay", None), str):
+        decay = row.alpha_decay if row.alpha_decay == "none" else f"{row.alpha_decay}({row.decay_rate:.2g})"
+        lines.append(f"T={row.temperature:.2g}  alpha={row.alpha:.2g}  decay={decay}")
+    if not math.isnan(row.val_accuracy):
+        lines.append(f"val accuracy {100 * row.val_accuracy:.2f}%")
+    if not math.isnan(row.params):
+        lines.append(f"{int(row.params):,} params, {row.macs / 1e6:.2f} MMACs")
+    if not math.isnan(row.latency_ms):
+        lines.append(f"latency {row.latency_ms:.3f} ms")
+    if row.reason:
+        lines.append(html.escape(str(row.reason)))
+    return "<br>".join(lines)
+
+
+def _scatter(rows: pd.DataFrame, x: str, name: str, **style: Any) -> go.Scatter:
+    import plotly.graph_objects as go
+
+    return go.Scatter(
+        x=rows[x],
+        y=100 * rows["val_accuracy"],
+        name=name,
+        text=[_hover(r) for r in rows.itertuples()],
+        hovertemplate="%{text}<extra></extra>",
+        **style,
+    )
+
+
+def _tradeoff_figure(df: pd.DataFrame, size: str, teacher: dict[str, Any] | None) -> go.Figure:
+    """Accuracy against one cost (log axis): the 2-D front joined, the rest faint, untrained trials in a strip."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    front_col = {"params": "front_params", "latency_ms": "front_latency"}[size]
+    label = {"params": "parameters", "latency_ms": "latency (ms)"}[size]
+    has_size = df[size].notna()
+    trained = df[has_size & df["val_accuracy"].notna()]
+    untrained = df[has_size & df["val_accuracy"].isna()]
+    rows = 2 if len(untrained) else 1
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, row_heights=[0.88, 0.12][:rows], vertical_spacing=0.03)
+    others = trained[~trained[front_col]]
+    faint = dict(color=_FAINT, size=8)
+    top = dict(row=1, col=1)
+    fig.add_trace(
+        _scatter(others[others["status"] == "complete"], size, "dominated", mode="markers", marker=faint), **top
+    )
+    stopped = others[others["status"] != "complete"]
+    if len(stopped):
+        marker = dict(faint, symbol="triangle-down")
+        fig.add_trace(_scatter(stopped, size, "stopped early", mode="markers", marker=marker), **top)
+    front = trained[trained[front_col]].sort_values(size)
+    line, marker = dict(color=_FRONT, shape="hv"), dict(color=_FRONT, size=11, line=dict(color="white", width=1))
+    fig.add_trace(_scatter(front, size, "Pareto front", mode="lines+markers", line=line, marker=marker), **top)
+    if len(untrained):
+        fig.add_trace(
+            go.Scatter(
+                x=untrained[size],
+                y=["not trained"] * len(untrained),
+                mode="markers",
+                name="rejected / failed",
+                marker=dict(color=_FAINT, size=9, symbol="x"),
+                text=[_hover(r) for r in untrained.itertuples()],
+                hovertemplate="%{text}<extra></extra>",
+            ),
+            row=2,
+            col=1,
+        )
+    if teacher:
+        accuracy = 100 * teacher["val_accuracy"]
+        fig.add_hline(
+            y=accuracy,
+            line=dict(color="black", dash="dash", width=1),
+            annotation_text=f"teacher: {accuracy:.2f}% val, {teacher['params']:,} params",
+            annotation_position="bottom left",
+            **top,
+        )
+    fig.update_xaxes(type="log")
+    fig.update_xaxes(title_text=label, row=rows, col=1)
+    fig.update_yaxes(title_text="val accuracy (%)", **top)
+    fig.update_layout(
+        title=f"Validation accuracy vs {label}",
+        height=520 if rows == 2 else 460,
+        hovermode="closest",
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+        margin=dict(t=80, b=50),
+    )
+    return fig
+
+
+def _kd_figure(df: pd.DataFrame, gain: pd.DataFrame) -> go.Figure:
+    """Fronts without and with distillation, and the accuracy distillation added at each size."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    done = df[df["status"] == "complete"]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.06)
+    for distilled, name, color in (
+        (False, f"no distillation (alpha < {NO_KD_ALPHA})", _NO_KD),
+        (True, "with distillation", _KD),
+    ):
+        group = done[done["distilled"] == distilled]
+        front = pareto_front(group, "params")
+        fig.add_trace(
+            _scatter(
+                group, "params", name, mode="markers", showlegend=False, marker=dict(color=color, size=7, opacity=0.3)
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            _scatter(
+                front,
+                "params",
+                f"{name}: front",
+                mode="lines+markers",
+                line=dict(color=color, shape="hv"),
+                marker=dict(color=color, size=10),
+            ),
+            row=1,
+            col=1,
+        )
+    both = gain.dropna(subset=["gain"])
+    fig.add_trace(
+        go.Scatter(  # markers, not bars: a bar's width means nothing on a log axis
+            x=both["params"],
+            y=100 * both["gain"],
+            mode="markers+text",
+            name="gain from distillation",
+            marker=dict(size=11, color=["#2ca02c" if g >= 0 else "#d62728" for g in both["gain"]]),
+            text=[f"{100 * g:+.1f}" for g in both["gain"]],
+            textposition="middle right",
+            hovertemplate="within %{x:,} params: %{y:+.2f} points<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.add_hline(y=0, line=dict(color="grey", width=1), row=2, col=1)
+    fig.update_xaxes(type="log")
+    fig.update_xaxes(title_text="parameters", row=2, col=1)
+    fig.update_yaxes(title_text="val accuracy (%)", row=1, col=1)
+    fig.update_yaxes(title_text="gain (points)", rangemode="tozero", row=2, col=1)
+    fig.update_layout(
+        title="What distillation bought: best accuracy within each size",
+        height=560,
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+        margin=dict(t=80, b=50),
+    )
+    return fig
+
+
+def _hypervolume_figure(history: pd.Series, reference_params: int) -> go.Figure:
+    import plotly.graph_objects as go
+
+    fig = go.Figure(
+        go.Scatter(
+            x=history.index,
+            y=history.to_numpy(),
+            mode="lines+markers",
+            line=dict(shape="hv"),
+            hovertemplate="after trial %{x}: %{y:.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"Hypervolume of (accuracy, parameters); reference: 0% at {reference_params:,} params",
+        xaxis_title="trial",
+        yaxis_title="normalised hypervolume",
+        height=380,
+        margin=dict(t=60),
+    )
+    return fig
+
+
+def _optuna_figure(draw: Callable[[], go.Figure], what: str) -> tuple[go.Figure | None, str]:
+    """An Optuna figure, or a note saying why it is missing (too few trials, constant parameters)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "importances of params to achieve low target": we negate it
+            return draw(), ""
+    except (ValueError, RuntimeError, ZeroDivisionError) as err:
+        return None, f"No {what}: {err}"
+
+
+def _importance_figure(study: optuna.Study, accuracy_index: int, complete: int) -> tuple[go.Figure | None, str]:
+    import optuna
+
+    if complete < 2:
+        return None, "No importances: they need at least 2 complete trials."
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()  # deterministic: no seed to fix
+
+    def draw() -> go.Figure:
+        fig = optuna.visualization.plot_param_importances(
+            study, evaluator=evaluator, target=lambda t: -t.values[accuracy_index], target_name="val accuracy"
+        )
+        fig.update_layout(title="Hyperparameter importance for validation accuracy (PED-ANOVA)", height=380)
+        return fig
+
+    fig, note = _optuna_figure(draw, "importances")
+    if fig is not None and complete < 20:
+        note = f"Only {complete} complete trials: read these importances as rough."
+    return fig, note
+
+
+def _parallel_figure(study: optuna.Study, df: pd.DataFrame, accuracy_index: int) -> tuple[go.Figure | None, str]:
+    import optuna
+
+    done = df[df["status"] == "complete"]
+    params = [p for p in ("temperature", "alpha", "alpha_decay", "decay_rate") if p in df and done[p].notna().any()]
+    if not params:
+        return None, "No parallel coordinates: no complete trial has distillation parameters."
+
+    def draw() -> go.Figure:
+        fig = optuna.visualization.plot_parallel_coordinate(
+            study, params=params, target=lambda t: 100 * t.values[accuracy_index], target_name="val accuracy (%)"
+        )
+        # Optuna colours the best trials near white: a grey background keeps them visible.
+        fig.update_layout(
+            title="Distillation hyperparameters against validation accuracy", height=420, plot_bgcolor="#d8dee6"
+        )
+        return fig
+
+    return _optuna_figure(draw, "parallel coordinates")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------------
+
+
+def _range(p: NumParam) -> str:
+    if p.choices is not None:
+        return "{" + ", ".join(f"{c:g}" for c in p.choices) + "}"
+    if p.low == p.high:
+        return f"{p.low:g}"
+    extra = " log" if p.log else f" step {p.step:g}" if p.step else ""
+    return f"{p.low:g}..{p.high:g}{extra}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours} h {m:02d} min" if hours else f"{m} min {s:02d} s"
+
+
+def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[tuple[str, str]]:
+    """The header's label/value pairs (values are plain text, escaped later)."""
+    t, s, kd, r, lat = cfg.teacher, cfg.student, cfg.kd, cfg.train, cfg.latency
+    teacher = study.user_attrs.get("teacher")
+    counts = df["status"].value_counts()
+    data = cfg.data
+    subset = f", first {data.limit_train:,} training images" if data.limit_train else ""
+    objectives = ", ".join(f"{m} ({METRICS[m][:3]})" for m in cfg.objectives.metrics)
+    limits = [
+        f"params <= {cfg.constraints.max_params:,}" if cfg.constraints.max_params else "",
+        f"latency <= {cfg.constraints.max_latency_ms} ms" if cfg.constraints.max_latency_ms else "",
+    ]
+    rows = [
+        ("dataset", f"{data.dataset}{subset}, {data.val_fraction:.0%} held out for validation (seed {data.seed})"),
+        (
+            "teacher",
+            f"{t.arch} w{t.base_width} b{'-'.join(map(str, t.blocks))}: "
+            + (
+                f"{teacher['params']:,} params, val {100 * teacher['val_accuracy']:.2f}%, "
+                f"test {100 * teacher['test_accuracy']:.2f}% (fingerprint {teacher['fingerprint']})"
+                if teacher
+                else "not recorded"
+            ),
+        ),
+        (
+            "student space",
+            f"{s.arch}, {s.stages} stages, base width {_range(s.base_width)}, blocks per stage {_range(s.blocks)}",
+        ),
+        (
+            "KD space",
+            f"T {_range(kd.temperature)}, alpha {_range(kd.alpha)}, decay "
+            f"{{{', '.join(kd.alpha_decay.choices)}}}, rate {_range(kd.decay_rate)}",
+        ),
+        (
+            "student recipe",
+            f"{r.epochs} epochs, batch {r.batch_size}, lr {r.lr:g}, momentum {r.momentum:g}, "
+            f"weight decay {r.weight_decay:g}, seed {cfg.seed}",
+        ),
+        ("objectives", objectives + ("; limits: " + ", ".join(x for x in limits if x) if any(limits) else "")),
+        (
+            "sampler",
+            f"{cfg.sampler.name} (seed {cfg.seed}, {cfg.sampler.startup_trials} startup trials), "
+            f"budget {cfg.budget.trials} trials",
+        ),
+        (
+            "devices",
+            f"training on {study.user_attrs.get('train_device', 'a device not recorded')}; latency on "
+            f"{lat.device}, batch {lat.batch_size}, {lat.threads} thread(s), median of {lat.repeats}",
+        ),
+        ("trials", ", ".join(f"{n} {status}" for status, n in counts.items())),
+        (
+            "compute",
+            f"{_duration(df['duration_s'].sum())} in trials "
+            f"({_duration(df['train_seconds'].sum())} of it training students)",
+        ),
+    ]
+    return rows
+
+
+def _pareto_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The Pareto-optimal trials as shown (and saved): most accurate first."""
+    return df[df["pareto"]].sort_values(["val_accuracy", "params"], ascending=[False, True])
+
+
+def _pareto_html(pareto: pd.DataFrame) -> str:
+    import pandas as pd
+
+    decay = [
+        d if d == "none" else f"{d}({r:.2g})" for d, r in zip(pareto["alpha_decay"], pareto["decay_rate"], strict=True)
+    ]
+    shown = pd.DataFrame(
+        {
+            "trial": pareto["trial"],
+            "architecture": pareto["arch"],
+            "T": pareto["temperature"].map("{:.2f}".format),
+            "alpha": pareto["alpha"].map("{:.2f}".format),
+            "decay": decay,
+            "val acc": pareto["val_accuracy"].map("{:.2%}".format),
+            "params": pareto["params"].map("{:,.0f}".format),
+            "MMACs": (pareto["macs"] / 1e6).map("{:.2f}".format),
+            "latency": pareto["latency_ms"].map("{:.3f} ms".format),
+            "train time": pareto["train_seconds"].map("{:.0f} s".format),
+        }
+    )
+    return shown.to_html(index=False, border=0, classes="pareto", escape=True)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table.settings td:first-child { font-weight: 600; padding-right: 1.5em; vertical-align: top; white-space: nowrap; }
+table.settings td { padding: 2px 0; }
+table.pareto { border-collapse: collapse; } table.pareto th, table.pareto td { padding: 4px 10px; text-align: right; }
+table.pareto tr:nth-child(even) { background: #f4f4f4; } table.pareto th { border-bottom: 2px solid #999; }
+p.note { color: #8a5a00; background: #fff6e0; padding: 6px 10px; border-left: 3px solid #e0a000; }
+p.why { color: #555; max-width: 70em; }
+"""
+
+
+def _section(title: str, why: str, fig: go.Figure | None, note: str, div_id: str) -> str:
+    parts = [f"<h2>{html.escape(title)}</h2>", f'<p class="why">{why}</p>']
+    if note:
+        parts.append(f'<p class="note">{html.escape(note)}</p>')
+    if fig is not None:
+        fig.update_layout(template="plotly_white")
+        parts.append(
+            fig.to_html(
+                full_html=False,
+                include_plotlyjs=False,
+                div_id=div_id,
+                config={"displaylogo": False, "responsive": True},
+            )
+        )
+    return "\n".join(parts)
+
+
+def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
+    """The whole report as one HTML string, plotly.js included (opens with no network)."""
+    from plotly.offline import get_plotlyjs
+
+    complete = int((df["status"] == "complete").sum())
+    accuracy_index = cfg.objectives.metrics.index("val_accuracy")
+    teacher = study.user_attrs.get("teacher")
+    reference = largest_student_params(cfg)
+    gain = kd_gain(df)
+    kd_note = ""
+    if not (~df["distilled"] & (df["status"] == "complete")).any():
+        kd_note = (
+            f"No complete trial without distillation (alpha < {NO_KD_ALPHA}): the gain cannot be measured. "
+            "Keep 0 in the [kd] alpha range (the default does) and run more trials."
+        )
+    elif not (df["distilled"] & (df["status"] == "complete")).any():
+        kd_note = f"No complete trial with distillation: every trial had alpha < {NO_KD_ALPHA}."
+    importance, importance_note = _importance_figure(study, accuracy_index, complete)
+    parallel, parallel_note = _parallel_figure(study, df, accuracy_index)
+    settings = "\n".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in _settings(study, cfg, df)
+    )
+    sections = [
+        _section(
+            "Accuracy vs parameters",
+            "Each point is a trained student. The red staircase joins the Pareto-optimal ones: no other student is "
+            "both smaller and more accurate. Faint points are dominated; crosses below were rejected by the "
+            "constraints or failed. Hover a point for its settings.",
+            _tradeoff_figure(df, "params", teacher),
+            "",
+            "fig-params",
+        ),
+        _section(
+            "Accuracy vs latency",
+            f"Latency is the median of {cfg.latency.repeats} forward passes on {cfg.latency.device} "
+            f"(batch {cfg.latency.batch_size}).",
+            _tradeoff_figure(df, "latency_ms", teacher),
+            "",
+            "fig-latency",
+        ),
+        _section(
+            "What distillation bought",
+            f"The best accuracy reachable within each parameter budget, by students trained without the teacher "
+            f"(alpha &lt; {NO_KD_ALPHA}) and with it; the dots below are the difference.",
+            _kd_figure(df, gain),
+            kd_note,
+            "fig-kd",
+        ),
+        _section(
+            "Search progress",
+            "Hypervolume of the (accuracy, parameters) front after each trial: the share of the area between "
+            "0% accuracy at the largest student in the search space and a perfect student with no parameters "
+            "that the found students dominate. It rises while the search still finds better trade-offs.",
+            _hypervolume_figure(hypervolume_history(df, reference), reference),
+            "",
+            "fig-hypervolume",
+        ),
+        _section(
+            "Which hyperparameters mattered",
+            "Importance of each parameter for reaching the top decile of "
+            "validation accuracy (Optuna's PED-ANOVA over complete trials).",
+            importance,
+            importance_note,
+            "fig-importance",
+        ),
+        _section(
+            "Distillation settings",
+            "Each line is a complete trial, coloured by validation accuracy.",
+            parallel,
+            parallel_note,
+            "fig-parallel",
+        ),
+    ]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>kdnas report: {html.escape(cfg.name)}</title>
+<style>{_CSS}</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head><body>
+<h1>kdnas study <code>{html.escape(cfg.name)}</code></h1>
+<table class="settings">{settings}</table>
+<h2>Pareto-optimal students</h2>
+<p class="why">Optimal in all objectives ({html.escape(", ".join(cfg.objectives.metrics))}); pick one with
+<code>python -m kdnas.export --study {html.escape(cfg.name)} --trial N</code>. Every trial is in trials.csv.</p>
+{_pareto_html(_pareto_table(df))}
+{"".join(sections)}
+</body></html>
+"""
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``path`` completely or not at all."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report(study: optuna.Study, cfg: StudyConfig, out_dir: Path) -> Path:
+    """Write ``report.html``, ``trials.csv`` and ``pareto.csv`` into ``out_dir``; returns the report's path.
+
+    Raises:
+        KdnasError: the study has no complete trial (an empty report would say nothing), or
+            ``out_dir`` is not writable.
+    """
+    df = trials_frame(study)
+    if not (df["status"] == "complete").any():
+        raise KdnasError(f"study {cfg.name!r} has no complete trial yet; no report written")
+    page = _page(study, cfg, df)
+    path = out_dir / "report.html"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_text(out_dir / "trials.csv", df.to_csv(index=False))
+        _write_text(out_dir / "pareto.csv", _pareto_table(df).to_csv(index=False))
+        _write_text(path, page)
+    except OSError as err:
+        raise KdnasError(f"cannot write the report to {out_dir} ({err.strerror}); pass a writable --out") from None
+    log.info("report: %s (%d trials, %d Pareto-optimal)", path, len(df), int(df["pareto"].sum()))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """-v, -q and --debug, as every kdnas command has them."""
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def run_cli(args: argparse.Namespace, command: Callable[[], int]) -> int:
+    """Run a CLI's body: logging as -v/-q ask, a KdnasError as one 'error:' line on stderr and exit 2."""
+    from kdnas.search import _setup_logging
+
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return command()
+    except KdnasError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kdnas.report",
+        description="Write a study's report.html, trials.csv and pareto.csv into its run directory.",
+    )
+    parser.add_argument("--study", required=True, help="a study name in studies/ or a path to a .toml file")
+    parser.add_argument("--out", type=Path, help="the search's run directory (default: runs/<study name>)")
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<out>/study.db)")
+    add_common_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def command() -> int:
+        run = load_run(args.study, args.out, args.storage)
+        print(write_report(run.study, run.cfg, run.out_dir))
+        return 0
+
+    return run_cli(args, command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

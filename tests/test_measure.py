@@ -1,0 +1,124 @@
+"""Cost of a candidate: MACs against a hand count, latency honouring its config, device names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kdnas.config import LatencyConfig
+from kdnas.errors import KdnasError
+from kdnas.measure import Cost, count_macs, measure_cost, measure_latency, resolve_device
+from kdnas.models import ArchSpec, build_model, count_params
+
+FAST = LatencyConfig(warmup=1, repeats=3)
+
+
+def conv_linear() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+def test_count_macs_of_conv_and_linear():
+    # conv: every output value (4 channels x 8 x 8) needs 2 input channels x 3 x 3 products;
+    # linear: 10 outputs x 256 inputs. Biases and ReLU are not multiply-accumulates.
+    expected = 4 * 8 * 8 * 2 * 3 * 3 + 256 * 10
+    assert expected == 7168
+    assert count_macs(conv_linear(), (2, 8, 8)) == expected
+
+
+def test_count_macs_of_strided_conv():
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1, bias=False))
+    assert count_macs(model, (3, 10, 10)) == 6 * 5 * 5 * 3 * 9
+
+
+def test_count_macs_of_smallest_resnet():
+    # w4 b1 on 1x8x8: stem conv 4*64*9, two block convs 4*64*36 each, head 4*10 (pooling and BN are not MACs).
+    model = build_model(ArchSpec("resnet", 1, 10, 4, (1,)))
+    assert count_macs(model, (1, 8, 8)) == 4 * 64 * 9 + 2 * 4 * 64 * 36 + 40
+
+
+def test_count_macs_keeps_the_training_mode():
+    model = conv_linear().train()
+    count_macs(model, (2, 8, 8))
+    assert model.training
+    model.eval()
+    count_macs(model, (2, 8, 8))
+    assert not model.training
+
+
+def test_measure_latency_is_a_positive_float():
+    latency = measure_latency(conv_linear(), (2, 8, 8), FAST)
+    assert isinstance(latency, float)
+    assert latency > 0
+
+
+def test_measure_latency_runs_warmup_plus_repeats_with_the_configured_batch_and_threads():
+    model = conv_linear()
+    seen = []
+    # The hook travels with the copy latency is measured on; it records each forward pass.
+    model.register_forward_hook(lambda m, args, out: seen.append((args[0].shape[0], torch.get_num_threads())))
+    cfg = LatencyConfig(batch_size=3, threads=1, warmup=2, repeats=4)
+    measure_latency(model, (2, 8, 8), cfg)
+    assert seen == [(3, 1)] * 6
+
+
+def test_measure_latency_restores_the_thread_count():
+    before = torch.get_num_threads()
+    target = 2 if before == 1 else 1
+    measure_latency(conv_linear(), (2, 8, 8), LatencyConfig(threads=target, warmup=0, repeats=1))
+    assert torch.get_num_threads() == before
+
+
+def test_measure_latency_leaves_the_model_untouched():
+    model = conv_linear().train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    measure_latency(model, (2, 8, 8), FAST)
+    assert model.training
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_measure_cost_combines_the_three():
+    model = build_model(ArchSpec("resnet", 1, 10, 4, (1,)))
+    cost = measure_cost(model, (1, 8, 8), FAST)
+    assert isinstance(cost, Cost)
+    assert (cost.params, cost.macs) == (count_params(model), count_macs(model, (1, 8, 8)))
+    assert cost.latency_ms > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [pytest.param("cpu", torch.device("cpu"), id="cpu"), pytest.param("cpu:0", torch.device("cpu:0"), id="cpu:0")],
+)
+def test_resolve_device_known(name, expected):
+    assert resolve_device(name) == expected
+
+
+def test_resolve_auto_picks_what_is_there():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("name", [pytest.param("cuda", id="cuda"), pytest.param("cuda:1", id="cuda:1")])
+def test_resolve_cuda_without_cuda_is_an_error(name):
+    with pytest.raises(KdnasError, match=f"device '{name}' requested but CUDA is not available here; use --device cpu"):
+        resolve_device(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        pytest.param("gpu", "unknown device 'gpu'; use cpu, cuda, cuda:N or auto", id="gpu"),
+        pytest.param("cpuu", "unknown device 'cpuu'", id="typo"),
+        pytest.param("", "unknown device ''", id="empty"),
+        pytest.param("meta", "device 'meta' is not supported; use cpu, cuda, cuda:N or auto", id="meta"),
+    ],
+)
+def test_resolve_unknown_device_is_an_error(name, expected):
+    with pytest.raises(KdnasError, match=expected):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_latency_on_missing_cuda_is_a_user_error():
+    with pytest.raises(KdnasError, match="CUDA is not available"):
+        measure_latency(conv_linear(), (2, 8, 8), LatencyConfig(device="cuda", warmup=0, repeats=1))

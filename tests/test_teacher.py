@@ -1,0 +1,289 @@
+"""The fixed teacher and its soft-target cache: trained once, reused, rebuilt when stale or broken."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+
+from kdnas.config import StudyConfig, TeacherConfig, TrainRecipe
+from kdnas.data import AugmentedViews
+from kdnas.errors import KdnasError
+from kdnas.models import ArchSpec, build_model
+from kdnas.teacher import (
+    SOFT_TARGETS_FORMAT,
+    TEACHER_FORMAT,
+    CachedSoftTargets,
+    LiveTeacher,
+    load_stored_teacher,
+    obtain_teacher,
+    soft_targets_for,
+    teacher_spec,
+)
+
+TEACHER = TeacherConfig(base_width=4, blocks=(1,), train=TrainRecipe(epochs=1, batch_size=32, lr=0.2))
+
+
+def study(teacher: TeacherConfig = TEACHER) -> StudyConfig:
+    return StudyConfig(name="teacher-test", teacher=teacher)
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def subdir(parent, name: str):
+    folder = parent / name
+    folder.mkdir()
+    return folder
+
+
+def stored(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# obtain_teacher
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_first_call_trains_and_saves(tiny_data, tmp_path):
+    teacher = obtain_teacher(study(), tiny_data, tmp_path)
+    path = tmp_path / "teacher.pt"
+    assert teacher.path == path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher.pt"]  # no temporary file left behind
+    blob = stored(path)
+    assert blob["format"] == TEACHER_FORMAT
+    assert blob["fingerprint"] == teacher.fingerprint
+    assert blob["spec"] == dataclasses.asdict(teacher.spec)
+    assert blob["teacher_config"] == dataclasses.asdict(TEACHER)
+    assert (blob["val_accuracy"], blob["test_accuracy"]) == (teacher.val_accuracy, teacher.test_accuracy)
+    assert teacher.spec == ArchSpec("resnet", 1, 4, 4, (1,))
+    assert not teacher.model.training
+
+
+def test_second_call_reuses_the_stored_teacher(tiny_data, tmp_path, caplog):
+    first = obtain_teacher(study(), tiny_data, tmp_path)
+    path = tmp_path / "teacher.pt"
+    mtime = path.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="kdnas.teacher"):
+        second = obtain_teacher(study(), tiny_data, tmp_path)
+    assert path.stat().st_mtime_ns == mtime
+    assert any("reusing" in r.getMessage() for r in caplog.records)
+    assert not any(r.getMessage().startswith("teacher: training") for r in caplog.records)
+    assert same_weights(first.model, second.model)
+    assert (second.val_accuracy, second.test_accuracy, second.fingerprint) == (
+        first.val_accuracy,
+        first.test_accuracy,
+        first.fingerprint,
+    )
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        pytest.param(dataclasses.replace(TEACHER, base_width=8), id="width"),
+        pytest.param(dataclasses.replace(TEACHER, train=dataclasses.replace(TEACHER.train, epochs=2)), id="epochs"),
+        pytest.param(dataclasses.replace(TEACHER, train=dataclasses.replace(TEACHER.train, lr=0.1)), id="lr"),
+    ],
+)
+def test_changed_teacher_section_retrains(tiny_data, tmp_path, caplog, changed):
+    first = obtain_teacher(study(), tiny_data, tmp_path)
+    with caplog.at_level(logging.INFO, logger="kdnas.teacher"):
+        second = obtain_teacher(study(changed), tiny_data, tmp_path)
+    assert second.fingerprint != first.fingerprint
+    assert any("retraining" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    blob = stored(tmp_path / "teacher.pt")
+    assert blob["fingerprint"] == second.fingerprint
+    assert blob["teacher_config"] == dataclasses.asdict(changed)
+
+
+def test_changed_data_retrains(image_data_factory, tmp_path):
+    first = obtain_teacher(study(), image_data_factory(seed=0), tmp_path)
+    second = obtain_teacher(study(), image_data_factory(seed=1), tmp_path)
+    assert second.fingerprint != first.fingerprint
+    assert stored(tmp_path / "teacher.pt")["fingerprint"] == second.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("content", "warning"),
+    [
+        pytest.param(b"\x00garbage\xff" * 50, "unreadable", id="garbage-bytes"),
+        pytest.param(b"", "unreadable", id="empty-file"),
+        pytest.param("not-a-teacher", f"is not a {TEACHER_FORMAT} file", id="other-torch-file"),
+    ],
+)
+def test_broken_teacher_file_is_reported_and_rebuilt(tiny_data, tmp_path, caplog, content, warning):
+    path = tmp_path / "teacher.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save({"format": "something-else/1", "state_dict": {}}, path)
+    with caplog.at_level(logging.WARNING, logger="kdnas.teacher"):
+        teacher = obtain_teacher(study(), tiny_data, tmp_path)
+    assert any(warning in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+    blob = stored(path)
+    assert blob["format"] == TEACHER_FORMAT and blob["fingerprint"] == teacher.fingerprint
+
+
+def test_truncated_teacher_file_is_rebuilt_not_used(tiny_data, tmp_path, caplog):
+    obtain_teacher(study(), tiny_data, tmp_path)
+    path = tmp_path / "teacher.pt"
+    path.write_bytes(path.read_bytes()[:200])
+    with caplog.at_level(logging.WARNING, logger="kdnas.teacher"):
+        teacher = obtain_teacher(study(), tiny_data, tmp_path)
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+    assert stored(path)["fingerprint"] == teacher.fingerprint
+
+
+def test_checkpoint_is_loaded_instead_of_training(tiny_data, tmp_path):
+    spec = teacher_spec(study(), tiny_data)
+    torch.manual_seed(5)
+    source = build_model(spec)
+    checkpoint = tmp_path / "weights.pt"
+    torch.save(source.state_dict(), checkpoint)
+    out = tmp_path / "run"
+    out.mkdir()
+    teacher = obtain_teacher(study(dataclasses.replace(TEACHER, checkpoint=str(checkpoint))), tiny_data, out)
+    assert teacher.path is None
+    assert same_weights(teacher.model, source)
+    assert list(out.iterdir()) == []  # nothing trained, nothing stored
+
+
+def test_stored_teacher_file_works_as_a_checkpoint(tiny_data, tmp_path):
+    first = obtain_teacher(study(), tiny_data, subdir(tmp_path, "a"))
+    cfg = study(dataclasses.replace(TEACHER, checkpoint=str(tmp_path / "a" / "teacher.pt")))
+    again = obtain_teacher(cfg, tiny_data, tmp_path)
+    assert same_weights(first.model, again.model)
+
+
+def test_missing_checkpoint_is_a_user_error(tiny_data, tmp_path):
+    missing = tmp_path / "nope.pt"
+    cfg = study(dataclasses.replace(TEACHER, checkpoint=str(missing)))
+    with pytest.raises(KdnasError, match=f"teacher checkpoint {missing} does not exist"):
+        obtain_teacher(cfg, tiny_data, tmp_path)
+
+
+def test_checkpoint_of_another_architecture_is_a_user_error(tiny_data, tmp_path):
+    checkpoint = tmp_path / "wide.pt"
+    torch.save(build_model(ArchSpec("resnet", 1, 4, 8, (1,))).state_dict(), checkpoint)
+    cfg = study(dataclasses.replace(TEACHER, checkpoint=str(checkpoint)))
+    with pytest.raises(KdnasError, match=r"does not match the architecture resnet w4 b1; fix \[teacher\]"):
+        obtain_teacher(cfg, tiny_data, tmp_path)
+
+
+def test_unreadable_checkpoint_is_a_user_error(tiny_data, tmp_path):
+    checkpoint = tmp_path / "broken.pt"
+    checkpoint.write_bytes(b"not a torch file")
+    cfg = study(dataclasses.replace(TEACHER, checkpoint=str(checkpoint)))
+    with pytest.raises(KdnasError, match="is unreadable"):
+        obtain_teacher(cfg, tiny_data, tmp_path)
+
+
+def test_load_stored_teacher_without_a_file_is_a_user_error(tmp_path):
+    with pytest.raises(KdnasError, match="no usable teacher at"):
+        load_stored_teacher(tmp_path / "teacher.pt", "cpu")
+
+
+def test_load_stored_teacher_gives_the_saved_model(tiny_data, tmp_path):
+    teacher = obtain_teacher(study(), tiny_data, tmp_path)
+    loaded = load_stored_teacher(tmp_path / "teacher.pt", "cpu")
+    assert loaded.spec == teacher.spec and same_weights(loaded.model, teacher.model)
+    assert loaded.summary()["params"] == teacher.summary()["params"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Soft targets
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def teacher(tiny_data, tmp_path):
+    return obtain_teacher(study(), tiny_data, tmp_path)
+
+
+def test_soft_targets_are_the_teachers_fp16_logits_for_each_view(teacher, tiny_data, tmp_path):
+    views = AugmentedViews(tiny_data)
+    cache = soft_targets_for(teacher, views, 2, tmp_path, batch_size=40)
+    assert cache.logits.shape == (2, len(tiny_data.train), 4) and cache.logits.dtype == torch.float16
+    live = LiveTeacher(teacher.model)
+    indices = torch.tensor([0, 17, 99, 127])
+    for epoch in (0, 1):
+        x = views.batch(indices, views.epoch_params(epoch))
+        torch.testing.assert_close(cache(epoch, indices, x), live(epoch, indices, x), rtol=2e-3, atol=1e-3)
+    blob = stored(tmp_path / "soft_targets.pt")
+    assert blob["format"] == SOFT_TARGETS_FORMAT
+
+
+def test_soft_targets_are_reused_when_nothing_changed(teacher, tiny_data, tmp_path):
+    views = AugmentedViews(tiny_data)
+    first = soft_targets_for(teacher, views, 2, tmp_path, batch_size=64)
+    path = tmp_path / "soft_targets.pt"
+    mtime = path.stat().st_mtime_ns
+    second = soft_targets_for(teacher, views, 2, tmp_path, batch_size=64)
+    assert path.stat().st_mtime_ns == mtime
+    assert torch.equal(first.logits, second.logits)
+
+
+def test_soft_targets_are_rebuilt_when_the_epochs_change(teacher, tiny_data, tmp_path):
+    views = AugmentedViews(tiny_data)
+    one = soft_targets_for(teacher, views, 1, tmp_path, batch_size=64)
+    key_one = stored(tmp_path / "soft_targets.pt")["key"]
+    three = soft_targets_for(teacher, views, 3, tmp_path, batch_size=64)
+    assert three.logits.shape[0] == 3
+    assert stored(tmp_path / "soft_targets.pt")["key"] != key_one
+    assert torch.equal(three.logits[0], one.logits[0])  # the views of epoch 0 did not change
+
+
+def test_soft_targets_are_rebuilt_for_another_teacher(tiny_data, tmp_path):
+    views = AugmentedViews(tiny_data)
+    a = obtain_teacher(study(), tiny_data, subdir(tmp_path, "a"))
+    other = dataclasses.replace(TEACHER, base_width=8)
+    b = obtain_teacher(study(other), tiny_data, subdir(tmp_path, "b"))
+    cache_a = soft_targets_for(a, views, 1, tmp_path, batch_size=64)
+    cache_b = soft_targets_for(b, views, 1, tmp_path, batch_size=64)
+    assert not torch.equal(cache_a.logits, cache_b.logits)
+    live_b = LiveTeacher(b.model)
+    x = views.batch(torch.arange(4), views.epoch_params(0))
+    torch.testing.assert_close(cache_b(0, torch.arange(4), x), live_b(0, torch.arange(4), x), rtol=2e-3, atol=1e-3)
+
+
+def test_corrupted_soft_targets_are_reported_and_rebuilt(teacher, tiny_data, tmp_path, caplog):
+    views = AugmentedViews(tiny_data)
+    good = soft_targets_for(teacher, views, 1, tmp_path, batch_size=64)
+    path = tmp_path / "soft_targets.pt"
+    path.write_bytes(b"\xde\xad\xbe\xef" * 100)
+    with caplog.at_level(logging.WARNING, logger="kdnas.teacher"):
+        rebuilt = soft_targets_for(teacher, views, 1, tmp_path, batch_size=64)
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+    assert torch.equal(rebuilt.logits, good.logits)
+    assert stored(path)["format"] == SOFT_TARGETS_FORMAT
+
+
+def test_cached_soft_targets_index_by_epoch_and_image():
+    logits = torch.arange(2 * 3 * 2, dtype=torch.float16).reshape(2, 3, 2)
+    cache = CachedSoftTargets(logits)
+    out = cache(1, torch.tensor([2, 0]), torch.empty(0))
+    assert out.dtype == torch.float32
+    assert out.tolist() == [[10.0, 11.0], [6.0, 7.0]]
+
+
+def test_soft_targets_follow_new_weights_in_the_same_checkpoint_file(tiny_data, tmp_path):
+    # Replacing the weights behind [teacher] checkpoint (same path) must not reuse the old teacher's logits.
+    spec = teacher_spec(study(), tiny_data)
+    checkpoint = tmp_path / "weights.pt"
+    cfg = study(dataclasses.replace(TEACHER, checkpoint=str(checkpoint)))
+    views = AugmentedViews(tiny_data)
+    out = subdir(tmp_path, "run")
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        torch.save(build_model(spec).state_dict(), checkpoint)
+        teacher = obtain_teacher(cfg, tiny_data, out)
+        cache = soft_targets_for(teacher, views, 1, out, batch_size=64)
+        x = views.batch(torch.arange(8), views.epoch_params(0))
+        live = LiveTeacher(teacher.model)(0, torch.arange(8), x)
+        torch.testing.assert_close(cache(0, torch.arange(8), x), live, rtol=2e-3, atol=1e-3)

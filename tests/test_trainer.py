@@ -1,0 +1,197 @@
+"""Training one network on the tiny quadrant task: it learns, is reproducible, stops and fails clearly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kdnas.config import TrainRecipe
+from kdnas.data import AugmentedViews, normalize
+from kdnas.distill import KDSpec
+from kdnas.models import ArchSpec, build_model
+from kdnas.teacher import LiveTeacher, Teacher, soft_targets_for
+from kdnas.trainer import FitResult, TrainingDiverged, evaluate, fit, predict_logits
+
+SPEC = ArchSpec("resnet", 1, 4, 8, (1,))  # the quadrant task: 1 channel, 4 classes
+RECIPE = TrainRecipe(epochs=2, batch_size=16, lr=0.3, warmup_epochs=0.5)
+
+
+def seeded_model(seed: int = 0, spec: ArchSpec = SPEC) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(spec)
+
+
+class Recorder:
+    """Soft targets that remember every call: (epoch, indices, logits returned)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, epoch: int, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        out = self.inner(epoch, indices, views)
+        self.calls.append((epoch, indices.clone(), out.clone()))
+        return out
+
+
+def test_fit_learns_the_quadrant_task(tiny_data):
+    model = seeded_model()
+    result = fit(model, AugmentedViews(tiny_data), TrainRecipe(epochs=5, batch_size=16, lr=0.3))
+    assert len(result.val_accuracy) == len(result.train_loss) == 5
+    assert result.val_accuracy[-1] > 0.9  # chance is 0.25
+    assert result.train_loss[-1] < result.train_loss[0]
+    assert evaluate(model, tiny_data.test, tiny_data.info, 64) > 0.9
+
+
+def test_fit_counts_images_and_time(tiny_data):
+    result = fit(seeded_model(), AugmentedViews(tiny_data), RECIPE)
+    assert result.images == 2 * len(tiny_data.train)
+    assert result.seconds > 0 and result.images_per_s == result.images / result.seconds
+    assert FitResult().images_per_s == 0.0
+
+
+def test_same_seed_gives_identical_results(tiny_data):
+    kd_free = [fit(seeded_model(3), AugmentedViews(tiny_data), RECIPE) for _ in range(2)]
+    assert kd_free[0].train_loss == kd_free[1].train_loss
+    assert kd_free[0].val_accuracy == kd_free[1].val_accuracy
+
+
+def test_same_seed_gives_identical_weights(tiny_data):
+    a, b = seeded_model(3), seeded_model(3)
+    fit(a, AugmentedViews(tiny_data), RECIPE)
+    fit(b, AugmentedViews(tiny_data), RECIPE)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_different_data_seed_changes_the_run(image_data_factory):
+    losses = [fit(seeded_model(3), AugmentedViews(image_data_factory(seed=s)), RECIPE).train_loss for s in (0, 1)]
+    assert losses[0] != losses[1]
+
+
+def test_alpha_zero_trains_without_soft_targets(tiny_data):
+    result = fit(seeded_model(), AugmentedViews(tiny_data), RECIPE, kd=KDSpec(alpha=0.0), soft_targets=None)
+    assert all(math.isfinite(loss) for loss in result.train_loss)
+
+
+def test_alpha_zero_equals_plain_training(tiny_data):
+    plain = fit(seeded_model(), AugmentedViews(tiny_data), RECIPE)
+    zero = fit(seeded_model(), AugmentedViews(tiny_data), RECIPE, kd=KDSpec(temperature=3.0, alpha=0.0))
+    assert plain.train_loss == zero.train_loss
+
+
+def test_positive_alpha_without_soft_targets_is_an_error(tiny_data):
+    with pytest.raises(ValueError, match="soft_targets are required"):
+        fit(seeded_model(), AugmentedViews(tiny_data), RECIPE, kd=KDSpec(alpha=0.5))
+
+
+def test_huge_learning_rate_diverges_with_a_message_saying_where(tiny_data):
+    with pytest.raises(TrainingDiverged, match=r"^non-finite loss in epoch \d+, step \d+$"):
+        fit(seeded_model(), AugmentedViews(tiny_data), TrainRecipe(epochs=3, batch_size=16, lr=1e6))
+
+
+def test_nan_soft_targets_diverge_in_the_first_epoch(tiny_data):
+    def nan_targets(epoch, indices, views):
+        return torch.full((len(indices), 4), float("nan"))
+
+    steps_per_epoch = len(tiny_data.train) // RECIPE.batch_size
+    with pytest.raises(TrainingDiverged, match=rf"epoch 1, step {steps_per_epoch}$"):
+        fit(seeded_model(), AugmentedViews(tiny_data), RECIPE, kd=KDSpec(alpha=0.5), soft_targets=nan_targets)
+
+
+def test_on_epoch_is_called_once_per_epoch_with_the_accuracy(tiny_data):
+    calls = []
+    result = fit(
+        seeded_model(),
+        AugmentedViews(tiny_data),
+        TrainRecipe(epochs=3, batch_size=32, lr=0.3),
+        on_epoch=lambda epoch, acc: calls.append((epoch, acc)),
+    )
+    assert calls == list(enumerate(result.val_accuracy))
+
+
+def test_on_epoch_can_stop_training_by_raising(tiny_data):
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def stop_after_second(epoch, acc):
+        calls.append(epoch)
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(
+            seeded_model(),
+            AugmentedViews(tiny_data),
+            TrainRecipe(epochs=5, batch_size=32, lr=0.3),
+            on_epoch=stop_after_second,
+        )
+    assert calls == [0, 1]
+
+
+def test_on_step_sees_every_step(tiny_data):
+    steps = []
+    fit(
+        seeded_model(),
+        AugmentedViews(tiny_data),
+        TrainRecipe(epochs=2, batch_size=48, lr=0.3),
+        on_step=lambda step, total: steps.append((step, total)),
+    )
+    assert steps == [(s, 6) for s in range(1, 7)]  # 128 images in batches of 48: 3 steps per epoch
+
+
+def test_soft_targets_see_every_image_once_per_epoch_in_the_views_order(tiny_data):
+    views = AugmentedViews(tiny_data)
+    recorder = Recorder(lambda epoch, indices, x: torch.zeros(len(indices), 4))
+    fit(seeded_model(), views, RECIPE, kd=KDSpec(alpha=0.5), soft_targets=recorder)
+    for epoch in range(RECIPE.epochs):
+        seen = torch.cat([indices for e, indices, _ in recorder.calls if e == epoch])
+        assert torch.equal(seen, views.order(epoch))
+
+
+def test_soft_targets_are_not_asked_once_alpha_has_decayed_to_zero(tiny_data):
+    # linear with rate 2: alpha is zero from half-way on; 2 epochs x 8 steps, so only the first 8 steps ask.
+    recorder = Recorder(lambda epoch, indices, x: torch.zeros(len(indices), 4))
+    kd = KDSpec(alpha=0.5, alpha_decay="linear", decay_rate=2.0)
+    fit(seeded_model(), AugmentedViews(tiny_data), RECIPE, kd=kd, soft_targets=recorder)
+    assert [epoch for epoch, _, _ in recorder.calls] == [0] * 8
+
+
+def test_cached_and_live_soft_targets_give_the_same_training(tiny_data, tmp_path):
+    views = AugmentedViews(tiny_data)
+    teacher_model = seeded_model(11, ArchSpec("resnet", 1, 4, 8, (1, 1)))
+    fit(teacher_model, views, TrainRecipe(epochs=2, batch_size=32, lr=0.3))
+    teacher = Teacher(teacher_model.eval(), ArchSpec("resnet", 1, 4, 8, (1, 1)), 0.0, 0.0, "test-teacher", None)
+    # A cache batch size unlike the student's, so the teacher sees other groupings than during training.
+    cache = soft_targets_for(teacher, views, RECIPE.epochs, tmp_path, batch_size=50)
+    kd = KDSpec(temperature=3.0, alpha=0.7, alpha_decay="cosine", decay_rate=1.0)
+    cached, live = Recorder(cache), Recorder(LiveTeacher(teacher.model))
+    result_cached = fit(seeded_model(2), views, RECIPE, kd=kd, soft_targets=cached)
+    result_live = fit(seeded_model(2), views, RECIPE, kd=kd, soft_targets=live)
+    assert len(cached.calls) == len(live.calls) == 16
+    for (e1, i1, out1), (e2, i2, out2) in zip(cached.calls, live.calls, strict=True):
+        assert e1 == e2 and torch.equal(i1, i2)
+        # Both are fp16-rounded teacher logits; a different batch grouping may move one by an fp16 ulp.
+        torch.testing.assert_close(out1, out2, rtol=2e-3, atol=1e-3)
+    for a, b in zip(result_cached.train_loss, result_live.train_loss, strict=True):
+        assert math.isclose(a, b, rel_tol=1e-4), (result_cached.train_loss, result_live.train_loss)
+    assert result_cached.val_accuracy == result_live.val_accuracy
+
+
+def test_evaluate_matches_a_single_forward_pass(tiny_data):
+    model = seeded_model()
+    fit(model, AugmentedViews(tiny_data), RECIPE)
+    model.eval()
+    with torch.no_grad():
+        expected = model(normalize(tiny_data.val.images, tiny_data.info)).argmax(1) == tiny_data.val.labels
+    assert evaluate(model, tiny_data.val, tiny_data.info, batch_size=7) == pytest.approx(expected.float().mean().item())
+
+
+def test_predict_logits_shape_and_eval_mode(tiny_data):
+    model = seeded_model().train()
+    logits = predict_logits(model, tiny_data.val.images, tiny_data.info, batch_size=10)
+    assert logits.shape == (len(tiny_data.val), 4) and logits.dtype == torch.float32
+    assert not model.training
