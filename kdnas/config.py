@@ -79,7 +79,12 @@ class NumParam:
     def __post_init__(self) -> None:
         if self.choices is not None:
             _check(len(self.choices) > 0, "the list of choices is empty; give at least one value")
+            _check(all(math.isfinite(c) for c in self.choices), f"choices must be finite numbers, got {self.choices}")
             return
+        _check(
+            math.isfinite(self.low) and math.isfinite(self.high),
+            f"low and high must be finite, got {self.low}..{self.high}",
+        )
         _check(self.low <= self.high, f"min > max: low={self.low} is above high={self.high}")
         if self.log:
             _check(self.low > 0, f"a log range needs low > 0, got low={self.low}")
@@ -159,7 +164,7 @@ class TrainRecipe:
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(0 < self.lr < math.inf, f"lr must be a finite number > 0, got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
@@ -442,12 +447,14 @@ def _num_param(value: Any, path: str, kind: Literal["int", "float"]) -> NumParam
                 raise KdnasError(f"unknown key {key!r} in range {path}{extra}")
         if "low" not in value or "high" not in value:
             raise KdnasError(f"range {path} needs both low and high, got {dict(value)}")
-        step = value.get("step")
+        step, log_flag = value.get("step"), value.get("log", False)
+        if not isinstance(log_flag, bool):
+            raise KdnasError(f"{path}.log must be true or false, got {log_flag!r}")
         args: dict[str, Any] = dict(
             low=number(value["low"]),
             high=number(value["high"]),
             step=None if step is None else number(step),
-            log=bool(value.get("log", False)),
+            log=log_flag,
         )
     elif isinstance(value, list):
         args = dict(choices=tuple(number(v) for v in value))

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import pickle
 import struct
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,10 +71,15 @@ DATASETS: Registry[DatasetInfo] = Registry("dataset")
 def read_idx(path: Path) -> np.ndarray:
     """Read an idx file (``.gz`` or plain), the format of MNIST and Fashion-MNIST."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # cut-off download, not gzip, unreadable
+        raise KdnasError(f"{path} is unreadable ({err or type(err).__name__}); re-download it") from None
+    if len(raw) < 4:
+        raise KdnasError(f"{path} is too short to be an idx file; re-download it")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08:
+    if zero != 0 or dtype_code != 0x08 or len(raw) < 4 + 4 * ndim:
         raise KdnasError(f"{path} is not an idx file of unsigned bytes; re-download it")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).copy()  # writable, for torch
@@ -285,6 +291,11 @@ def load_data(cfg: DataConfig, data_dir: Path, *, download: bool = True) -> Imag
     if cfg.limit_train is not None:
         order = order[: cfg.limit_train]
     n_val = max(1, round(len(order) * cfg.val_fraction))
+    if n_val >= len(order):
+        raise KdnasError(
+            f"val_fraction={cfg.val_fraction} of {len(order)} images leaves no training image; "
+            "lower val_fraction or raise limit_train"
+        )
     images, labels = torch.from_numpy(np.ascontiguousarray(train_x)), torch.from_numpy(train_y.astype(np.int64))
     val_idx, train_idx = order[:n_val], order[n_val:]
     crop_padding = info.crop_padding if cfg.crop_padding is None else cfg.crop_padding

@@ -7,12 +7,14 @@ that cannot be read is reported and never used.
 
 ``runs/<study>/soft_targets.pt`` holds the teacher's logits (fp16) for the view of every training
 image in every epoch a student trains. Views are a pure function of (seed, image, epoch), so a
-trial that reads the cache sees exactly what a live teacher would have produced.
+trial that reads the cache sees what a live teacher would have produced (bit for bit on the CPU; on
+CUDA up to rare last-bit fp16 differences between kernels chosen for different batch shapes).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -111,7 +113,10 @@ def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step:
     device = data.train.images.device
     fingerprint = section_hash(cfg.teacher, data.fingerprint)
     if cfg.teacher.checkpoint:
-        model = _load_checkpoint(Path(cfg.teacher.checkpoint), spec).to(device)
+        checkpoint = Path(cfg.teacher.checkpoint)
+        model = _load_checkpoint(checkpoint, spec).to(device)
+        # New weights saved under the same path must invalidate everything derived from the old ones.
+        fingerprint = section_hash(fingerprint, hashlib.sha256(checkpoint.read_bytes()).hexdigest())
         return _finish(model, spec, data, fingerprint, None, cfg.teacher.train.eval_batch_size)
 
     path = out_dir / "teacher.pt"
@@ -218,7 +223,9 @@ class LiveTeacher:
         self.model = model.eval()
 
     def __call__(self, epoch: int, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        # TF32 would make a view's logits depend on its batch's composition (cuDNN picks kernels per
+        # shape); full fp32 keeps cached and live logits equal to the last fp16 bit, nearly always.
+        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             return self.model(views).half().float()
 
 

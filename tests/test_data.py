@@ -71,10 +71,19 @@ def test_cut_off_gz_download_is_reported(tmp_path, idx_writer):
         read_idx(path)
 
 
-def test_idx_with_a_cut_header_is_reported(tmp_path):
-    path = tmp_path / "train-labels-idx1-ubyte"
-    path.write_bytes(b"\x00\x00\x08\x01\x00\x00")
-    with pytest.raises(KdnasError, match="train-labels-idx1-ubyte"):
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        pytest.param("train-labels-idx1-ubyte", b"\x00\x00\x08\x01\x00\x00", id="cut-in-the-dims"),
+        pytest.param("train-labels-idx1-ubyte", b"\x00\x00", id="cut-in-the-magic"),
+        pytest.param("train-labels-idx1-ubyte", b"", id="empty"),
+        pytest.param("train-labels-idx1-ubyte.gz", b"\x00\x00\x08\x01" + bytes(20), id="gz-name-not-gzip"),
+    ],
+)
+def test_idx_with_a_broken_header_is_reported(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(KdnasError, match=name):
         read_idx(path)
 
 
@@ -173,6 +182,13 @@ def test_split_sizes(tmp_path, fashion_mnist_writer, no_system_fashion_mnist, va
     data = load_data(cfg, tmp_path, download=False)
     assert (len(data.train), len(data.val)) == sizes
     assert len(set(ids(data.train)) | set(ids(data.val))) == sum(sizes)  # disjoint
+
+
+def test_split_that_leaves_no_training_image_is_a_user_error(tmp_path, cifar10_writer):
+    # 10 images with val_fraction 0.99: round(9.9) = 10 go to validation and nothing is left to train on.
+    cifar10_writer(tmp_path, n_per_batch=4, n_test=1)
+    with pytest.raises(KdnasError, match="val_fraction"):
+        load_data(DataConfig(dataset="cifar10", val_fraction=0.99, limit_train=10), tmp_path, download=False)
 
 
 def test_same_seed_gives_the_same_split(tmp_path, cifar100_writer):

@@ -1,0 +1,77 @@
+"""The report opened in a real browser (headless Chromium, no network): every figure draws, nothing errs.
+
+CI installs Debian's ``chromium``; without it these tests fail and say so, rather than skip.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from _study_fixture import finished_smoke_study, synthetic_study  # noqa: F401  (a fixture)
+
+from kdnas import report
+
+FIGURES = ("fig-params", "fig-latency", "fig-kd", "fig-hypervolume", "fig-importance", "fig-parallel")
+
+
+def _chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        pytest.fail("chromium is not installed: apt-get install -y chromium (the report's browser test needs it)")
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--enable-logging=stderr", "--v=0",
+    ]  # fmt: skip
+    return subprocess.run([binary, *flags, *args, page.as_uri()], capture_output=True, text=True, timeout=180)
+
+
+def _rendered_figures(dom: str) -> dict[str, bool]:
+    """For each figure div in the DOM: did plotly draw its SVG into it?"""
+    starts = [(m.group(1), m.start()) for m in re.finditer(r'<div id="(fig-[a-z]+)"', dom)]
+    ends = [start for _, start in starts[1:]] + [len(dom)]
+    return {name: 'class="main-svg"' in dom[start:end] for (name, start), end in zip(starts, ends, strict=True)}
+
+
+def _console_messages(log: str) -> list[str]:
+    return [line for line in log.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
+@pytest.fixture(scope="module")
+def synthetic_report(tmp_path_factory) -> Path:
+    """A report with every kind of trial: rejected, diverged, duplicate, and trials with and without KD."""
+    run_dir = tmp_path_factory.mktemp("browser") / "run"
+    synthetic_study(run_dir)
+    assert report.main(["--study", "smoke", "--out", str(run_dir), "-q"]) == 0
+    return run_dir / "report.html"
+
+
+@pytest.mark.parametrize("which", ["smoke", "synthetic"])
+def test_every_figure_renders_without_console_errors(which, request, tmp_path):
+    page = (
+        request.getfixturevalue("finished_smoke_study").report
+        if which == "smoke"
+        else request.getfixturevalue("synthetic_report")
+    )
+    done = _chromium(page, tmp_path / "profile", "--dump-dom")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _rendered_figures(done.stdout) == dict.fromkeys(FIGURES, True)
+    assert _console_messages(done.stderr) == []
+
+
+def test_screenshot_of_the_report(finished_smoke_study, tmp_path):  # noqa: F811
+    shot = tmp_path / "report.png"
+    done = _chromium(
+        finished_smoke_study.report,
+        tmp_path / "profile",
+        "--hide-scrollbars",
+        "--window-size=1400,3000",
+        f"--screenshot={shot}",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 50_000  # a blank page is a few kB
