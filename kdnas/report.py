@@ -20,7 +20,8 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NO_KD_ALPHA",
+    "HYPERVOLUME_MARGIN",
     "StudyRun",
     "load_run",
     "trials_frame",
@@ -50,6 +52,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The hypervolume's reference point lies this factor above the largest student's parameter count.
+HYPERVOLUME_MARGIN = 1.1
 # Below this initial alpha the soft term barely moves training: such trials are the no-distillation baseline.
 NO_KD_ALPHA = 0.05
 # The columns of trials.csv before and after the trial's own parameters.
@@ -101,7 +105,8 @@ def load_run(study: str, out: Path | None = None, storage: str | None = None) ->
 
     from kdnas.search import _hide_password
 
-    name = load_study(study).name
+    file_cfg = load_study(study)
+    name = file_cfg.name
     out_dir = out if out is not None else Path("runs") / name
     if storage is None:
         db = out_dir / "study.db"
@@ -120,11 +125,10 @@ def load_run(study: str, out: Path | None = None, storage: str | None = None) ->
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise KdnasError(f"cannot open storage {shown}: {reason}") from None
     # The stored config is what the trials were run with (--seed and --trials included).
-    cfg = study_from_dict(stored.user_attrs["config"]) if "config" in stored.user_attrs else load_study(study)
+    cfg = study_from_dict(stored.user_attrs["config"]) if "config" in stored.user_attrs else file_cfg
     complete = [t for t in stored.get_trials(deepcopy=False) if t.user_attrs.get("status") == "complete"]
     if not complete:
-        counts = _status_counts(stored)
-        held = ", ".join(f"{n} {s}" for s, n in counts.items()) or "none"
+        held = _count_line(_status(t) for t in stored.get_trials(deepcopy=False)) or "none"
         raise KdnasError(
             f"study {name!r} has no complete trial yet (trials: {held}); "
             f"run 'python -m kdnas.search --study {study}' until one finishes"
@@ -136,11 +140,10 @@ def _status(trial: optuna.trial.FrozenTrial) -> str:
     return trial.user_attrs.get("status") or trial.state.name.lower()
 
 
-def _status_counts(study: optuna.Study) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        counts[_status(t)] = counts.get(_status(t), 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+def _count_line(statuses: Iterable[str]) -> str:
+    """'6 complete, 1 diverged, 1 rejected': most frequent first, then by name."""
+    counts = Counter(statuses)
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -162,11 +165,12 @@ def pareto_front(rows: pd.DataFrame, size: str) -> pd.DataFrame:
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: parameters, measurements, status, reason, durations and Pareto flags.
 
-    Columns: ``trial``, ``status`` (complete, rejected, diverged, interrupted, stopped, or Optuna's
-    state for a trial that never said), ``state``, ``reason``, ``arch``, every searched parameter,
-    ``val_accuracy`` (0..1, last epoch), ``params``, ``macs``, ``latency_ms``, ``pareto`` (optimal in
-    all the study's objectives), ``front_params`` / ``front_latency`` (optimal for accuracy against
-    that one cost), ``distilled`` (alpha >= NO_KD_ALPHA), ``epochs``, ``train_seconds``,
+    Columns: ``trial``, ``status`` (complete, rejected, diverged, interrupted, stopped, duplicate, or
+    Optuna's state for a trial that never said), ``state``, ``reason``, ``arch``, every searched
+    parameter, ``val_accuracy`` (0..1, last epoch), ``params``, ``macs``, ``latency_ms``, ``pareto``
+    (optimal in all the study's objectives; never a duplicate, which reuses an earlier trial's
+    result), ``front_params`` / ``front_latency`` (optimal for accuracy against that one cost, among
+    complete trials), ``distilled`` (alpha >= NO_KD_ALPHA), ``epochs``, ``train_seconds``,
     ``duration_s`` (wall time of the trial), ``images_per_s``, ``started``.
     """
     import pandas as pd
@@ -191,7 +195,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                 "params": a.get("params", math.nan),
                 "macs": a.get("macs", math.nan),
                 "latency_ms": a.get("latency_ms", math.nan),
-                "pareto": t.number in optimal,
+                "pareto": t.number in optimal and _status(t) == "complete",
                 "front_params": False,
                 "front_latency": False,
                 "distilled": t.params.get("alpha", 0.0) >= NO_KD_ALPHA,
@@ -235,7 +239,7 @@ def kd_gain(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def largest_student_params(cfg: StudyConfig) -> int:
-    """Parameters of the largest student the search space allows: the fixed hypervolume reference."""
+    """Parameters of the largest student the search space allows (the hypervolume reference derives from it)."""
     from kdnas.data import DATASETS
     from kdnas.models import ArchSpec, build_model, count_params
 
@@ -313,7 +317,7 @@ def _tradeoff_figure(df: pd.DataFrame, size: str, teacher: dict[str, Any] | None
     front_col = {"params": "front_params", "latency_ms": "front_latency"}[size]
     label = {"params": "parameters", "latency_ms": "latency (ms)"}[size]
     has_size = df[size].notna()
-    trained = df[has_size & df["val_accuracy"].notna()]
+    trained = df[has_size & df["val_accuracy"].notna() & (df["status"] != "duplicate")]  # a duplicate is its twin
     untrained = df[has_size & df["val_accuracy"].isna()]
     rows = 2 if len(untrained) else 1
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, row_heights=[0.88, 0.12][:rows], vertical_spacing=0.03)
@@ -439,6 +443,7 @@ def _hypervolume_figure(history: pd.Series, reference_params: int) -> go.Figure:
             hovertemplate="after trial %{x}: %{y:.4f}<extra></extra>",
         )
     )
+    fig.update_xaxes(tick0=0, dtick=max(1, len(history) // 10))  # whole trial numbers
     fig.update_layout(
         title=f"Hypervolume of (accuracy, parameters); reference: 0% at {reference_params:,} params",
         xaxis_title="trial",
@@ -524,7 +529,6 @@ def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[t
     """The header's label/value pairs (values are plain text, escaped later)."""
     t, s, kd, r, lat = cfg.teacher, cfg.student, cfg.kd, cfg.train, cfg.latency
     teacher = study.user_attrs.get("teacher")
-    counts = df["status"].value_counts()
     data = cfg.data
     subset = f", first {data.limit_train:,} training images" if data.limit_train else ""
     objectives = ", ".join(f"{m} ({METRICS[m][:3]})" for m in cfg.objectives.metrics)
@@ -569,7 +573,7 @@ def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[t
             f"training on {study.user_attrs.get('train_device', 'a device not recorded')}; latency on "
             f"{lat.device}, batch {lat.batch_size}, {lat.threads} thread(s), median of {lat.repeats}",
         ),
-        ("trials", ", ".join(f"{n} {status}" for status, n in counts.items())),
+        ("trials", _count_line(df["status"])),
         (
             "compute",
             f"{_duration(df['duration_s'].sum())} in trials "
@@ -643,7 +647,8 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
     complete = int((df["status"] == "complete").sum())
     accuracy_index = cfg.objectives.metrics.index("val_accuracy")
     teacher = study.user_attrs.get("teacher")
-    reference = largest_student_params(cfg)
+    # 10% above the largest student, so that the largest students still add area.
+    reference = math.ceil(HYPERVOLUME_MARGIN * largest_student_params(cfg))
     gain = kd_gain(df)
     kd_note = ""
     if not (~df["distilled"] & (df["status"] == "complete")).any():
@@ -687,8 +692,9 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
         _section(
             "Search progress",
             "Hypervolume of the (accuracy, parameters) front after each trial: the share of the area between "
-            "0% accuracy at the largest student in the search space and a perfect student with no parameters "
-            "that the found students dominate. It rises while the search still finds better trade-offs.",
+            f"a reference point (0% accuracy, {reference:,} parameters: {HYPERVOLUME_MARGIN - 1:.0%} above the "
+            "largest student of the search space) and a perfect student with no parameters that the found "
+            "students dominate. It rises while the search still finds better trade-offs.",
             _hypervolume_figure(hypervolume_history(df, reference), reference),
             "",
             "fig-hypervolume",
@@ -779,6 +785,9 @@ def run_cli(args: argparse.Namespace, command: Callable[[], int]) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -241,7 +241,7 @@ def run_search(
             done,
             cfg.budget.trials,
         )
-        _print_pareto(study, cfg)
+        _finish(study, cfg, out_dir)
         return 0
 
     with logging_redirect_tqdm():
@@ -263,6 +263,7 @@ def run_search(
             100 * teacher.val_accuracy,
         )
         study.set_user_attr("teacher", teacher.summary())
+        study.set_user_attr("train_device", str(train_device))
         views = AugmentedViews(data)
         soft_targets = None
         if cfg.kd.alpha.bounds[1] > 0:
@@ -280,7 +281,7 @@ def run_search(
             _hide_password(storage_url),
         )
         _optimize(study, objective, cfg, remaining, progress)
-    _print_pareto(study, cfg)
+    _finish(study, cfg, out_dir)
     print(f"study {cfg.name!r} stored in {_hide_password(storage_url)}; run directory {out_dir}")
     return 0
 
@@ -461,6 +462,15 @@ def pareto_rows(study) -> list[dict[str, Any]]:
             }
         )
     return sorted(rows, key=lambda r: -r["val_accuracy"])
+
+
+def _finish(study, cfg: StudyConfig, out_dir: Path) -> None:
+    """The Pareto table on stdout, and the report beside the study."""
+    _print_pareto(study, cfg)
+    if pareto_rows(study):
+        from kdnas.report import write_report
+
+        log.info("report: %s", write_report(study, cfg, out_dir))
 
 
 def _print_pareto(study, cfg: StudyConfig) -> None:

@@ -33,7 +33,8 @@ _DISTRIBUTIONS = {
 
 # trial -> (status, base width, alpha, decay, val accuracy, params, latency ms, reason).
 # Accuracy vs params front: 6, 3, 2 (knee: 3). Accuracy vs latency front: 1, 3, 0, 2.
-# Optimal in all three objectives: 0, 1, 2, 3, 6. Without distillation: 0 and 1.
+# Optimal in all three objectives: 0, 1, 2, 3, 6 (8 repeats 2, as the search records a duplicate).
+# Without distillation: 0 and 1.
 SYNTHETIC_TRIALS = {
     0: ("complete", 8, 0.0, "none", 0.80, 20_000, 1.0, ""),
     1: ("complete", 4, 0.0, "none", 0.70, 5_000, 0.3, ""),
@@ -43,6 +44,7 @@ SYNTHETIC_TRIALS = {
     5: ("diverged", 8, 0.9, "exponential", math.nan, 20_000, 1.0, "non-finite loss in epoch 1, step 3"),
     6: ("complete", 4, 0.3, "none", 0.60, 2_000, 0.45, ""),
     7: ("complete", 8, 0.2, "none", 0.65, 20_000, 2.0, ""),
+    8: ("duplicate", 8, 0.5, "linear", 0.85, 20_000, 1.1, "same candidate as trial 2; its result reused"),
 }
 TEACHER = {
     "spec": {"arch": "resnet", "in_channels": 1, "num_classes": 10, "base_width": 8, "blocks": [1, 1, 1]},
@@ -72,15 +74,16 @@ def _trial(number: int) -> optuna.trial.FrozenTrial:
         attrs["latency_ms"] = latency
     if reason:
         attrs["reason"] = reason
-    if status == "complete":
+    trained = status in ("complete", "duplicate")
+    if trained:
         attrs.update(val_curve=[accuracy - 0.1, accuracy], train_seconds=10.0 + number, images_per_s=500.0)
-    state = {"complete": "COMPLETE", "rejected": "PRUNED", "diverged": "FAIL"}[status]
+    state = {"complete": "COMPLETE", "duplicate": "COMPLETE", "rejected": "PRUNED", "diverged": "FAIL"}[status]
     return optuna.trial.create_trial(
         state=optuna.trial.TrialState[state],
         params=values,
         distributions={name: _DISTRIBUTIONS[name] for name in values},
         user_attrs=attrs,
-        values=[accuracy, float(params), latency] if status == "complete" else None,
+        values=[accuracy, float(params), latency] if trained else None,
     )
 
 
@@ -108,12 +111,17 @@ class FinishedStudy:
     report: Path
 
 
+_finished: list[FinishedStudy] = []  # each test module that imports the fixture holds its own copy: one search
+
+
 @pytest.fixture(scope="session")
 def finished_smoke_study(tmp_path_factory: pytest.TempPathFactory) -> FinishedStudy:
     """The smoke study searched once per session (3 trials), with its report."""
     from kdnas import report
 
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    assert search.main(["--study", STUDY, "--out", str(run_dir), "--device", "cpu", "--no-progress", "-q"]) == 0
-    assert report.main(["--study", STUDY, "--out", str(run_dir), "-q"]) == 0
-    return FinishedStudy(run_dir, run_dir / "report.html")
+    if not _finished:
+        run_dir = tmp_path_factory.mktemp("smoke") / "run"
+        assert search.main(["--study", STUDY, "--out", str(run_dir), "--device", "cpu", "--no-progress", "-q"]) == 0
+        assert report.main(["--study", STUDY, "--out", str(run_dir), "-q"]) == 0
+        _finished.append(FinishedStudy(run_dir, run_dir / "report.html"))
+    return _finished[0]

@@ -1,0 +1,304 @@
+"""Train an exported student against the teacher it was searched with, and save it for deployment.
+
+    python -m kdnas.train --config runs/fashion/best_student.json                 # the search's recipe
+    python -m kdnas.train --config best_student.json --epochs 60 --out students/fashion --device cuda
+
+The teacher is the file the export names; it is used only if its fingerprint equals the one
+recomputed from the study's ``[teacher]`` section and the data on this machine, and its bytes are
+the ones exported (else the student would learn from other soft targets than in the search;
+``--allow-teacher-mismatch`` trains anyway). With the search's epochs the student is rebuilt from the
+same seed and trained on the same views, so its validation accuracy reproduces the searched one.
+
+Writes into ``--out`` (default ``runs/<study>/student-trial<N>``): ``student.pt`` (state_dict,
+architecture, the export, accuracies), ``student.pt2`` (a ``torch.export`` program) and
+``student.onnx``; the last two take float pixel values 0..255 of shape (N, C, H, W), normalisation
+built in, and return logits (N, classes). ``result.json`` records what was trained and how it scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdnas.config import section_hash
+from kdnas.errors import KdnasError
+from kdnas.export import StudentFile, file_sha256, kdnas_version, read_student
+from kdnas.report import add_common_arguments, run_cli
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from kdnas.data import DatasetInfo, ImageData
+    from kdnas.teacher import Teacher
+
+__all__ = ["WEIGHTS_FORMAT", "train_student", "check_teacher", "build_parser", "main"]
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FORMAT = "kdnas-student-weights/1"
+
+
+def check_teacher(student: StudentFile, data: ImageData, device: torch.device, *, allow_mismatch: bool) -> Teacher:
+    """Load the exported teacher and make sure it is the one the student was searched with.
+
+    Raises:
+        KdnasError: the teacher is missing, or differs (unless ``allow_mismatch``, which logs a warning).
+    """
+    from kdnas.teacher import load_stored_teacher, obtain_teacher
+
+    cfg, path = student.cfg, student.teacher_path
+    if cfg.teacher.checkpoint:  # obtain_teacher only loads a checkpoint, fingerprinting its bytes too
+        teacher = obtain_teacher(cfg, data, path.parent)
+        recomputed = teacher.fingerprint
+    else:
+        teacher = load_stored_teacher(path, device)
+        recomputed = section_hash(cfg.teacher, data.fingerprint)  # as obtain_teacher computes it
+    problems = []
+    expected = student.teacher_fingerprint
+    if recomputed != expected:
+        problems.append(
+            f"the [teacher] section and the data here give fingerprint {recomputed}, the export recorded "
+            f"{expected} (the dataset files, the split or the teacher changed)"
+        )
+    if teacher.fingerprint != recomputed:
+        problems.append(f"{path} holds a teacher with fingerprint {teacher.fingerprint}, trained for other settings")
+    if student.teacher_sha256 is not None and file_sha256(path) != student.teacher_sha256:
+        problems.append(f"{path} was rewritten since the export (its SHA-256 differs): a retrained teacher")
+    if problems:
+        message = (
+            f"teacher mismatch: {'; '.join(problems)}. The student would learn from other soft targets "
+            "than in the search; search and export again, or pass --allow-teacher-mismatch"
+        )
+        if not allow_mismatch:
+            raise KdnasError(message)
+        log.warning("%s (training anyway)", message.removesuffix(", or pass --allow-teacher-mismatch"))
+    return teacher
+
+
+def _with_normalisation(model: nn.Module, info: DatasetInfo) -> nn.Module:
+    """The module exported for deployment: ``model`` behind the dataset's input normalisation."""
+    import torch
+    from torch import nn
+
+    class Student(nn.Module):
+        """Pixel values 0..255, float (N, C, H, W) -> logits (N, classes)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.register_buffer("mean", 255 * torch.tensor(info.mean).view(1, -1, 1, 1))
+            self.register_buffer("std", 255 * torch.tensor(info.std).view(1, -1, 1, 1))
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.model((images - self.mean) / self.std)
+
+    return Student().eval()
+
+
+def _save(model: nn.Module, student: StudentFile, info: DatasetInfo, out_dir: Path, summary: dict[str, Any]) -> None:
+    """student.pt, student.pt2, student.onnx and result.json in ``out_dir``."""
+    import copy
+
+    import torch
+
+    cpu_model = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()
+    torch.save(
+        {
+            "format": WEIGHTS_FORMAT,
+            "arch": dataclasses.asdict(student.arch),
+            "state_dict": cpu_model.state_dict(),
+            "input": {"mean": list(info.mean), "std": list(info.std), "scale": "(pixel / 255 - mean) / std"},
+            "student": student.record,
+            **{k: summary[k] for k in ("val_accuracy", "test_accuracy", "epochs")},
+        },
+        out_dir / "student.pt",
+    )
+    deployable = _with_normalisation(cpu_model, info)
+    example = torch.rand(2, info.in_channels, info.image_size, info.image_size) * 255
+    batch = {0: torch.export.Dim("batch", min=1, max=65536)}
+    program = torch.export.export(deployable, (example,), dynamic_shapes=(batch,))
+    torch.export.save(program, out_dir / "student.pt2")
+    # The ONNX exporter's optimiser logs every pass at INFO: keep the user's log to our lines.
+    for name in ("onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    torch.onnx.export(
+        deployable,
+        (example,),
+        str(out_dir / "student.onnx"),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes=(batch,),
+        external_data=False,
+        verbose=False,
+    )
+    (out_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def _require_onnx() -> None:
+    """Fail before training, not after, when the ONNX exporter's packages are missing."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise KdnasError(f"the ONNX export needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+
+
+def train_student(
+    student: StudentFile,
+    out_dir: Path,
+    *,
+    epochs: int | None = None,
+    device: str = "auto",
+    data_dir: Path = Path("data"),
+    allow_teacher_mismatch: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train ``student`` with its study's recipe (``epochs`` overrides), save it, return the summary.
+
+    Raises:
+        KdnasError: the rebuilt model's parameter count differs from the search's, the teacher
+            mismatches, or the data is missing.
+    """
+    import torch
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from kdnas.data import AugmentedViews, load_data
+    from kdnas.measure import resolve_device
+    from kdnas.models import build_model, count_params
+    from kdnas.teacher import LiveTeacher
+    from kdnas.trainer import TrainingDiverged, evaluate, fit
+
+    cfg = student.cfg
+    recipe = cfg.train if epochs is None else dataclasses.replace(cfg.train, epochs=epochs)
+    train_device = resolve_device(device)
+    _require_onnx()
+    torch.manual_seed(cfg.seed)  # as the search did before building every candidate: same initial weights
+    model = build_model(student.arch)
+    params = count_params(model)
+    if params != student.measured_params:
+        raise KdnasError(
+            f"{student.path}: {student.arch.describe()} has {params:,} parameters but the search "
+            f"measured {student.measured_params:,} for trial {student.trial}; the architecture was "
+            "edited or the model code changed; export the trial again"
+        )
+    data = load_data(cfg.data, data_dir).to(train_device)
+    soft_targets = None
+    if student.kd.alpha > 0:
+        teacher = check_teacher(student, data, train_device, allow_mismatch=allow_teacher_mismatch)
+        # Live logits equal the search's cached ones (both fp16-rounded), without writing a cache.
+        soft_targets = LiveTeacher(teacher.model)
+    log.info(
+        "training %s (%s params), %s, for %d epochs on %s",
+        student.arch.describe(),
+        f"{params:,}",
+        student.kd.describe(),
+        recipe.epochs,
+        train_device,
+    )
+
+    bar = tqdm(desc="training", unit="step", disable=not progress, dynamic_ncols=True, leave=False)
+
+    def on_step(step: int, total: int) -> None:
+        bar.total = total
+        bar.update(step - bar.n)
+
+    def on_epoch(epoch: int, accuracy: float) -> None:
+        log.info("epoch %d/%d: val accuracy %.2f%%", epoch + 1, recipe.epochs, 100 * accuracy)
+
+    views = AugmentedViews(data)
+    try:
+        with logging_redirect_tqdm(), bar:
+            result = fit(
+                model.to(train_device),
+                views,
+                recipe,
+                kd=student.kd,
+                soft_targets=soft_targets,
+                on_epoch=on_epoch,
+                on_step=on_step,
+            )
+    except TrainingDiverged as err:
+        raise KdnasError(f"training diverged ({err}); lower config.train.lr in {student.path}") from None
+    test_accuracy = evaluate(model, data.test, data.info, recipe.eval_batch_size)
+    summary = {
+        "study": cfg.name,
+        "trial": student.trial,
+        "arch": student.arch.describe(),
+        "kd": dataclasses.asdict(student.kd),
+        "epochs": recipe.epochs,
+        "params": params,
+        "val_accuracy": result.val_accuracy[-1],
+        "val_curve": result.val_accuracy,
+        "searched_val_accuracy": student.measured_val_accuracy,
+        "test_accuracy": test_accuracy,
+        "train_seconds": result.seconds,
+        "device": str(train_device),
+        "torch_version": str(torch.__version__),
+        "kdnas_version": kdnas_version(),
+        "config": str(student.path),
+    }
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _save(model, student, data.info, out_dir, summary)
+    except OSError as err:
+        raise KdnasError(f"cannot write to {out_dir} ({err.strerror}); pass a writable --out") from None
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kdnas.train",
+        description="Train an exported student against its teacher; save weights, a torch.export program and ONNX.",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="a student file from python -m kdnas.export")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the search's, which reproduces it)")
+    parser.add_argument("--out", type=Path, help="output directory (default: runs/<study>/student-trial<N>)")
+    parser.add_argument("--device", default="auto", help="training device: auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where datasets are (default: data)")
+    parser.add_argument(
+        "--allow-teacher-mismatch",
+        action="store_true",
+        help="train even if the teacher is not the one the student was searched with",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def command() -> int:
+        if args.epochs is not None and args.epochs < 1:
+            raise KdnasError(f"--epochs must be at least 1, got {args.epochs}")
+        student = read_student(args.config)
+        out_dir = args.out or Path("runs") / student.cfg.name / f"student-trial{student.trial}"
+        s = train_student(
+            student,
+            out_dir,
+            epochs=args.epochs,
+            device=args.device,
+            data_dir=args.data_dir,
+            allow_teacher_mismatch=args.allow_teacher_mismatch,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+        print(
+            f"trial {s['trial']} {s['arch']}: val accuracy {100 * s['val_accuracy']:.2f}% (searched "
+            f"{100 * s['searched_val_accuracy']:.2f}%), test accuracy {100 * s['test_accuracy']:.2f}%, "
+            f"{s['params']:,} params, {s['epochs']} epochs; saved in {out_dir}"
+        )
+        return 0
+
+    return run_cli(args, command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

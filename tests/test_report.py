@@ -1,0 +1,153 @@
+"""The report's data (trials_frame, fronts, KD gain, hypervolume) on hand-made trials, and its CLI."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pandas as pd
+import pytest
+from _study_fixture import SYNTHETIC_TRIALS, synthetic_study
+
+from kdnas import report
+from kdnas.config import load_study
+
+
+@pytest.fixture
+def synthetic_frame(tmp_path) -> pd.DataFrame:
+    return report.trials_frame(synthetic_study(tmp_path / "run"))
+
+
+def _trials(df: pd.DataFrame, column: str) -> set[int]:
+    return set(df.loc[df[column], "trial"])
+
+
+def test_trials_frame_has_one_row_per_trial_with_params_and_measurements(synthetic_frame):
+    df = synthetic_frame
+    assert list(df["trial"]) == list(SYNTHETIC_TRIALS)
+    for column in (
+        "base_width",
+        "blocks_1",
+        "temperature",
+        "alpha",
+        "alpha_decay",
+        "decay_rate",
+        "val_accuracy",
+        "params",
+        "macs",
+        "latency_ms",
+        "train_seconds",
+        "duration_s",
+        "started",
+    ):
+        assert column in df.columns
+    row = df.set_index("trial").loc[3]
+    assert (row["base_width"], row["alpha"], row["alpha_decay"], row["decay_rate"]) == (4, 0.7, "cosine", 1.0)
+    assert (row["val_accuracy"], row["params"], row["macs"], row["latency_ms"]) == (0.78, 5_000, 500_000, 0.6)
+    assert math.isnan(df.set_index("trial").loc[0, "decay_rate"])  # conditional: no decay, no rate
+
+
+def test_trials_frame_states_and_reasons(synthetic_frame):
+    df = synthetic_frame.set_index("trial")
+    assert df.loc[4, ["status", "state"]].tolist() == ["rejected", "pruned"]
+    assert df.loc[4, "reason"] == "80,000 params > max_params 50,000"
+    assert math.isnan(df.loc[4, "latency_ms"]) and math.isnan(df.loc[4, "val_accuracy"])
+    assert df.loc[5, ["status", "state"]].tolist() == ["diverged", "fail"]
+    assert df.loc[5, "reason"] == "non-finite loss in epoch 1, step 3"
+    assert df.loc[0, ["status", "state", "reason"]].tolist() == ["complete", "complete", ""]
+    assert df.loc[8, ["status", "state"]].tolist() == ["duplicate", "complete"]
+    assert df.loc[8, "reason"] == "same candidate as trial 2; its result reused"
+
+
+def test_trials_frame_pareto_flags(synthetic_frame):
+    assert _trials(synthetic_frame, "pareto") == {0, 1, 2, 3, 6}  # all three objectives
+    assert _trials(synthetic_frame, "front_params") == {2, 3, 6}
+    assert _trials(synthetic_frame, "front_latency") == {0, 1, 2, 3}
+    assert _trials(synthetic_frame, "distilled") == {2, 3, 4, 5, 6, 7, 8}
+
+
+def test_pareto_front_keeps_one_of_equal_points_and_skips_missing():
+    rows = pd.DataFrame({"trial": [0, 1, 2, 3], "params": [10, 10, 20, math.nan], "val_accuracy": [0.5, 0.5, 0.4, 0.9]})
+    assert report.pareto_front(rows, "params")["trial"].tolist() == [0]
+
+
+def test_kd_gain_compares_best_accuracy_within_each_size(synthetic_frame):
+    gain = report.kd_gain(synthetic_frame)
+    assert gain["params"].tolist() == [2_000, 5_000, 20_000]
+    assert math.isnan(gain["no_kd"].iloc[0])  # nothing without distillation is that small
+    assert gain["gain"].iloc[1:].tolist() == pytest.approx([0.08, 0.05])
+
+
+def test_hypervolume_history_is_cumulative_and_normalised(synthetic_frame):
+    history = report.hypervolume_history(synthetic_frame, reference_params=40_000)
+    assert list(history.index) == list(SYNTHETIC_TRIALS)
+    assert history.is_monotonic_increasing
+    # Trial 0 alone: (1 - 0.8) error at 20k of 40k params dominates 0.8 * 0.5 of the unit square.
+    assert history.loc[0] == pytest.approx(0.8 * 0.5)
+    assert history.loc[4] == history.loc[3]  # a rejected trial adds nothing
+
+
+def test_largest_student_params_is_the_widest_deepest_student():
+    cfg = load_study("smoke")
+    assert report.largest_student_params(cfg) == 19_810  # resnet w8 b1-1-1, as the smoke search measures it
+
+
+def test_report_cli_writes_report_and_tables(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    synthetic_study(run_dir)
+    assert report.main(["--study", "smoke", "--out", str(run_dir)]) == 0
+    assert capsys.readouterr().out.strip() == str(run_dir / "report.html")
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert len(trials) == len(SYNTHETIC_TRIALS)
+    assert pd.read_csv(run_dir / "pareto.csv")["trial"].tolist() == [2, 0, 3, 1, 6]  # most accurate first
+    page = (run_dir / "report.html").read_text()
+    for div in ("fig-params", "fig-latency", "fig-kd", "fig-hypervolume", "fig-importance", "fig-parallel"):
+        assert f'id="{div}"' in page
+    assert "<script src=" not in page  # plotly.js is inlined: the page opens with no network
+    assert "teacher: 90.00% val" in page
+    assert "6 complete, 1 diverged, 1 duplicate, 1 rejected" in page
+
+
+def test_report_with_one_complete_trial_notes_missing_importances(tmp_path):
+    run_dir = tmp_path / "run"
+    synthetic_study(run_dir, trials=[2, 4])
+    assert report.main(["--study", "smoke", "--out", str(run_dir), "-q"]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert "No importances: they need at least 2 complete trials." in page
+    assert "No complete trial without distillation" in page
+    assert 'id="fig-importance"' not in page
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(["--study", "smok"], "no study named 'smok' (did you mean 'smoke'?)", id="unknown-study"),
+        pytest.param(["--study", "smoke"], "no stored study 'smoke'", id="never-searched"),
+        pytest.param(
+            ["--study", "smoke", "--storage", "sqlite:///{tmp}/other.db"],
+            "no study named 'smoke' in",
+            id="not-in-storage",
+        ),
+    ],
+)
+def test_report_refuses_unknown_study_without_writing(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path}/other.db")  # holds another study
+    before = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    assert report.main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_report_refuses_a_study_without_complete_trials(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    synthetic_study(run_dir, trials=[4, 5])
+    assert report.main(["--study", "smoke", "--out", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: study 'smoke' has no complete trial yet (trials: 1 diverged, 1 rejected); "
+        "run 'python -m kdnas.search --study smoke' until one finishes\n"
+    )
+    assert sorted(p.name for p in run_dir.iterdir()) == ["study.db"]
