@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdnas.cli import add_common_arguments, run_cli
 from kdnas.config import StudyConfig, study_from_dict
 from kdnas.errors import KdnasError
-from kdnas.report import StudyRun, add_common_arguments, load_run, pareto_front, run_cli, trials_frame
+from kdnas.report import StudyRun, load_run, pareto_front, trials_frame
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -18,7 +18,6 @@ import html
 import logging
 import math
 import os
-import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdnas.cli import add_common_arguments, run_cli
 from kdnas.config import METRICS, NumParam, StudyConfig, load_study, study_from_dict
 from kdnas.errors import KdnasError
 
@@ -45,7 +45,6 @@ __all__ = [
     "largest_student_params",
     "hypervolume_history",
     "write_report",
-    "run_cli",
     "build_parser",
     "main",
 ]
@@ -103,7 +102,7 @@ def load_run(study: str, out: Path | None = None, storage: str | None = None) ->
     """
     import optuna
 
-    from kdnas.search import _hide_password
+    from kdnas.cli import hide_password
 
     file_cfg = load_study(study)
     name = file_cfg.name
@@ -116,7 +115,7 @@ def load_run(study: str, out: Path | None = None, storage: str | None = None) ->
                 f"--study {study}' first, or pass the --out (or --storage) the search used"
             )
         storage = f"sqlite:///{db.resolve()}"
-    shown = _hide_password(storage)
+    shown = hide_password(storage)
     try:
         stored = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -764,30 +763,6 @@ def write_report(study: optuna.Study, cfg: StudyConfig, out_dir: Path) -> Path:
 # ---------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------
-
-
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """-v, -q and --debug, as every kdnas command has them."""
-    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-
-
-def run_cli(args: argparse.Namespace, command: Callable[[], int]) -> int:
-    """Run a CLI's body: logging as -v/-q ask, a KdnasError as one 'error:' line on stderr and exit 2."""
-    from kdnas.search import _setup_logging
-
-    _setup_logging(args.verbose, args.quiet)
-    try:
-        return command()
-    except KdnasError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:

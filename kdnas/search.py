@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from kdnas.cli import add_common_arguments, hide_password, run_cli
 from kdnas.config import StudyConfig, load_study, section_hash
 from kdnas.errors import KdnasError
 
@@ -49,16 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="seed of the sampler and the students (default: the study's)")
     parser.add_argument("--fresh", action="store_true", help="delete the stored study and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_common_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose, args.quiet)
-    try:
+
+    def command() -> int:
         cfg = load_study(args.study)
         if args.seed is not None:
             cfg = dataclasses.replace(cfg, seed=args.seed)
@@ -69,49 +68,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timeout_min=cfg.budget.timeout_min if args.timeout is None else args.timeout,
             )
             cfg = dataclasses.replace(cfg, budget=budget)
-        out_dir = args.out or Path("runs") / cfg.name
         return run_search(
             cfg,
-            out_dir,
+            args.out or Path("runs") / cfg.name,
             storage=args.storage,
             device=args.device,
             data_dir=args.data_dir,
             fresh=args.fresh,
             progress=not args.no_progress and sys.stderr.isatty(),
         )
-    except KdnasError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the study is consistent; run the same command to resume", file=sys.stderr)
-        return 130
 
-
-def _setup_logging(verbose: bool, quiet: bool) -> None:
-    import optuna
-
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    # We print one line per trial ourselves; Optuna's own per-trial INFO would repeat it.
-    optuna.logging.set_verbosity(logging.WARNING)
-    optuna.logging.disable_default_handler()
-    optuna.logging.enable_propagation()
+    return run_cli(args, command, interrupted="interrupted: the study is consistent; run the same command to resume")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Storage and study
 # ---------------------------------------------------------------------------------------------------
-
-
-def _hide_password(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 def _sampler(cfg: StudyConfig, stored_trials: int):
@@ -143,7 +115,7 @@ def open_study(cfg: StudyConfig, storage_url: str, *, fresh: bool = False):
     """Create or load the study named ``cfg.name`` in ``storage_url``; refuse to mix incompatible trials."""
     import optuna
 
-    shown = _hide_password(storage_url)
+    shown = hide_password(storage_url)
     try:
         with warnings.catch_warnings():  # heartbeats are marked experimental, and have been for years
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -278,11 +250,11 @@ def run_search(
             done,
             cfg.budget.trials,
             remaining,
-            _hide_password(storage_url),
+            hide_password(storage_url),
         )
         _optimize(study, objective, cfg, remaining, progress)
     _finish(study, cfg, out_dir)
-    print(f"study {cfg.name!r} stored in {_hide_password(storage_url)}; run directory {out_dir}")
+    print(f"study {cfg.name!r} stored in {hide_password(storage_url)}; run directory {out_dir}")
     return 0
 
 

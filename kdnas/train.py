@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdnas.cli import add_common_arguments, run_cli
 from kdnas.config import section_hash
 from kdnas.errors import KdnasError
 from kdnas.export import StudentFile, file_sha256, kdnas_version, read_student
-from kdnas.report import add_common_arguments, run_cli
 
 if TYPE_CHECKING:
     import torch

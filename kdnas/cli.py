@@ -1,0 +1,55 @@
+"""What every kdnas command shares: -v/-q/--debug, logging set up once, user errors as one line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from kdnas.errors import KdnasError
+
+__all__ = ["add_common_arguments", "hide_password", "run_cli", "setup_logging"]
+
+
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    import optuna
+
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    # We print one line per trial ourselves; Optuna's own per-trial INFO would repeat it.
+    optuna.logging.set_verbosity(logging.WARNING)
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
+def hide_password(url: str) -> str:
+    """A storage URL fit for messages: the password replaced by ***."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """-v, -q and --debug, as every kdnas command has them."""
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def run_cli(args: argparse.Namespace, command: Callable[[], int], *, interrupted: str = "interrupted") -> int:
+    """Run a CLI's body: logging as -v/-q ask, a KdnasError as one 'error:' line on stderr and exit 2."""
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return command()
+    except KdnasError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
