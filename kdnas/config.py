@@ -37,6 +37,7 @@ __all__ = [
     "LatencyConfig",
     "Budget",
     "SamplerConfig",
+    "EarlyStopConfig",
     "StudyConfig",
     "load_study",
     "resolve_study_path",
@@ -53,6 +54,7 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
 }
 ALPHA_DECAYS = ("none", "linear", "cosine", "exponential")
 SAMPLERS = ("tpe", "nsga2", "random")
+EARLY_STOP_POLICIES = ("none", "pareto", "halving")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -292,6 +294,31 @@ class SamplerConfig:
 
 
 @dataclass(frozen=True)
+class EarlyStopConfig:
+    """When a trial that is clearly beaten stops before its last epoch (it is recorded as pruned).
+
+    ``pareto``: after an epoch, stop when a finished trial that is no larger and no slower was, at the
+    same epoch, more accurate by more than ``margin``. ``halving``: at rung epochs min_epochs * r**k
+    (r the reduction factor), continue only the best 1/r of the trials that reached the rung, ranked by
+    Pareto rank of (accuracy there, params, latency); trials on that rung's front always continue.
+    """
+
+    policy: str = "pareto"
+    margin: float = 0.01  # accuracy, as a fraction (0.01 = one point)
+    min_epochs: int = 1  # no trial stops before it has trained this many epochs
+    reduction_factor: int = 3
+
+    def __post_init__(self) -> None:
+        _check(
+            self.policy in EARLY_STOP_POLICIES,
+            f"unknown policy {self.policy!r}; known: {', '.join(EARLY_STOP_POLICIES)}",
+        )
+        _check(0 <= self.margin < 1, f"margin must be in [0, 1), got {self.margin}")
+        _check(self.min_epochs >= 1, f"min_epochs must be at least 1, got {self.min_epochs}")
+        _check(self.reduction_factor >= 2, f"reduction_factor must be at least 2, got {self.reduction_factor}")
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study file, validated."""
 
@@ -307,6 +334,7 @@ class StudyConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     budget: Budget = field(default_factory=Budget)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name must not be empty")

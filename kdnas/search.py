@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -284,25 +285,44 @@ class _bar:
 _MEASURED_ATTRS = ("arch", "params", "macs", "latency_ms", "val_curve", "train_seconds", "images_per_s")
 
 
-def _completed_twin(trial):
-    """A complete trial of the same study with exactly these params, if any."""
+def _trained_twin(trial):
+    """An earlier trial of the same study with exactly these params that trained (or was stopped)."""
     import optuna
 
-    for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if other.params == trial.params and other.user_attrs.get("status") == "complete":
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for other in trial.study.get_trials(deepcopy=False, states=states):
+        if other.params == trial.params and other.user_attrs.get("status") in ("complete", "stopped"):
             return other
     return None
+
+
+def _curves(study, exclude: int):
+    """The learning curves of the study's trained trials (running ones too), for early stopping."""
+    import optuna
+
+    from kdnas.pruning import Curve
+
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        if t.number == exclude or not a.get("val_curve"):
+            continue
+        finished = t.state == optuna.trial.TrialState.COMPLETE or a.get("status") == "stopped"
+        yield Curve(t.number, a["params"], a["latency_ms"], tuple(a["val_curve"]), finished)
 
 
 class _Objective:
     """One trial: sample, measure, reject or train, record."""
 
     def __init__(self, cfg: StudyConfig, views, soft_targets, device) -> None:
+        from kdnas.pruning import EarlyStopper
+
         self.cfg, self.views, self.soft_targets, self.device = cfg, views, soft_targets, device
+        self.stopper = EarlyStopper(cfg.early_stop, cfg.objectives.metrics, cfg.train.epochs)
         info = views.data.info
         self.input_shape = (info.in_channels, info.image_size, info.image_size)
 
     def __call__(self, trial) -> tuple[float, ...]:
+        import optuna
         import torch
 
         from kdnas.measure import count_macs, measure_latency
@@ -312,11 +332,16 @@ class _Objective:
 
         cfg, info = self.cfg, self.views.data.info
         arch, kd = suggest(trial, cfg, info.in_channels, info.num_classes)
-        twin = _completed_twin(trial)
+        twin = _trained_twin(trial)
         if twin is not None:  # training is deterministic: the stored result is this candidate's result
             for key in _MEASURED_ATTRS:
-                trial.set_user_attr(key, twin.user_attrs[key])
+                if key in twin.user_attrs:
+                    trial.set_user_attr(key, twin.user_attrs[key])
             trial.set_user_attr("status", "duplicate")
+            if twin.user_attrs["status"] == "stopped":
+                reason = f"same candidate as trial {twin.number}, which was stopped early"
+                trial.set_user_attr("reason", reason)
+                raise optuna.TrialPruned(reason)
             trial.set_user_attr("reason", f"same candidate as trial {twin.number}; its result reused")
             return tuple(twin.values)
         torch.manual_seed(cfg.seed)  # same candidate, same initial weights, same result
@@ -333,7 +358,14 @@ class _Objective:
         if limit.max_latency_ms is not None and latency > limit.max_latency_ms:
             self._reject(trial, f"latency {latency:.3f} ms > max_latency_ms {limit.max_latency_ms}")
         try:
-            result = fit(model.to(self.device), self.views, cfg.train, kd=kd, soft_targets=self.soft_targets)
+            result = fit(
+                model.to(self.device),
+                self.views,
+                cfg.train,
+                kd=kd,
+                soft_targets=self.soft_targets,
+                on_epoch=self._after_epoch(trial, params, latency),
+            )
         except TrainingDiverged as err:
             trial.set_user_attr("status", "diverged")
             trial.set_user_attr("reason", str(err))
@@ -348,6 +380,28 @@ class _Objective:
         trial.set_user_attr("images_per_s", result.images_per_s)
         measured = {"val_accuracy": result.val_accuracy[-1], "params": float(params), "latency_ms": latency}
         return tuple(measured[m] for m in cfg.objectives.metrics)
+
+    def _after_epoch(self, trial, params: int, latency: float) -> Callable[[int, float], None]:
+        """Store the curve after every epoch (other workers judge by it) and stop a beaten trial."""
+        import optuna
+
+        from kdnas.pruning import Curve
+
+        curve: list[float] = []
+        start = time.perf_counter()
+
+        def after_epoch(epoch: int, accuracy: float) -> None:
+            curve.append(accuracy)
+            trial.set_user_attr("val_curve", curve)
+            trial.set_user_attr("train_seconds", time.perf_counter() - start)
+            me = Curve(trial.number, params, latency, tuple(curve), finished=False)
+            reason = self.stopper.reason_to_stop(me, _curves(trial.study, exclude=trial.number))
+            if reason is not None:
+                trial.set_user_attr("status", "stopped")
+                trial.set_user_attr("reason", reason)
+                raise optuna.TrialPruned(reason)
+
+        return after_epoch
 
     @staticmethod
     def _reject(trial, reason: str) -> None:
@@ -442,7 +496,7 @@ def _finish(study, cfg: StudyConfig, out_dir: Path) -> None:
     if pareto_rows(study):
         from kdnas.report import write_report
 
-        log.info("report: %s", write_report(study, cfg, out_dir))
+        write_report(study, cfg, out_dir)
 
 
 def _print_pareto(study, cfg: StudyConfig) -> None:

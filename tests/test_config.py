@@ -266,6 +266,14 @@ def test_log_flag_that_is_not_a_bool_is_rejected(tmp_path):
         pytest.param('[kd]\nalpha_decay = "lineaer"\n', "unknown choice 'lineaer'", id="alpha-decay-scalar"),
         pytest.param('[sampler]\nname = "tpee"\n', "unknown sampler 'tpee'; known: tpe, nsga2, random", id="sampler"),
         pytest.param(
+            '[early_stop]\npolicy = "asha"\n', "unknown policy 'asha'; known: none, pareto, halving", id="early-stop"
+        ),
+        pytest.param("[early_stop]\nmargin = 1.5\n", "margin must be in [0, 1), got 1.5", id="early-stop-margin"),
+        pytest.param("[early_stop]\nmin_epochs = 0\n", "min_epochs must be at least 1", id="early-stop-min-epochs"),
+        pytest.param(
+            "[early_stop]\nreduction_factor = 1\n", "reduction_factor must be at least 2", id="early-stop-factor"
+        ),
+        pytest.param(
             '[objectives]\nmetrics = ["val_accuracy", "flops"]\n',
             "unknown metric 'flops'; known: val_accuracy, params, latency_ms",
             id="metric",

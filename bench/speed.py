@@ -1,0 +1,432 @@
+"""How fast is a kdnas trial, and what does early stopping save? Every figure is measured in this run.
+
+    python bench/speed.py                      # all sections on Fashion-MNIST (about an hour on 2 CPU cores)
+    python bench/speed.py --sections throughput,flops,memory
+    python bench/speed.py --es-limit-train 12000 --es-trials 12    # a smaller early-stopping comparison
+    python bench/speed.py --tiny               # seconds: checks that the script runs
+
+Sections (figures are printed, never asserted):
+- throughput: a naive reference trial (torchvision-style per-image transforms through a DataLoader
+  with 2 workers, the teacher run on every batch) against a kdnas trial (device-resident data,
+  vectorised augmentation, the teacher's soft targets read from the cache), same student, epochs
+  and images; then a cached-teacher trial against a trial with no teacher at all.
+- flops: achieved GFLOP/s of student training (forward + backward, counted by FlopCounterMode)
+  against a float32 matrix-multiply peak measured here, for the smallest, a ~70k and the largest
+  student of the study's space; and whether torch.compile pays for one trial.
+- memory: peak resident memory of one trial of the study in a fresh process.
+- early-stopping: the study searched with and without its early stopping, for several seeds: the
+  training compute (sum over trials of epochs trained x FLOPs per epoch) each needs to reach the
+  final hypervolume of the run without early stopping.
+- gpu: on CUDA only, images/s and seconds per CIFAR-10-sized epoch of a ResNet-20-class student.
+
+Teachers in the throughput and flops sections have untrained weights: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import math
+import multiprocessing
+import resource
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from kdnas.cli import setup_logging
+from kdnas.config import EarlyStopConfig, StudyConfig, TrainRecipe, load_study
+from kdnas.data import AugmentedViews, ImageData, load_data
+from kdnas.distill import KDSpec, kd_loss
+from kdnas.measure import count_macs
+from kdnas.models import ArchSpec, build_model, count_params
+from kdnas.teacher import Teacher, soft_targets_for
+from kdnas.trainer import fit
+
+SECTIONS = ("throughput", "flops", "memory", "early-stopping", "gpu")
+KD = KDSpec(temperature=4.0, alpha=0.7, alpha_decay="none")
+
+
+def main() -> None:
+    args = _parse_args()
+    sections = SECTIONS if args.sections == "all" else tuple(args.sections.split(","))
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"error: unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}")
+    torch.set_num_threads(args.threads)
+    cfg = load_study(args.study)
+    print(f"kdnas bench: torch {torch.__version__}, {args.threads} threads, study {cfg.name!r}")
+    data = _subset(load_data(cfg.data, args.data_dir), args.images)
+    student = ArchSpec("resnet", data.info.in_channels, data.info.num_classes, args.student_width, (1, 1, 1))
+    teacher = ArchSpec("resnet", data.info.in_channels, data.info.num_classes, args.teacher_width, (1, 1, 1))
+    recipe = TrainRecipe(epochs=args.epochs, batch_size=256, lr=0.2)
+    if "throughput" in sections:
+        throughput(data, student, teacher, recipe, args.workers)
+    if "flops" in sections:
+        flops(data, cfg, student, recipe, compile_too=not args.tiny)
+    if "memory" in sections:
+        memory(args.study, args.data_dir, args.threads)
+    if "early-stopping" in sections:
+        early_stopping(cfg, args)
+    if "gpu" in sections:
+        gpu(args.tiny)
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", help="study name or path (default: fashion; smoke with --tiny)")
+    parser.add_argument("--sections", default="all", help=f"comma-separated, of: {', '.join(SECTIONS)}")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--images", type=int, default=10_000, help="training images in throughput/flops")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the throughput trials")
+    parser.add_argument("--student-width", type=int, default=16, help="base width of the ~70k student")
+    parser.add_argument("--teacher-width", type=int, default=64, help="base width of the naive teacher")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the naive reference")
+    parser.add_argument("--es-seeds", type=int, default=3)
+    parser.add_argument("--es-trials", type=int, help="trials per run without early stopping (default: study's)")
+    parser.add_argument("--es-extra", type=float, default=1.5, help="trials with early stopping, x --es-trials")
+    parser.add_argument("--es-limit-train", type=int, help="search on this many training images only")
+    parser.add_argument("--tiny", action="store_true", help="a few seconds per section: checks the script")
+    args = parser.parse_args()
+    if args.tiny:
+        args.images, args.epochs, args.student_width, args.teacher_width = 512, 1, 8, 16
+        args.es_seeds, args.es_trials, args.es_extra = 1, 1, 1.0
+    args.study = args.study or ("smoke" if args.tiny else "fashion")
+    return args
+
+
+def _subset(data: ImageData, n: int) -> ImageData:
+    """The first ``n`` training images (and the full validation split)."""
+    train = dataclasses.replace(data.train, images=data.train.images[:n], labels=data.train.labels[:n])
+    return dataclasses.replace(data, train=train, fingerprint=f"{data.fingerprint}-{n}")
+
+
+def _rate(images: int, seconds: float) -> str:
+    return f"{images / seconds:9,.0f} images/s"
+
+
+# ---------------------------------------------------------------------------------------------------
+# throughput
+# ---------------------------------------------------------------------------------------------------
+
+
+class _PerImage(torch.utils.data.Dataset):
+    """What torchvision's FashionMNIST/CIFAR datasets do per item: a PIL image through a transform."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
+        self.images, self.labels, self.transform = images.numpy(), labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        image = self.images[i]
+        pil = Image.fromarray(image[0], mode="L") if image.shape[0] == 1 else Image.fromarray(image.transpose(1, 2, 0))
+        return self.transform(pil), self.labels[i]
+
+
+def naive_trial(data: ImageData, student: torch.nn.Module, teacher: torch.nn.Module, recipe: TrainRecipe, workers: int):
+    """The usual loop: DataLoader with per-image transforms, the teacher on every batch, fp32, NCHW."""
+    from torchvision import transforms
+
+    info = data.info
+    augment = [transforms.RandomCrop(info.image_size, padding=data.crop_padding)]
+    augment += [transforms.RandomHorizontalFlip()] if data.flip else []
+    to_tensor = [transforms.ToTensor(), transforms.Normalize(info.mean, info.std)]
+    train = _PerImage(data.train.images, data.train.labels, transforms.Compose(augment + to_tensor))
+    val = _PerImage(data.val.images, data.val.labels, transforms.Compose(to_tensor))
+    loader = torch.utils.data.DataLoader(train, recipe.batch_size, shuffle=True, num_workers=workers, drop_last=False)
+    val_loader = torch.utils.data.DataLoader(val, 1024, num_workers=workers)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    teacher.eval()
+    start = time.perf_counter()
+    for _ in range(recipe.epochs):
+        student.train()
+        for x, y in loader:
+            with torch.no_grad():
+                soft = teacher(x)
+            loss = kd_loss(student(x), soft, y, KD.alpha, KD.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        student.eval()
+        with torch.no_grad():
+            correct = sum((student(x).argmax(1) == y).sum().item() for x, y in val_loader)
+        accuracy = correct / len(val)
+    return time.perf_counter() - start, accuracy
+
+
+def throughput(data: ImageData, student: ArchSpec, teacher: ArchSpec, recipe: TrainRecipe, workers: int) -> None:
+    n, epochs = len(data.train), recipe.epochs
+    torch.manual_seed(0)
+    teacher_model = build_model(teacher)
+    ratio = count_macs(teacher_model, _shape(data)) / count_macs(build_model(student), _shape(data))
+    print(
+        f"\n== throughput: student {student.describe()} ({count_params(build_model(student)):,} params), "
+        f"teacher {teacher.describe()} ({ratio:.1f}x its FLOPs), {n:,} images x {epochs} epochs"
+    )
+    seconds, _ = naive_trial(data, _student(student), teacher_model, recipe, workers)
+    naive = n * epochs / seconds
+    print(f"naive reference (DataLoader, {workers} workers, live teacher):  {_rate(n * epochs, seconds)}")
+
+    views = AugmentedViews(data)
+    model = Teacher(teacher_model.eval(), teacher, 0.0, 0.0, f"bench-{teacher.describe()}", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        cache = soft_targets_for(model, views, epochs, Path(tmp), batch_size=1024)
+        build = time.perf_counter() - start
+    cached = fit(_student(student), views, recipe, kd=KD, soft_targets=cache)
+    print(f"kdnas trial, cached soft targets:                     {_rate(cached.images, cached.seconds)}")
+    print(f"  speed-up over the naive reference:                  {cached.images_per_s / naive:9.1f}x")
+    print(f"  (the cache, built once per study, took {build:.1f} s = {n * epochs / build:,.0f} views/s)")
+    plain = fit(_student(student), views, recipe)
+    print(f"kdnas trial, no teacher at all:                       {_rate(plain.images, plain.seconds)}")
+    print(f"  cached-teacher trial / no-teacher trial:            {cached.images_per_s / plain.images_per_s:9.2f}")
+
+
+def _student(spec: ArchSpec) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(spec)
+
+
+def _shape(data: ImageData) -> tuple[int, int, int]:
+    info = data.info
+    return (info.in_channels, info.image_size, info.image_size)
+
+
+# ---------------------------------------------------------------------------------------------------
+# flops
+# ---------------------------------------------------------------------------------------------------
+
+
+def matmul_peak(size: int = 1024, repeats: int = 10) -> float:
+    """Best float32 GFLOP/s of a square matrix multiply on this machine's CPU threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def training_gflops(data: ImageData, spec: ArchSpec, recipe: TrainRecipe, model: torch.nn.Module | None = None):
+    """(achieved GFLOP/s, FLOPs per image) of training steps: augmentation, forward, backward, update."""
+    model = (model if model is not None else _student(spec)).to(memory_format=torch.channels_last).train()
+    views = AugmentedViews(data)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    params, order = views.epoch_params(0), views.order(0)
+    batches = [
+        order[i : i + recipe.batch_size] for i in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size)
+    ]
+
+    def step(indices: torch.Tensor) -> None:
+        loss = kd_loss(model(views.batch(indices, params)), None, data.train.labels[indices], 0.0, 1.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(batches[0])
+    per_image = counter.get_total_flops() / recipe.batch_size
+    for indices in batches[:3]:  # warm-up (and, for a compiled model, compilation)
+        step(indices)
+    start = time.perf_counter()
+    for indices in batches:
+        step(indices)
+    seconds = time.perf_counter() - start
+    return per_image * recipe.batch_size * len(batches) / seconds / 1e9, per_image
+
+
+def flops(data: ImageData, cfg: StudyConfig, student: ArchSpec, recipe: TrainRecipe, compile_too: bool) -> None:
+    peak = matmul_peak()
+    print(f"\n== flops: float32 matmul peak {peak:,.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+    smallest, largest = _space_corner(cfg, data, 0), _space_corner(cfg, data, 1)
+    for label, spec in (
+        ("smallest in space", smallest),
+        ("throughput student", student),
+        ("largest in space", largest),
+    ):
+        achieved, per_image = training_gflops(data, spec, recipe)
+        print(
+            f"{label:>18}: {spec.describe():<18} {count_params(build_model(spec)):>9,} params  "
+            f"{per_image / 1e6:7.1f} MFLOP/image  {achieved:7.1f} GFLOP/s = {100 * achieved / peak:5.1f}% of peak"
+        )
+    if not compile_too:
+        return
+    start = time.perf_counter()
+    compiled = torch.compile(_student(student))
+    achieved, _ = training_gflops(data, student, recipe, compiled)
+    print(
+        f"torch.compile, throughput student: {achieved:7.1f} GFLOP/s after {time.perf_counter() - start:.0f} s "
+        "(compilation included in that time, per trial)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# memory
+# ---------------------------------------------------------------------------------------------------
+
+
+def _space_corner(cfg: StudyConfig, data: ImageData, end: int) -> ArchSpec:
+    """The smallest (end=0) or largest (end=1) student of the study's space."""
+    space, info = cfg.student, data.info
+    width, blocks = int(space.base_width.bounds[end]), int(space.blocks.bounds[end])
+    return ArchSpec(space.arch, info.in_channels, info.num_classes, width, (blocks,) * space.stages)
+
+
+def _trial_peak_rss(study: str, data_dir: Path, threads: int) -> tuple[float, str, int]:
+    """In a fresh process: one epoch of the study's largest student with cached soft targets; peak RSS in MiB."""
+    torch.set_num_threads(threads)
+    cfg = load_study(study)
+    data = load_data(cfg.data, data_dir)
+    spec, info = _space_corner(cfg, data, 1), data.info
+    views = AugmentedViews(data)
+    teacher_spec = ArchSpec("resnet", info.in_channels, info.num_classes, cfg.teacher.base_width, cfg.teacher.blocks)
+    teacher = Teacher(_student(teacher_spec).eval(), teacher_spec, 0.0, 0.0, "bench", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = soft_targets_for(teacher, views, cfg.train.epochs, Path(tmp), batch_size=cfg.train.eval_batch_size)
+    fit(_student(spec), views, dataclasses.replace(cfg.train, epochs=1), kd=KD, soft_targets=cache)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, spec.describe(), len(views)
+
+
+def memory(study: str, data_dir: Path, threads: int) -> None:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        peak, arch, n = pool.submit(_trial_peak_rss, study, data_dir, threads).result()
+    print(f"\n== memory: peak RSS of one {study!r} trial ({arch}, {n:,} images, soft-target cache): {peak:,.0f} MiB")
+
+
+# ---------------------------------------------------------------------------------------------------
+# early stopping
+# ---------------------------------------------------------------------------------------------------
+
+
+def _search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path):
+    """Run the search quietly; the stored study."""
+    import optuna
+
+    from kdnas.search import run_search
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = run_search(cfg, run_dir, storage=f"sqlite:///{storage}", device="auto", data_dir=data_dir)
+    if code != 0:
+        raise SystemExit(f"error: the search of {cfg.name!r} failed (exit code {code})")
+    return optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{storage}")
+
+
+def compute_curve(study, cfg: StudyConfig, train_images: int) -> tuple[list[float], list[float]]:
+    """Cumulative training FLOPs and hypervolume after each trial, in trial order."""
+    from kdnas.report import hypervolume_history, largest_student_params, trials_frame
+
+    df = trials_frame(study).sort_values("trial")
+    hv = hypervolume_history(df, largest_student_params(cfg)).tolist()
+    # 6 FLOPs per MAC and image: a multiply-add is 2 FLOPs, backward costs about twice the forward.
+    cost = (df["epochs"] * df["macs"].fillna(0) * 6 * train_images).where(df["status"] != "duplicate", 0)
+    return cost.cumsum().tolist(), hv
+
+
+def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
+    policy = cfg.early_stop if cfg.early_stop.policy != "none" else EarlyStopConfig(policy="pareto")
+    data_cfg = dataclasses.replace(cfg.data, limit_train=args.es_limit_train or cfg.data.limit_train)
+    trials = args.es_trials or cfg.budget.trials
+    base = dataclasses.replace(
+        cfg, data=data_cfg, budget=dataclasses.replace(cfg.budget, trials=trials, timeout_min=None)
+    )
+    train_images = len(load_data(data_cfg, args.data_dir, download=False).train)
+    print(
+        f"\n== early stopping: {cfg.name!r}, {train_images:,} training images, {trials} trials without / "
+        f"{math.ceil(trials * args.es_extra)} with early stopping ({policy.policy}, margin {policy.margin}), "
+        f"{args.es_seeds} seeds; compute in TFLOP"
+    )
+    print(
+        f"{'seed':>4}  {'no ES: TFLOP':>12} {'final HV':>9}  {'ES: TFLOP':>9} {'stopped':>7} {'final HV':>9}  "
+        f"{'ES TFLOP to reach no-ES HV':>27}"
+    )
+    fractions = []
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)  # one teacher and soft-target cache for every run
+        for seed in range(args.es_seeds):
+            plain = dataclasses.replace(base, seed=seed, early_stop=EarlyStopConfig(policy="none"))
+            stopping = dataclasses.replace(
+                base,
+                seed=seed,
+                early_stop=policy,
+                budget=dataclasses.replace(base.budget, trials=math.ceil(trials * args.es_extra)),
+            )
+            cost0, hv0 = compute_curve(
+                _search(plain, run_dir, run_dir / f"none-{seed}.db", args.data_dir), base, train_images
+            )
+            study = _search(stopping, run_dir, run_dir / f"es-{seed}.db", args.data_dir)
+            cost1, hv1 = compute_curve(study, base, train_images)
+            stopped = sum(1 for t in study.trials if t.user_attrs.get("status") == "stopped")
+            reach = next((c for c, h in zip(cost1, hv1, strict=True) if h >= hv0[-1] - 1e-12), None)
+            if reach is not None:
+                fractions.append(reach / cost0[-1])
+            shown = f"{reach / 1e12:9.3f} = {100 * reach / cost0[-1]:5.1f}%" if reach is not None else "not reached"
+            print(
+                f"{seed:>4}  {cost0[-1] / 1e12:12.3f} {hv0[-1]:9.5f}  {cost1[-1] / 1e12:9.3f} {stopped:>7} "
+                f"{hv1[-1]:9.5f}  {shown:>27}"
+            )
+    if fractions:
+        print(
+            f"compute to reach the no-early-stopping hypervolume: mean {100 * sum(fractions) / len(fractions):.1f}% "
+            f"({len(fractions)} of {args.es_seeds} seeds reached it)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# gpu
+# ---------------------------------------------------------------------------------------------------
+
+
+def gpu(tiny: bool) -> None:
+    if not torch.cuda.is_available():
+        print("\n== gpu: no CUDA device here; skipped")
+        return
+    from kdnas.data import DATASETS, Split
+
+    info, device = DATASETS.get("cifar10"), torch.device("cuda")
+    n = 2_000 if tiny else 50_000  # a CIFAR-10 training epoch; the pixels' values do not change the speed
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    split = Split(images, torch.randint(0, 10, (n,), generator=g))
+    data = ImageData(info, split, Split(images[:1000], split.labels[:1000]), split, 4, True, 0, "bench-cifar").to(
+        device
+    )
+    spec = ArchSpec("resnet", 3, 10, 16, (3, 3, 3))  # ResNet-20
+    recipe = TrainRecipe(epochs=3, batch_size=512, lr=0.4)
+    teacher_spec = ArchSpec("resnet", 3, 10, 64, (2, 2, 2))
+    teacher = Teacher(_student(teacher_spec).to(device).eval(), teacher_spec, 0.0, 0.0, "bench", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = soft_targets_for(teacher, AugmentedViews(data), recipe.epochs, Path(tmp), batch_size=2048)
+    fit(
+        _student(spec).to(device),
+        AugmentedViews(data),
+        dataclasses.replace(recipe, epochs=1),
+        kd=KD,
+        soft_targets=cache,
+    )  # warm-up
+    result = fit(_student(spec).to(device), AugmentedViews(data), recipe, kd=KD, soft_targets=cache)
+    torch.cuda.synchronize()
+    print(
+        f"\n== gpu: {torch.cuda.get_device_name()}, ResNet-20 ({count_params(build_model(spec)):,} params), "
+        "cached teacher"
+    )
+    print(
+        f"{_rate(result.images, result.seconds)}, {result.seconds / recipe.epochs:.2f} s per {n:,}-image epoch "
+        "(validation included)"
+    )
+
+
+if __name__ == "__main__":
+    setup_logging(verbose=False, quiet=False)  # figures on stdout, progress (one line per trial) on stderr
+    main()

@@ -1,0 +1,121 @@
+"""Early stopping that works for multi-objective studies.
+
+Optuna's pruners refuse multi-objective studies (``Trial.report`` is single-objective only). Here
+parameters and latency are measured before training and only accuracy moves, so a trial can be
+judged after every epoch against the learning curves the study already holds: every trial writes its
+curve to the storage after each epoch, so the rule sees the same evidence however many workers share
+the study.
+
+- ``pareto``: stop when a finished trial that is no larger and no slower was, at the same epoch, more
+  accurate by more than the margin. Such a trial dominates this one at that epoch; going on would
+  need this one to overtake it, which short training rarely does.
+- ``halving``: asynchronous successive halving whose ranking is Pareto rank instead of a single value
+  (in the spirit of MO-ASHA, Schmucker et al. 2021): at rung epochs min_epochs * r**k, a trial goes
+  on when it is among the best 1/r of the trials that reached the rung, or on that rung's front.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from kdnas.config import EarlyStopConfig
+
+__all__ = ["Curve", "EarlyStopper", "pareto_ranks", "rung_epochs"]
+
+# The measurements known before training, all minimised; accuracy is the one that moves.
+SIZE_METRICS = ("params", "latency_ms")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One trial's size measurements and its validation accuracy after each epoch so far."""
+
+    number: int
+    params: float
+    latency_ms: float
+    val_accuracy: tuple[float, ...]
+    finished: bool  # complete or stopped; False while it is still training
+
+    def size(self, metrics: Sequence[str]) -> tuple[float, ...]:
+        return tuple(getattr(self, m) for m in metrics)
+
+
+def rung_epochs(cfg: EarlyStopConfig, epochs: int) -> list[int]:
+    """The epochs (1-based) after which ``halving`` decides, all before the last epoch."""
+    rungs, rung = [], cfg.min_epochs
+    while rung < epochs:
+        rungs.append(rung)
+        rung *= cfg.reduction_factor
+    return rungs
+
+
+def pareto_ranks(points: Sequence[Sequence[float]]) -> list[int]:
+    """Non-domination rank of each point (0 = on the front), every coordinate minimised."""
+
+    def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+    ranks = [-1] * len(points)
+    rank, left = 0, set(range(len(points)))
+    while left:
+        front = {i for i in left if not any(dominates(points[j], points[i]) for j in left if j != i)}
+        for i in front:
+            ranks[i] = rank
+        left -= front
+        rank += 1
+    return ranks
+
+
+class EarlyStopper:
+    """Decides, after each epoch of a trial, whether it stops; the reason when it does."""
+
+    def __init__(self, cfg: EarlyStopConfig, metrics: Sequence[str], epochs: int) -> None:
+        self.cfg, self.epochs = cfg, epochs
+        self.size_metrics = tuple(m for m in metrics if m in SIZE_METRICS)
+        self.rungs = set(rung_epochs(cfg, epochs))
+
+    def reason_to_stop(self, me: Curve, others: Iterable[Curve]) -> str | None:
+        """Why ``me`` should stop after its latest epoch, or None to go on.
+
+        ``others`` are the study's other trials (finished or running) with their curves so far.
+        """
+        done = len(me.val_accuracy)
+        if self.cfg.policy == "none" or done < self.cfg.min_epochs or done >= self.epochs:
+            return None
+        if self.cfg.policy == "pareto":
+            return self._dominated(me, others)
+        return self._below_rung(me, others) if done in self.rungs else None
+
+    def _dominated(self, me: Curve, others: Iterable[Curve]) -> str | None:
+        epoch, mine, size = len(me.val_accuracy), me.val_accuracy[-1], me.size(self.size_metrics)
+        for other in others:
+            if not other.finished or len(other.val_accuracy) < epoch:
+                continue
+            theirs = other.val_accuracy[epoch - 1]
+            no_bigger = all(o <= s for o, s in zip(other.size(self.size_metrics), size, strict=True))
+            if no_bigger and theirs > mine + self.cfg.margin:
+                return (
+                    f"after epoch {epoch}: trial {other.number} (no larger, no slower) had "
+                    f"{100 * theirs:.2f}% there against {100 * mine:.2f}%"
+                )
+        return None
+
+    def _below_rung(self, me: Curve, others: Iterable[Curve]) -> str | None:
+        epoch = len(me.val_accuracy)
+        at_rung = [me] + [o for o in others if len(o.val_accuracy) >= epoch and o.number != me.number]
+        points = [(-c.val_accuracy[epoch - 1], *c.size(self.size_metrics)) for c in at_rung]
+        ranks = pareto_ranks(points)
+        if ranks[0] == 0:
+            return None
+        # Ties favour the trial being judged: `me` sorts first among equals.
+        order = sorted(range(len(at_rung)), key=lambda i: (ranks[i], points[i][0], i))
+        keep = max(1, math.floor(len(at_rung) / self.cfg.reduction_factor))
+        position = order.index(0)
+        if position < keep:
+            return None
+        return (
+            f"at rung epoch {epoch}: Pareto rank {ranks[0]}, place {position + 1} of {len(at_rung)}; "
+            f"the best {keep} go on"
+        )

@@ -1,0 +1,120 @@
+"""Early stopping for multi-objective studies: the rules on hand-made curves, then inside a real search."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from kdnas.config import EarlyStopConfig
+from kdnas.pruning import Curve, EarlyStopper, pareto_ranks, rung_epochs
+
+METRICS = ("val_accuracy", "params", "latency_ms")
+
+
+def _curve(number: int, params: float, latency: float, *accuracy: float, finished: bool = True) -> Curve:
+    return Curve(number, params, latency, tuple(accuracy), finished)
+
+
+def _stopper(policy: str = "pareto", epochs: int = 4, **kw) -> EarlyStopper:
+    return EarlyStopper(EarlyStopConfig(policy=policy, **kw), METRICS, epochs)
+
+
+def test_pareto_stops_a_trial_beaten_by_a_smaller_faster_one_at_the_same_epoch() -> None:
+    me = _curve(9, 50_000, 1.0, 0.80, finished=False)
+    leader = _curve(1, 40_000, 0.9, 0.85, 0.88, 0.90, 0.91)
+    reason = _stopper().reason_to_stop(me, [leader])
+    assert reason is not None and "trial 1" in reason and "85.00%" in reason and "80.00%" in reason
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        _curve(1, 60_000, 0.9, 0.85, 0.9, 0.9, 0.9),  # larger
+        _curve(1, 40_000, 1.1, 0.85, 0.9, 0.9, 0.9),  # slower
+        _curve(1, 40_000, 0.9, 0.805, 0.9, 0.9, 0.9),  # ahead by less than the margin
+        _curve(1, 40_000, 0.9, 0.85, finished=False),  # still training: not evidence yet
+    ],
+    ids=["larger", "slower", "within-margin", "running"],
+)
+def test_pareto_keeps_a_trial_no_finished_trial_dominates(other: Curve) -> None:
+    me = _curve(9, 50_000, 1.0, 0.80, finished=False)
+    assert _stopper().reason_to_stop(me, [other]) is None
+
+
+def test_pareto_compares_at_the_same_epoch_not_the_final_one() -> None:
+    leader = _curve(1, 40_000, 0.9, 0.70, 0.80, 0.90, 0.95)
+    assert _stopper().reason_to_stop(_curve(9, 50_000, 1.0, 0.75, 0.82), [leader]) is None
+    assert _stopper().reason_to_stop(_curve(9, 50_000, 1.0, 0.75, 0.82, 0.85), [leader]) is not None
+
+
+def test_no_stop_before_min_epochs_or_after_the_last_epoch_or_with_policy_none() -> None:
+    leader = _curve(1, 1, 0.1, 0.9, 0.9, 0.9, 0.9)
+    assert _stopper(min_epochs=2).reason_to_stop(_curve(9, 2, 1, 0.1), [leader]) is None
+    assert _stopper().reason_to_stop(_curve(9, 2, 1, 0.1, 0.1, 0.1, 0.1), [leader]) is None  # training is over
+    assert _stopper("none").reason_to_stop(_curve(9, 2, 1, 0.1), [leader]) is None
+
+
+def test_latency_is_ignored_when_it_is_not_an_objective() -> None:
+    stopper = EarlyStopper(EarlyStopConfig(), ("val_accuracy", "params"), 4)
+    slower_but_smaller = _curve(1, 40_000, 5.0, 0.9, 0.9, 0.9, 0.9)
+    assert stopper.reason_to_stop(_curve(9, 50_000, 1.0, 0.8), [slower_but_smaller]) is not None
+
+
+def test_pareto_ranks_peel_fronts() -> None:
+    # (minimised) points: two on the front, one behind both, one behind that one.
+    assert pareto_ranks([(1, 5), (5, 1), (6, 6), (7, 7)]) == [0, 0, 1, 2]
+    assert pareto_ranks([(1, 1), (1, 1)]) == [0, 0]  # equal points do not dominate each other
+
+
+def test_rung_epochs_grow_by_the_reduction_factor_and_stay_before_the_end() -> None:
+    assert rung_epochs(EarlyStopConfig(min_epochs=1, reduction_factor=3), 15) == [1, 3, 9]
+    assert rung_epochs(EarlyStopConfig(min_epochs=2, reduction_factor=2), 9) == [2, 4, 8]
+    assert rung_epochs(EarlyStopConfig(min_epochs=4), 4) == []
+
+
+def test_halving_keeps_the_rung_front_and_the_best_third_only() -> None:
+    stopper = _stopper("halving", epochs=9, reduction_factor=3)
+    # Six trials of equal size reached epoch 1; the judged one is the fourth best: of 7, 2 go on.
+    others = [_curve(n, 10, 1, acc) for n, acc in enumerate([0.9, 0.8, 0.7, 0.5, 0.4, 0.3])]
+    reason = stopper.reason_to_stop(_curve(9, 10, 1, 0.6, finished=False), others)
+    assert reason is not None and "place 4 of 7" in reason and "best 2" in reason
+    assert stopper.reason_to_stop(_curve(9, 10, 1, 0.85, finished=False), others) is None  # second
+    # The smallest trial is on the rung's front whatever its accuracy.
+    assert stopper.reason_to_stop(_curve(9, 1, 0.5, 0.1, finished=False), others) is None
+
+
+def test_halving_decides_only_at_rungs_and_counts_running_trials() -> None:
+    stopper = _stopper("halving", epochs=9, reduction_factor=3)
+    others = [_curve(n, 10, 1, 0.9, 0.9, finished=False) for n in range(6)]
+    assert stopper.reason_to_stop(_curve(9, 10, 1, 0.1, 0.1, finished=False), others) is None  # epoch 2: no rung
+    assert stopper.reason_to_stop(_curve(9, 10, 1, 0.1, finished=False), others) is not None  # epoch 1: rung
+
+
+@pytest.mark.slow
+def test_search_records_stopped_trials_as_pruned_with_their_partial_curve(tmp_path) -> None:
+    from kdnas.config import STUDIES_DIR
+    from kdnas.search import main
+
+    # Margin 0, one width and accuracy against size only: every trial is as small as every other, so
+    # one that is behind any finished trial after epoch 1 must stop there, and no other may.
+    text = (STUDIES_DIR / "smoke.toml").read_text()
+    text = text.replace('policy = "none"', 'policy = "pareto"\nmargin = 0.0')
+    text = text.replace("base_width = { low = 4, high = 8, step = 4 }", "base_width = 4")
+    text = text.replace("trials = 3", "trials = 6") + '\n[objectives]\nmetrics = ["val_accuracy", "params"]\n'
+    (tmp_path / "stopping.toml").write_text(text)
+    out = tmp_path / "run"
+    assert main(["--study", str(tmp_path / "stopping.toml"), "--out", str(out), "--no-progress"]) == 0
+
+    study = optuna.load_study(study_name="stopping", storage=f"sqlite:///{out / 'study.db'}")
+    trained = [t for t in study.trials if t.user_attrs.get("status") in ("complete", "stopped")]
+    assert len(trained) == 6  # stopped trials count against the budget
+    best_first_epoch = 0.0
+    for trial in trained:  # one worker: the trials before this one had finished when it was judged
+        curve, beaten = trial.user_attrs["val_curve"], trial.user_attrs["val_curve"][0] < best_first_epoch
+        if trial.user_attrs["status"] == "stopped":
+            assert beaten and trial.state == optuna.trial.TrialState.PRUNED and len(curve) == 1
+            assert "after epoch 1" in trial.user_attrs["reason"]
+        else:
+            assert not beaten and trial.state == optuna.trial.TrialState.COMPLETE and len(curve) == 2
+        best_first_epoch = max(best_first_epoch, curve[0])
+    assert any(t.user_attrs["status"] == "stopped" for t in trained)
