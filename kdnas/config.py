@@ -62,6 +62,18 @@ def _check(ok: bool, message: str) -> None:
         raise KdnasError(message)
 
 
+def _at_least(name: str, value: float | None, lowest: int) -> None:
+    """``value`` must be >= ``lowest``; None (an optional setting left out) passes."""
+    if value is not None:
+        _check(value >= lowest, f"{name} must be {f'at least {lowest}' if lowest else '>= 0'}, got {value}")
+
+
+def _positive(name: str, value: float | None) -> None:
+    """``value`` must be > 0; None (an optional setting left out) passes."""
+    if value is not None:
+        _check(value > 0, f"{name} must be > 0, got {value}")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Searchable values: a scalar (fixed), a list (choices) or a table {low, high, step, log} (a range)
 # ---------------------------------------------------------------------------------------------------
@@ -143,10 +155,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.limit_train is not None:
-            _check(self.limit_train >= 10, f"limit_train must be at least 10, got {self.limit_train}")
-        if self.crop_padding is not None:
-            _check(self.crop_padding >= 0, f"crop_padding must be >= 0, got {self.crop_padding}")
+        _at_least("limit_train", self.limit_train, 10)
+        _at_least("crop_padding", self.crop_padding, 0)
 
 
 @dataclass(frozen=True)
@@ -163,13 +173,13 @@ class TrainRecipe:
     eval_batch_size: int = 1024
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
-        _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
-        _check(self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        _at_least("epochs", self.epochs, 1)
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("eval_batch_size", self.eval_batch_size, 1)
         _check(0 < self.lr < math.inf, f"lr must be a finite number > 0, got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _at_least("weight_decay", self.weight_decay, 0)
+        _at_least("warmup_epochs", self.warmup_epochs, 0)
         _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
@@ -184,7 +194,7 @@ class TeacherConfig:
     train: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10))
 
     def __post_init__(self) -> None:
-        _check(self.base_width >= 1, f"base_width must be at least 1, got {self.base_width}")
+        _at_least("base_width", self.base_width, 1)
         _check(len(self.blocks) >= 1, "blocks is empty; give the number of blocks of each stage")
         _check(all(b >= 1 for b in self.blocks), f"every stage needs at least 1 block, got {list(self.blocks)}")
 
@@ -199,7 +209,7 @@ class StudentSpace:
     blocks: NumParam = NumParam("int", 1, 3)  # searched separately for every stage
 
     def __post_init__(self) -> None:
-        _check(self.stages >= 1, f"stages must be at least 1, got {self.stages}")
+        _at_least("stages", self.stages, 1)
         _prefixed("base_width", lambda: self.base_width.require(1))
         _prefixed("blocks", lambda: self.blocks.require(1))
 
@@ -245,10 +255,8 @@ class Constraints:
     max_latency_ms: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_params is not None:
-            _check(self.max_params >= 1, f"max_params must be at least 1, got {self.max_params}")
-        if self.max_latency_ms is not None:
-            _check(self.max_latency_ms > 0, f"max_latency_ms must be > 0, got {self.max_latency_ms}")
+        _at_least("max_params", self.max_params, 1)
+        _positive("max_latency_ms", self.max_latency_ms)
 
 
 @dataclass(frozen=True)
@@ -262,10 +270,10 @@ class LatencyConfig:
     repeats: int = 50  # the median of these is the latency
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
-        _check(self.threads >= 1, f"threads must be at least 1, got {self.threads}")
-        _check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
-        _check(self.repeats >= 1, f"repeats must be at least 1, got {self.repeats}")
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("threads", self.threads, 1)
+        _at_least("warmup", self.warmup, 0)
+        _at_least("repeats", self.repeats, 1)
 
 
 @dataclass(frozen=True)
@@ -276,9 +284,8 @@ class Budget:
     timeout_min: float | None = None
 
     def __post_init__(self) -> None:
-        _check(self.trials >= 1, f"trials must be at least 1, got {self.trials}")
-        if self.timeout_min is not None:
-            _check(self.timeout_min > 0, f"timeout_min must be > 0, got {self.timeout_min}")
+        _at_least("trials", self.trials, 1)
+        _positive("timeout_min", self.timeout_min)
 
 
 @dataclass(frozen=True)
@@ -290,7 +297,7 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         _check(self.name in SAMPLERS, f"unknown sampler {self.name!r}; known: {', '.join(SAMPLERS)}")
-        _check(self.startup_trials >= 0, f"startup_trials must be >= 0, got {self.startup_trials}")
+        _at_least("startup_trials", self.startup_trials, 0)
 
 
 @dataclass(frozen=True)
@@ -314,8 +321,8 @@ class EarlyStopConfig:
             f"unknown policy {self.policy!r}; known: {', '.join(EARLY_STOP_POLICIES)}",
         )
         _check(0 <= self.margin < 1, f"margin must be in [0, 1), got {self.margin}")
-        _check(self.min_epochs >= 1, f"min_epochs must be at least 1, got {self.min_epochs}")
-        _check(self.reduction_factor >= 2, f"reduction_factor must be at least 2, got {self.reduction_factor}")
+        _at_least("min_epochs", self.min_epochs, 1)
+        _at_least("reduction_factor", self.reduction_factor, 2)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ teacher's soft targets for a view can be computed once and reused by every trial
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -18,6 +19,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -181,48 +183,41 @@ def _download(fetch: Callable[[], object], title: str) -> None:
 DATASETS.register("fashion_mnist")(
     DatasetInfo("fashion_mnist", 1, 10, 28, (0.2860,), (0.3530,), crop_padding=2, flip=True, read=_read_fashion_mnist)
 )
+
+
+def _cifar(name: str, num_classes: int, mean: tuple[float, ...], std: tuple[float, ...], **files: Any) -> DatasetInfo:
+    """A CIFAR dataset: 32x32 RGB, padded crops and flips, read by ``_read_cifar`` with ``files``."""
+    return DatasetInfo(
+        name, 3, num_classes, 32, mean, std, crop_padding=4, flip=True, read=functools.partial(_read_cifar, **files)
+    )
+
+
 DATASETS.register("cifar10")(
-    DatasetInfo(
+    _cifar(
         "cifar10",
-        3,
         10,
-        32,
         (0.4914, 0.4822, 0.4465),
         (0.2470, 0.2435, 0.2616),
-        crop_padding=4,
-        flip=True,
-        read=lambda d, dl: _read_cifar(
-            d,
-            dl,
-            folder="cifar-10-batches-py",
-            train=[f"data_batch_{i}" for i in range(1, 6)],
-            test="test_batch",
-            label_key=b"labels",
-            torchvision_name="CIFAR10",
-            title="CIFAR-10",
-        ),
+        folder="cifar-10-batches-py",
+        train=[f"data_batch_{i}" for i in range(1, 6)],
+        test="test_batch",
+        label_key=b"labels",
+        torchvision_name="CIFAR10",
+        title="CIFAR-10",
     )
 )
 DATASETS.register("cifar100")(
-    DatasetInfo(
+    _cifar(
         "cifar100",
-        3,
         100,
-        32,
         (0.5071, 0.4865, 0.4409),
         (0.2673, 0.2564, 0.2762),
-        crop_padding=4,
-        flip=True,
-        read=lambda d, dl: _read_cifar(
-            d,
-            dl,
-            folder="cifar-100-python",
-            train=["train"],
-            test="test",
-            label_key=b"fine_labels",
-            torchvision_name="CIFAR100",
-            title="CIFAR-100",
-        ),
+        folder="cifar-100-python",
+        train=["train"],
+        test="test",
+        label_key=b"fine_labels",
+        torchvision_name="CIFAR100",
+        title="CIFAR-100",
     )
 )
 

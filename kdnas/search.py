@@ -195,7 +195,7 @@ def run_search(
 
     from kdnas.data import AugmentedViews, load_data
     from kdnas.measure import resolve_device
-    from kdnas.teacher import obtain_teacher, soft_targets_for
+    from kdnas.teacher import ensure_disk_space, obtain_teacher, soft_targets_bytes, soft_targets_for
 
     # Everything that can fail on bad input is checked before anything is written.
     train_device = resolve_device(device)
@@ -227,6 +227,10 @@ def run_search(
             len(data.test),
             train_device,
         )
+        if cfg.kd.alpha.bounds[1] > 0 and not (out_dir / "soft_targets.pt").exists():
+            # A full disk must stop the run before the teacher trains, not after.
+            needed = soft_targets_bytes(len(data.train), data.info.num_classes, cfg.train.epochs)
+            ensure_disk_space(out_dir, needed, "the soft-target cache")
         with _bar("teacher", progress) as hook:
             teacher = obtain_teacher(cfg, data, out_dir, on_step=hook)
         log.info(

@@ -40,6 +40,8 @@ __all__ = [
     "CachedSoftTargets",
     "LiveTeacher",
     "soft_targets_for",
+    "soft_targets_bytes",
+    "ensure_disk_space",
 ]
 
 log = logging.getLogger(__name__)
@@ -239,6 +241,21 @@ class CachedSoftTargets:
         return self.logits[epoch, indices].float()
 
 
+def soft_targets_bytes(images: int, num_classes: int, epochs: int) -> int:
+    """Size of the soft-target cache: one fp16 logit per class, image and epoch."""
+    return epochs * images * num_classes * 2
+
+
+def ensure_disk_space(out_dir: Path, needed: int, what: str) -> None:
+    """Raise a KdnasError unless ``out_dir`` has room for ``needed`` bytes (plus 10% and 16 MiB to spare)."""
+    free = shutil.disk_usage(out_dir).free
+    if free < needed * 1.1 + 16 * 2**20:
+        raise KdnasError(
+            f"not enough disk for {what} in {out_dir}: needs {needed / 2**20:.0f} MiB, "
+            f"{free / 2**20:.0f} MiB free; free space or pass another --out"
+        )
+
+
 def soft_targets_for(
     teacher: Teacher,
     views: AugmentedViews,
@@ -260,13 +277,7 @@ def soft_targets_for(
             log.info("soft targets: teacher, data or epochs changed since %s was written; rebuilding", path)
 
     n, num_classes = len(views), views.data.info.num_classes
-    needed = epochs * n * num_classes * 2
-    free = shutil.disk_usage(out_dir).free
-    if free < 2 * needed:  # room for the temporary file beside the old one
-        raise KdnasError(
-            f"not enough disk for the soft-target cache in {out_dir}: needs {needed / 2**20:.0f} MiB, "
-            f"{free / 2**20:.0f} MiB free; free space or pass another --out"
-        )
+    ensure_disk_space(out_dir, soft_targets_bytes(n, num_classes, epochs), "the soft-target cache")
     log.info("soft targets: running the teacher on %d epochs x %d views", epochs, n)
     logits = torch.empty(epochs, n, num_classes, dtype=torch.float16, device=device)
     live = LiveTeacher(teacher.model)

@@ -167,3 +167,14 @@ def test_fresh_starts_over(tmp_path: Path) -> None:
     assert [t.number for t in study.trials] == [0]
     with sqlite3.connect(out / "study.db") as db:
         assert db.execute("select count(*) from studies").fetchone()[0] == 1
+
+
+def test_no_room_for_the_soft_target_cache_stops_before_the_teacher_trains(tmp_path: Path, capsys) -> None:
+    # 10^9 epochs of soft targets for 3,600 images is 72 TB: more than any disk this runs on has free.
+    path = _write_study(tmp_path, "", name="huge_cache")
+    path.write_text(path.read_text().replace("[train]\nepochs = 2", "[train]\nepochs = 1_000_000_000"))
+    out = tmp_path / "run"
+    assert main(["--study", str(path), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "error: not enough disk for the soft-target cache" in err and "MiB free" in err
+    assert not (out / "teacher.pt").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from kdnas.teacher import (
     TEACHER_FORMAT,
     CachedSoftTargets,
     LiveTeacher,
+    ensure_disk_space,
     load_stored_teacher,
     obtain_teacher,
     soft_targets_for,
@@ -287,3 +289,10 @@ def test_soft_targets_follow_new_weights_in_the_same_checkpoint_file(tiny_data, 
         x = views.batch(torch.arange(8), views.epoch_params(0))
         live = LiveTeacher(teacher.model)(0, torch.arange(8), x)
         torch.testing.assert_close(cache(0, torch.arange(8), x), live, rtol=2e-3, atol=1e-3)
+
+
+def test_ensure_disk_space_refuses_more_than_is_free(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    ensure_disk_space(tmp_path, 1024, "a small file")
+    with pytest.raises(KdnasError, match=r"not enough disk for the cache in .*: needs \d+ MiB, \d+ MiB free"):
+        ensure_disk_space(tmp_path, 2 * free, "the cache")
