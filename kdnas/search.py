@@ -195,7 +195,7 @@ def run_search(
 
     from kdnas.data import AugmentedViews, load_data
     from kdnas.measure import resolve_device
-    from kdnas.teacher import ensure_disk_space, obtain_teacher, soft_targets_bytes, soft_targets_for
+    from kdnas.teacher import ensure_disk_space, exclusive, obtain_teacher, soft_targets_bytes, soft_targets_for
 
     # Everything that can fail on bad input is checked before anything is written.
     train_device = resolve_device(device)
@@ -231,8 +231,18 @@ def run_search(
             # A full disk must stop the run before the teacher trains, not after.
             needed = soft_targets_bytes(len(data.train), data.info.num_classes, cfg.train.epochs)
             ensure_disk_space(out_dir, needed, "the soft-target cache")
-        with _bar("teacher", progress) as hook:
-            teacher = obtain_teacher(cfg, data, out_dir, on_step=hook)
+        # Workers sharing --out (on one host or many) build the teacher and its cache once: the first
+        # holds the lock while it builds, the others wait and then load what it saved.
+        with exclusive(out_dir / ".teacher.lock", "teacher: another worker is building it; waiting"):
+            with _bar("teacher", progress) as hook:
+                teacher = obtain_teacher(cfg, data, out_dir, on_step=hook)
+            views = AugmentedViews(data)
+            soft_targets = None
+            if cfg.kd.alpha.bounds[1] > 0:
+                with _bar("soft targets", progress) as hook:
+                    soft_targets = soft_targets_for(
+                        teacher, views, cfg.train.epochs, out_dir, cfg.teacher.train.eval_batch_size, on_step=hook
+                    )
         log.info(
             "teacher: %s, test accuracy %.2f%%, val accuracy %.2f%%",
             teacher.spec.describe(),
@@ -241,13 +251,6 @@ def run_search(
         )
         study.set_user_attr("teacher", teacher.summary())
         study.set_user_attr("train_device", str(train_device))
-        views = AugmentedViews(data)
-        soft_targets = None
-        if cfg.kd.alpha.bounds[1] > 0:
-            with _bar("soft targets", progress) as hook:
-                soft_targets = soft_targets_for(
-                    teacher, views, cfg.train.epochs, out_dir, cfg.teacher.train.eval_batch_size, on_step=hook
-                )
         objective = _Objective(cfg, views, soft_targets, train_device)
         remaining = cfg.budget.trials - done
         log.info(

@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -19,6 +23,7 @@ from kdnas.teacher import (
     CachedSoftTargets,
     LiveTeacher,
     ensure_disk_space,
+    exclusive,
     load_stored_teacher,
     obtain_teacher,
     soft_targets_for,
@@ -296,3 +301,26 @@ def test_ensure_disk_space_refuses_more_than_is_free(tmp_path):
     ensure_disk_space(tmp_path, 1024, "a small file")
     with pytest.raises(KdnasError, match=r"not enough disk for the cache in .*: needs \d+ MiB, \d+ MiB free"):
         ensure_disk_space(tmp_path, 2 * free, "the cache")
+
+
+def test_exclusive_waits_while_another_process_holds_the_lock_and_not_after_it_dies(tmp_path, caplog):
+    lock = tmp_path / ".teacher.lock"
+    hold = (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        killer = threading.Timer(1.0, holder.kill)  # a builder killed mid-build: the kernel drops its lock
+        killer.start()
+        start = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="kdnas.teacher"), exclusive(lock, "waiting for the builder"):
+            waited = time.monotonic() - start
+        assert waited >= 0.9 and "waiting for the builder" in caplog.text
+    finally:
+        holder.kill()
+        holder.wait()
+    start = time.monotonic()
+    with exclusive(lock, "never logged"):
+        assert time.monotonic() - start < 0.5
