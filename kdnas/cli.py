@@ -12,11 +12,12 @@ from kdnas.errors import KdnasError
 __all__ = ["add_common_arguments", "hide_password", "run_cli", "setup_logging"]
 
 
-def setup_logging(verbose: bool, quiet: bool) -> None:
+def setup_logging(verbose: bool, quiet: bool, prefix: str = "") -> None:
+    """Messages on stderr, one line each (``prefix`` first: a worker says which it is)."""
     import optuna
 
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(level=level, format=f"{prefix}%(message)s", stream=sys.stderr, force=True)
     # We print one line per trial ourselves; Optuna's own per-trial INFO would repeat it.
     optuna.logging.set_verbosity(logging.WARNING)
     optuna.logging.disable_default_handler()

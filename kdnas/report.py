@@ -103,26 +103,24 @@ def load_run(study: str, out: Path | None = None, storage: str | None = None) ->
     import optuna
 
     from kdnas.cli import hide_password
+    from kdnas.storage import default_url, local_file, open_storage
 
     file_cfg = load_study(study)
     name = file_cfg.name
     out_dir = out if out is not None else Path("runs") / name
     if storage is None:
-        db = out_dir / "study.db"
-        if not db.is_file():
+        storage = default_url(out_dir)
+        stored_file = local_file(storage)
+        if not stored_file.is_file():
             raise KdnasError(
-                f"no stored study {name!r}: {db} does not exist; run 'python -m kdnas.search "
+                f"no stored study {name!r}: {stored_file} does not exist; run 'python -m kdnas.search "
                 f"--study {study}' first, or pass the --out (or --storage) the search used"
             )
-        storage = f"sqlite:///{db.resolve()}"
     shown = hide_password(storage)
     try:
-        stored = optuna.load_study(study_name=name, storage=storage)
+        stored = optuna.load_study(study_name=name, storage=open_storage(storage))
     except KeyError:
         raise KdnasError(f"no study named {name!r} in {shown}; run the search first or check --storage") from None
-    except Exception as err:  # driver missing, server down, not a database: one line
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise KdnasError(f"cannot open storage {shown}: {reason}") from None
     # The stored config is what the trials were run with (--seed and --trials included).
     cfg = study_from_dict(stored.user_attrs["config"]) if "config" in stored.user_attrs else file_cfg
     complete = [t for t in stored.get_trials(deepcopy=False) if t.user_attrs.get("status") == "complete"]

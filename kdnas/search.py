@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,8 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="training device: auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where datasets are (default: data)")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<study name>)")
-    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<out>/study.db)")
+    parser.add_argument(
+        "--storage", help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: SQLite in --out)"
+    )
     parser.add_argument("--seed", type=int, help="seed of the sampler and the students (default: the study's)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes on this machine searching the study (default 1)"
+    )
+    parser.add_argument(
+        "--heartbeat-grace",
+        type=int,
+        metavar="S",
+        help="with an RDB storage: retry a trial whose worker sent no heartbeat for S seconds (default 120)",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete the stored study and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_common_arguments(parser)
@@ -77,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_dir=args.data_dir,
             fresh=args.fresh,
             progress=not args.no_progress and sys.stderr.isatty(),
+            workers=args.workers,
+            heartbeat_grace_s=args.heartbeat_grace,
         )
 
     return run_cli(args, command, interrupted="interrupted: the study is consistent; run the same command to resume")
@@ -87,15 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _sampler(cfg: StudyConfig, stored_trials: int):
-    """The study's sampler, seeded by (seed, trials already stored).
+def _sampler(cfg: StudyConfig, stored_trials: int, worker: int = 0):
+    """The study's sampler, seeded by (seed, trials already stored, worker).
 
     A resumed study must not replay the random sequence of its first run (that would train the same
     candidates again), and the same study file, seed and history still give the same proposals.
     """
     import optuna
 
-    s, seed = cfg.sampler, cfg.seed + 1_000_003 * stored_trials
+    s, seed = cfg.sampler, cfg.seed + 1_000_003 * stored_trials + 7_919 * worker
     if s.name == "tpe":
         return optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=s.startup_trials, multivariate=True, constant_liar=True
@@ -112,22 +124,21 @@ def search_space_hash(cfg: StudyConfig) -> str:
     )
 
 
-def open_study(cfg: StudyConfig, storage_url: str, *, fresh: bool = False):
-    """Create or load the study named ``cfg.name`` in ``storage_url``; refuse to mix incompatible trials."""
+def open_study(
+    cfg: StudyConfig, storage_url: str, *, fresh: bool = False, worker: int = 0, heartbeat_grace_s: int | None = None
+):
+    """Create or load the study named ``cfg.name`` in ``storage_url``; refuse to mix incompatible trials.
+
+    ``worker`` tells concurrent workers' samplers apart (each gets its own random stream);
+    ``heartbeat_grace_s`` is how long an RDB trial may go without a heartbeat before it is retried.
+    """
     import optuna
 
+    from kdnas.storage import HEARTBEAT_GRACE_S, open_storage
+
     shown = hide_password(storage_url)
+    storage = open_storage(storage_url, heartbeat_grace_s or HEARTBEAT_GRACE_S)
     try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental, and have been for years
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # A trial whose worker died (no heartbeat for grace_period s) is failed and run again.
-            storage = optuna.storages.RDBStorage(
-                storage_url,
-                engine_kwargs={"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else None,
-                heartbeat_interval=30,
-                grace_period=120,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-            )
         if fresh and cfg.name in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
             optuna.delete_study(study_name=cfg.name, storage=storage)
             log.info("deleted the stored study %r (--fresh)", cfg.name)
@@ -137,9 +148,9 @@ def open_study(cfg: StudyConfig, storage_url: str, *, fresh: bool = False):
             directions=cfg.objectives.directions,
             load_if_exists=True,
         )
-    except Exception as err:  # driver missing, server down, bad URL, wrong password: all one line
+    except Exception as err:  # server gone, permissions, a study of other directions: all one line
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise KdnasError(f"cannot open storage {shown}: {reason}") from None
+        raise KdnasError(f"cannot open study {cfg.name!r} in {shown}: {reason}") from None
     space_hash = search_space_hash(cfg)
     stored = study.user_attrs.get("space_hash")
     if stored is not None and stored != space_hash:
@@ -149,7 +160,7 @@ def open_study(cfg: StudyConfig, storage_url: str, *, fresh: bool = False):
         )
     if stored is None:
         study.set_user_attr("space_hash", space_hash)
-    study.sampler = _sampler(cfg, len(study.get_trials(deepcopy=False)))
+    study.sampler = _sampler(cfg, len(study.get_trials(deepcopy=False)), worker)
     study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict(), default=list)))
     return study
 
@@ -189,21 +200,33 @@ def run_search(
     data_dir: Path = Path("data"),
     fresh: bool = False,
     progress: bool = False,
+    workers: int = 1,
+    heartbeat_grace_s: int | None = None,
 ) -> int:
-    """Teacher, soft targets, then trials until the study holds ``cfg.budget.trials``; returns an exit code."""
+    """Teacher, soft targets, then trials until the study holds ``cfg.budget.trials``; returns an exit code.
+
+    With ``workers`` > 1, that many processes search the same study (the teacher is built here first).
+    """
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from kdnas.data import AugmentedViews, load_data
+    from kdnas.data import load_data
     from kdnas.measure import resolve_device
-    from kdnas.teacher import ensure_disk_space, exclusive, obtain_teacher, soft_targets_bytes, soft_targets_for
+    from kdnas.storage import default_url, shareable_url
+    from kdnas.teacher import ensure_disk_space, soft_targets_bytes
 
     # Everything that can fail on bad input is checked before anything is written.
+    if workers < 1:
+        raise KdnasError(f"--workers must be at least 1, got {workers}")
+    if heartbeat_grace_s is not None and heartbeat_grace_s < 4:
+        raise KdnasError(f"--heartbeat-grace must be at least 4 seconds, got {heartbeat_grace_s}")
     train_device = resolve_device(device)
     resolve_device(cfg.latency.device)
     data = load_data(cfg.data, data_dir)
     _ensure_writable(out_dir)
-    storage_url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    study = open_study(cfg, storage_url, fresh=fresh)
+    storage_url = storage or default_url(out_dir)
+    if workers > 1:
+        storage_url = shareable_url(storage_url, cfg.name)
+    study = open_study(cfg, storage_url, fresh=fresh, heartbeat_grace_s=heartbeat_grace_s)
     _write_json(out_dir / "config.json", cfg.to_dict())
 
     done = budget_trials(study)
@@ -231,39 +254,96 @@ def run_search(
             # A full disk must stop the run before the teacher trains, not after.
             needed = soft_targets_bytes(len(data.train), data.info.num_classes, cfg.train.epochs)
             ensure_disk_space(out_dir, needed, "the soft-target cache")
-        # Workers sharing --out (on one host or many) build the teacher and its cache once: the first
-        # holds the lock while it builds, the others wait and then load what it saved.
-        with exclusive(out_dir / ".teacher.lock", "teacher: another worker is building it; waiting"):
-            with _bar("teacher", progress) as hook:
-                teacher = obtain_teacher(cfg, data, out_dir, on_step=hook)
-            views = AugmentedViews(data)
-            soft_targets = None
-            if cfg.kd.alpha.bounds[1] > 0:
-                with _bar("soft targets", progress) as hook:
-                    soft_targets = soft_targets_for(
-                        teacher, views, cfg.train.epochs, out_dir, cfg.teacher.train.eval_batch_size, on_step=hook
-                    )
+        objective = _prepare(cfg, data, out_dir, study, train_device, progress)
         log.info(
-            "teacher: %s, test accuracy %.2f%%, val accuracy %.2f%%",
-            teacher.spec.describe(),
-            100 * teacher.test_accuracy,
-            100 * teacher.val_accuracy,
-        )
-        study.set_user_attr("teacher", teacher.summary())
-        study.set_user_attr("train_device", str(train_device))
-        objective = _Objective(cfg, views, soft_targets, train_device)
-        remaining = cfg.budget.trials - done
-        log.info(
-            "search: %d of %d trials done, running %d more (storage %s)",
+            "search: %d of %d trials done, running %d more with %d worker(s) (storage %s)",
             done,
             cfg.budget.trials,
-            remaining,
+            cfg.budget.trials - done,
+            workers,
             hide_password(storage_url),
         )
-        _optimize(study, objective, cfg, remaining, progress)
+        if workers == 1:
+            _optimize(study, objective, cfg, progress)
+        else:
+            from kdnas.workers import run_workers
+
+            del objective  # the workers load the teacher and soft targets saved by _prepare
+            level = logging.getLogger().level
+            job = _WorkerJob(cfg, out_dir, storage_url, device, data_dir, level, workers, heartbeat_grace_s)
+            run_workers(job, workers, study, cfg.budget.trials, progress)
     _finish(study, cfg, out_dir)
     print(f"study {cfg.name!r} stored in {hide_password(storage_url)}; run directory {out_dir}")
     return 0
+
+
+def _prepare(cfg: StudyConfig, data, out_dir: Path, study, train_device, progress: bool) -> _Objective:
+    """The teacher and its soft targets (built, or loaded from ``out_dir``), as a trial objective."""
+    from kdnas.data import AugmentedViews
+    from kdnas.teacher import exclusive, obtain_teacher, soft_targets_for
+
+    # Workers sharing --out (on one host or many) build the teacher and its cache once: the first
+    # holds the lock while it builds, the others wait and then load what it saved.
+    with exclusive(out_dir / ".teacher.lock", "teacher: another worker is building it; waiting"):
+        with _bar("teacher", progress) as hook:
+            teacher = obtain_teacher(cfg, data, out_dir, on_step=hook)
+        views = AugmentedViews(data)
+        soft_targets = None
+        if cfg.kd.alpha.bounds[1] > 0:
+            with _bar("soft targets", progress) as hook:
+                soft_targets = soft_targets_for(
+                    teacher, views, cfg.train.epochs, out_dir, cfg.teacher.train.eval_batch_size, on_step=hook
+                )
+    log.info(
+        "teacher: %s, test accuracy %.2f%%, val accuracy %.2f%%",
+        teacher.spec.describe(),
+        100 * teacher.test_accuracy,
+        100 * teacher.val_accuracy,
+    )
+    study.set_user_attr("teacher", teacher.summary())
+    study.set_user_attr("train_device", str(train_device))
+    return _Objective(cfg, views, soft_targets, train_device)
+
+
+@dataclasses.dataclass(frozen=True)
+class _WorkerJob:
+    """What a worker process needs to join the study (picklable: workers are spawned)."""
+
+    cfg: StudyConfig
+    out_dir: Path
+    storage_url: str
+    device: str
+    data_dir: Path
+    log_level: int
+    workers: int
+    heartbeat_grace_s: int | None
+
+    def __call__(self, index: int) -> None:
+        """Worker ``index``: load data, teacher and soft targets, then trials until the budget is reached."""
+        import torch
+
+        from kdnas.cli import setup_logging
+        from kdnas.data import load_data
+        from kdnas.measure import resolve_device
+
+        level = self.log_level
+        setup_logging(level <= logging.DEBUG, level >= logging.WARNING, prefix=f"[worker {index}] ")
+        try:
+            device = self.device
+            if device == "auto" and torch.cuda.device_count() > 1:  # one GPU per worker, round robin
+                device = f"cuda:{index % torch.cuda.device_count()}"
+            train_device = resolve_device(device)
+            if train_device.type == "cpu":  # share the cores instead of oversubscribing them
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers))
+            study = open_study(self.cfg, self.storage_url, worker=index, heartbeat_grace_s=self.heartbeat_grace_s)
+            data = load_data(self.cfg.data, self.data_dir).to(train_device)
+            objective = _prepare(self.cfg, data, self.out_dir, study, train_device, progress=False)
+            _optimize(study, objective, self.cfg, progress=False)
+        except KdnasError as err:
+            log.error("error: %s", err)
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:  # its trial is stored as interrupted; the parent reports
+            raise SystemExit(130) from None
 
 
 class _bar:
@@ -336,8 +416,12 @@ class _Objective:
         from kdnas.models import build_model, count_params
         from kdnas.space import suggest
         from kdnas.trainer import TrainingDiverged, fit
+        from kdnas.workers import worker_id
 
         cfg, info = self.cfg, self.views.data.info
+        trial.set_user_attr("worker", worker_id())  # a dead worker's trial is found by this
+        if trial.user_attrs.get("val_curve"):  # a retry inherits the dead trial's partial curve
+            trial.set_user_attr("val_curve", [])
         arch, kd = suggest(trial, cfg, info.in_channels, info.num_classes)
         twin = _trained_twin(trial)
         if twin is not None:  # training is deterministic: the stored result is this candidate's result
@@ -434,13 +518,14 @@ def _trial_line(trial) -> str:
     return f"{head} {status or trial.state.name.lower()}: {a.get('reason', '')}"
 
 
-def _optimize(study, objective: _Objective, cfg: StudyConfig, remaining: int, progress: bool) -> None:
+def _optimize(study, objective: _Objective, cfg: StudyConfig, progress: bool) -> None:
     import optuna
     from tqdm import tqdm
 
     from kdnas.trainer import TrainingDiverged
 
     target = cfg.budget.trials
+    remaining = target - budget_trials(study)
     bar = tqdm(total=remaining, desc="trials", unit="trial", disable=not progress, dynamic_ncols=True)
     rejected_in_a_row = 0
 

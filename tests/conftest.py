@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic ImageData, and writers of small dataset files in the real formats.
+"""Shared fixtures: a tiny synthetic ImageData, writers of small dataset files in the real formats, and a
+real PostgreSQL server (``_postgres``).
 
 Every writer puts files under a folder the test gives (always inside ``tmp_path``) and returns the arrays
 it wrote, so a test can check that a loader reads back exactly what is on disk. Image ``i`` of a written
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _postgres import postgres_server, postgres_url  # noqa: F401  (fixtures: a real PostgreSQL server)
 
 from kdnas.data import DatasetInfo, ImageData, Split
 

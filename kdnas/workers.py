@@ -1,0 +1,111 @@
+"""Several worker processes on one machine searching one study, and what happens when one dies.
+
+The parent process starts the workers (spawned: a fresh interpreter each, no forked CUDA or thread
+state), shows the study's progress from the storage, and watches them. A worker that dies without a
+word (SIGKILL, out of memory) cannot mark its trial itself: the parent marks that trial failed, queues
+the same candidate again, and starts a replacement worker while the budget is not reached. (Workers on
+other hosts sharing an RDB storage are covered by Optuna's heartbeats instead; see kdnas.storage.)
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["worker_id", "run_workers", "recover_trials_of"]
+
+log = logging.getLogger("kdnas.search")
+
+_POLL_S = 1.0
+
+
+def worker_id(pid: int | None = None) -> str:
+    """'host:pid' of a worker (this process by default), stored on every trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+def recover_trials_of(study: optuna.Study, worker: str) -> list[int]:
+    """Fail the running trials of a dead ``worker`` and queue their candidates again; their numbers.
+
+    The retry is queued the way Optuna's heartbeat handling does it (``retried_trial_number`` finds
+    the original), so a retry looks the same whichever of the two noticed the death.
+    """
+    import optuna
+
+    with warnings.catch_warnings():  # marked experimental since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+    lost = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") != worker:
+            continue
+        storage = study._storage  # as Optuna's own stale-trial handling does
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        storage.set_trial_user_attr(trial._trial_id, "status", "worker died")
+        storage.set_trial_user_attr(trial._trial_id, "reason", f"worker {worker} died during the trial")
+        retry(study, trial)
+        lost.append(trial.number)
+    return lost
+
+
+def run_workers(job: Callable[[int], None], workers: int, study: optuna.Study, target: int, progress: bool) -> None:
+    """Run ``job(index)`` in ``workers`` processes until they stop; replace any that dies early.
+
+    ``target`` is the study's trial budget (for the progress bar and to decide on replacements).
+    """
+    from tqdm import tqdm
+
+    from kdnas.search import budget_trials
+
+    context = multiprocessing.get_context("spawn")
+    running: dict[int, multiprocessing.process.BaseProcess] = {}
+    replacements = 0
+
+    def start(index: int) -> None:
+        process = context.Process(target=job, args=(index,), name=f"kdnas-worker-{index}")
+        process.start()
+        running[index] = process
+
+    for index in range(workers):
+        start(index)
+    first = budget_trials(study)
+    bar = tqdm(total=target - first, desc="trials", unit="trial", disable=not progress, dynamic_ncols=True)
+    try:
+        while running:
+            time.sleep(_POLL_S)
+            bar.update(budget_trials(study) - first - bar.n)
+            for index, process in list(running.items()):
+                if process.is_alive():
+                    continue
+                del running[index]
+                if process.exitcode == 0:
+                    continue
+                lost = recover_trials_of(study, worker_id(process.pid))
+                log.warning(
+                    "worker %d (pid %d) died (exit code %s); trial(s) %s failed and queued again",
+                    index,
+                    process.pid,
+                    process.exitcode,
+                    ", ".join(map(str, lost)) or "none",
+                )
+                if budget_trials(study) < target and replacements < 2 * workers:
+                    replacements += 1
+                    start(index)
+    except KeyboardInterrupt:
+        # Ctrl-C reached every worker too: each marks its own trial interrupted and exits.
+        for process in running.values():
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+        raise
+    finally:
+        bar.close()

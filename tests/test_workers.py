@@ -1,0 +1,94 @@
+"""Several local worker processes on one study: journal storage, the budget, and a worker killed mid-trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from kdnas.search import main
+from kdnas.storage import default_url, open_storage
+
+pytestmark = pytest.mark.slow
+
+BUDGET_STATUSES = ("complete", "stopped", "diverged")
+
+
+def _study(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="smoke", storage=open_storage(default_url(out)))
+
+
+def _check_consistent(study: optuna.Study, budget: int) -> list[optuna.trial.FrozenTrial]:
+    """Budget reached, no trial number twice, every trained trial with its three objective values."""
+    trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert numbers == list(range(len(trials)))
+    trained = [t for t in trials if t.user_attrs.get("status") in BUDGET_STATUSES]
+    assert len(trained) >= budget
+    for t in trained:
+        assert t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 3
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    return trained
+
+
+def test_three_local_workers_share_a_journal_and_build_the_teacher_once(tmp_path: Path, capfd) -> None:
+    out = tmp_path / "run"
+    assert main(["--study", "smoke", "--out", str(out), "--workers", "3", "--trials", "5", "--no-progress"]) == 0
+    err = capfd.readouterr().err
+    assert "several workers share" in err and (out / "study.journal").is_file() and not (out / "study.db").exists()
+    assert err.count("teacher: training") == 1 and err.count("teacher: reusing") == 3  # built once, loaded by each
+    trained = _check_consistent(_study(out), 5)
+    assert len({t.user_attrs["worker"] for t in trained}) >= 2  # the trials really ran in several processes
+
+
+def test_a_study_in_sqlite_moves_to_the_journal_when_workers_join(tmp_path: Path, capfd) -> None:
+    out = tmp_path / "run"
+    assert main(["--study", "smoke", "--out", str(out), "--trials", "1", "--no-progress"]) == 0
+    first = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}").trials[0]
+    assert main(["--study", "smoke", "--out", str(out), "--workers", "2", "--trials", "3", "--no-progress"]) == 0
+    assert (out / "study.db.moved-to-journal").is_file() and not (out / "study.db").exists()
+    study = _study(out)
+    assert study.trials[0].params == first.params and study.trials[0].values == first.values
+    _check_consistent(study, 3)
+    assert "moved study 'smoke'" in capfd.readouterr().err
+
+
+def test_a_worker_killed_mid_trial_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "kdnas.search", "--study", "smoke", "--out", str(out), "--no-progress"]
+    search = subprocess.Popen([*command, "--workers", "2", "--trials", "4"], stderr=subprocess.PIPE, text=True)
+    try:
+        victim = _wait_for_running_trial(out, timeout_s=300)
+        host, pid = victim.user_attrs["worker"].rsplit(":", 1)
+        os.kill(int(pid), signal.SIGKILL)
+        _, err = search.communicate(timeout=600)
+    finally:
+        search.kill()
+    assert search.returncode == 0, err[-2000:]
+    assert f"trial(s) {victim.number} failed and queued again" in err
+    study = _study(out)
+    killed = study.trials[victim.number]
+    assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["status"] == "worker died"
+    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    retries = [t for t in study.trials if retried(t) == victim.number]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    assert retries[0].user_attrs["status"] == "complete"
+    _check_consistent(study, 4)
+
+
+def _wait_for_running_trial(out: Path, timeout_s: float) -> optuna.trial.FrozenTrial:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (out / "study.journal").exists():
+            running = _study(out).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            started = [t for t in running if "worker" in t.user_attrs and "latency_ms" in t.user_attrs]
+            if started:
+                return started[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no trial started within {timeout_s} s")
