@@ -207,9 +207,9 @@ def _shape(data: ImageData) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def matmul_peak(size: int = 1024, repeats: int = 10) -> float:
-    """Best float32 GFLOP/s of a square matrix multiply on this machine's CPU threads."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(size: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of a square matrix multiply in ``dtype`` on this machine's CPU threads."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
@@ -218,7 +218,9 @@ def matmul_peak(size: int = 1024, repeats: int = 10) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def training_gflops(data: ImageData, spec: ArchSpec, recipe: TrainRecipe, model: torch.nn.Module | None = None):
+def training_gflops(
+    data: ImageData, spec: ArchSpec, recipe: TrainRecipe, model: torch.nn.Module | None = None, bf16: bool = False
+):
     """(achieved GFLOP/s, FLOPs per image) of training steps: augmentation, forward, backward, update."""
     model = (model if model is not None else _student(spec)).to(memory_format=torch.channels_last).train()
     views = AugmentedViews(data)
@@ -229,7 +231,9 @@ def training_gflops(data: ImageData, spec: ArchSpec, recipe: TrainRecipe, model:
     ]
 
     def step(indices: torch.Tensor) -> None:
-        loss = kd_loss(model(views.batch(indices, params)), None, data.train.labels[indices], 0.0, 1.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(views.batch(indices, params))
+        loss = kd_loss(logits.float(), None, data.train.labels[indices], 0.0, 1.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -261,6 +265,12 @@ def flops(data: ImageData, cfg: StudyConfig, student: ArchSpec, recipe: TrainRec
             f"{label:>18}: {spec.describe():<18} {count_params(build_model(spec)):>9,} params  "
             f"{per_image / 1e6:7.1f} MFLOP/image  {achieved:7.1f} GFLOP/s = {100 * achieved / peak:5.1f}% of peak"
         )
+    bf16_peak = matmul_peak(dtype=torch.bfloat16)
+    achieved, _ = training_gflops(data, student, recipe, bf16=True)
+    print(
+        f"bf16 autocast, throughput student: {achieved:7.1f} GFLOP/s = {100 * achieved / bf16_peak:5.1f}% of the "
+        f"bf16 matmul peak ({bf16_peak:,.1f} GFLOP/s)"
+    )
     if not compile_too:
         return
     start = time.perf_counter()

@@ -368,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-latency-ms", type=float, metavar="X", help="only trials at most X ms latency")
     parser.add_argument("--out", type=Path, help="the JSON file to write (default: <run dir>/best_student.json)")
     parser.add_argument("--run-dir", type=Path, help="the search's run directory (default: runs/<study name>)")
-    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<run dir>/study.db)")
+    parser.add_argument(
+        "--storage", help="Optuna storage URL (default: the run directory's study.db, or study.journal)"
+    )
     add_common_arguments(parser)
     return parser
 

@@ -770,7 +770,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--study", required=True, help="a study name in studies/ or a path to a .toml file")
     parser.add_argument("--out", type=Path, help="the search's run directory (default: runs/<study name>)")
-    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<out>/study.db)")
+    parser.add_argument(
+        "--storage", help="Optuna storage URL (default: the run directory's study.db, or study.journal)"
+    )
     add_common_arguments(parser)
     return parser
 

@@ -1,6 +1,7 @@
 """A real PostgreSQL server on loopback for the test session: started from Debian's binaries, stopped after.
 
-``KDNAS_TEST_POSTGRES`` (a URL) uses a server that is already running instead. Where no PostgreSQL is
+``KDNAS_TEST_POSTGRES`` (``postgresql://user:password@host:port``, no database: the tests create their
+own) uses a server that is already running instead. Where no PostgreSQL is
 installed, the tests that need one skip and say so (``apt-get install postgresql`` to run them).
 """
 
@@ -36,7 +37,7 @@ def _free_port() -> int:
 def postgres_server() -> Iterator[str]:
     """URL of a server (without a database name) where USER may create databases."""
     if os.environ.get("KDNAS_TEST_POSTGRES"):
-        yield os.environ["KDNAS_TEST_POSTGRES"].rsplit("/", 1)[0]
+        yield os.environ["KDNAS_TEST_POSTGRES"].rstrip("/")
         return
     bin_dir = _bin_dir()
     if bin_dir is None:
