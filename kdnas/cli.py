@@ -18,10 +18,19 @@ def setup_logging(verbose: bool, quiet: bool, prefix: str = "") -> None:
 
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format=f"{prefix}%(message)s", stream=sys.stderr, force=True)
+    if not verbose:  # a failed trial is one line ("Trial 7 failed ... KeyboardInterrupt()"), not a traceback
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_drop_optuna_traceback)
     # We print one line per trial ourselves; Optuna's own per-trial INFO would repeat it.
     optuna.logging.set_verbosity(logging.WARNING)
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
+
+
+def _drop_optuna_traceback(record: logging.LogRecord) -> bool:
+    if record.name.startswith("optuna"):
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def hide_password(url: str) -> str:

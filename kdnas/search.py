@@ -268,7 +268,11 @@ def run_search(
         else:
             from kdnas.workers import run_workers
 
-            del objective  # the workers load the teacher and soft targets saved by _prepare
+            del objective, data  # the workers load the teacher and soft targets that _prepare saved
+            if train_device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
             level = logging.getLogger().level
             job = _WorkerJob(cfg, out_dir, storage_url, device, data_dir, level, workers, heartbeat_grace_s)
             run_workers(job, workers, study, cfg.budget.trials, progress)

@@ -49,10 +49,10 @@ def recover_trials_of(study: optuna.Study, worker: str) -> list[int]:
         if trial.user_attrs.get("worker") != worker:
             continue
         storage = study._storage  # as Optuna's own stale-trial handling does
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         storage.set_trial_user_attr(trial._trial_id, "status", "worker died")
         storage.set_trial_user_attr(trial._trial_id, "reason", f"worker {worker} died during the trial")
-        retry(study, trial)
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        retry(study, trial)  # from the snapshot taken before the death was recorded
         lost.append(trial.number)
     return lost
 

@@ -91,7 +91,7 @@ def test_constraints_reject_before_training(tmp_path: Path) -> None:
     assert len(complete) == 2 and all(t.user_attrs["params"] <= 6_000 for t in complete)
 
 
-def test_diverging_trial_is_failed_with_reason_and_study_goes_on(tmp_path: Path) -> None:
+def test_diverging_trial_is_failed_with_reason_and_study_goes_on(tmp_path: Path, capsys) -> None:
     text = (STUDIES_DIR / "smoke.toml").read_text().replace("lr = 0.1\n\n[latency]", "lr = 1e12\n\n[latency]")
     path = tmp_path / "diverge.toml"
     path.write_text(text)
@@ -101,6 +101,8 @@ def test_diverging_trial_is_failed_with_reason_and_study_goes_on(tmp_path: Path)
     assert len(trials) == 2
     assert all(t.state == optuna.trial.TrialState.FAIL for t in trials)
     assert all("non-finite loss" in t.user_attrs["reason"] for t in trials)
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "Traceback" not in err  # one line per failed trial
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from kdnas.search import main
-from kdnas.storage import default_url, open_storage
+from kdnas.storage import default_url, local_file, open_storage
 
 pytestmark = pytest.mark.slow
 
@@ -82,10 +82,29 @@ def test_a_worker_killed_mid_trial_loses_nothing(tmp_path: Path) -> None:
     _check_consistent(study, 4)
 
 
+def test_ctrl_c_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "kdnas.search", "--study", "smoke", "--out", str(out), "--no-progress"]
+    search = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        victim = _wait_for_running_trial(out, timeout_s=300)
+        search.send_signal(signal.SIGINT)
+        _, err = search.communicate(timeout=120)
+    finally:
+        search.kill()
+    assert search.returncode == 130
+    assert err.rstrip().endswith("interrupted: the study is consistent; run the same command to resume")
+    assert "Traceback" not in err
+    interrupted = _study(out).trials[victim.number]
+    assert interrupted.state == optuna.trial.TrialState.FAIL and interrupted.user_attrs["status"] == "interrupted"
+    assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0  # resumes to the budget
+    _check_consistent(_study(out), 3)
+
+
 def _wait_for_running_trial(out: Path, timeout_s: float) -> optuna.trial.FrozenTrial:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if (out / "study.journal").exists():
+        if local_file(default_url(out)).exists():
             running = _study(out).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
             started = [t for t in running if "worker" in t.user_attrs and "latency_ms" in t.user_attrs]
             if started:
