@@ -9,6 +9,7 @@ processes write safely. kdnas names it with its own URL form, ``journal:///path/
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,6 +71,24 @@ def shareable_url(url: str, study_name: str) -> str:
     return target
 
 
+_CREATE_ATTEMPTS = 5
+_CREATE_RACE = ("already exists", "duplicate key", "UniqueViolation")
+
+
+def _rdb_storage(url: str, heartbeat_grace_s: int) -> optuna.storages.RDBStorage:
+    import optuna
+
+    with warnings.catch_warnings():  # heartbeats are marked experimental, and have been for years
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+            heartbeat_interval=max(1, min(HEARTBEAT_INTERVAL_S, heartbeat_grace_s // 4)),
+            grace_period=heartbeat_grace_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
+
+
 def open_storage(url: str, heartbeat_grace_s: int = HEARTBEAT_GRACE_S) -> optuna.storages.BaseStorage:
     """The Optuna storage behind ``url``; any failure is one line.
 
@@ -88,15 +107,15 @@ def open_storage(url: str, heartbeat_grace_s: int = HEARTBEAT_GRACE_S) -> optuna
             return optuna.storages.JournalStorage(backend)
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        with warnings.catch_warnings():  # heartbeats are marked experimental, and have been for years
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-                heartbeat_interval=max(1, min(HEARTBEAT_INTERVAL_S, heartbeat_grace_s // 4)),
-                grace_period=heartbeat_grace_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-            )
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                return _rdb_storage(url, heartbeat_grace_s)
+            except Exception as err:
+                # Workers starting together on an empty database race to create Optuna's tables; the
+                # losers see "already exists" or a duplicate key, and the tables are there a moment later.
+                if attempt + 1 == _CREATE_ATTEMPTS or not any(s in str(err) for s in _CREATE_RACE):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise KdnasError(f"cannot open storage {hide_password(url)}: {reason}") from None

@@ -105,7 +105,10 @@ def _wait_for_running_trial(out: Path, timeout_s: float) -> optuna.trial.FrozenT
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if local_file(default_url(out)).exists():
-            running = _study(out).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            try:
+                running = _study(out).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            except KeyError:  # the file is there, the study not yet
+                running = []
             started = [t for t in running if "worker" in t.user_attrs and "latency_ms" in t.user_attrs]
             if started:
                 return started[0]
