@@ -180,3 +180,12 @@ def test_no_room_for_the_soft_target_cache_stops_before_the_teacher_trains(tmp_p
     err = capsys.readouterr().err
     assert "error: not enough disk for the soft-target cache" in err and "MiB free" in err
     assert not (out / "teacher.pt").exists()
+
+
+def test_unwritable_out_is_a_one_line_error_before_any_training(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a regular file where a folder is needed: unwritable even for root
+    assert main(["--study", "smoke", "--out", str(blocker / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write to {blocker / 'run'}") and err.count("\n") == 1
+    assert "pass a writable --out" in err
