@@ -213,6 +213,7 @@ def run_search(
     from kdnas.measure import resolve_device
     from kdnas.storage import default_url, shareable_url
     from kdnas.teacher import ensure_disk_space, soft_targets_bytes
+    from kdnas.workers import recover_dead_local_trials
 
     # Everything that can fail on bad input is checked before anything is written.
     if workers < 1:
@@ -228,6 +229,9 @@ def run_search(
         storage_url = shareable_url(storage_url, cfg.name)
     study = open_study(cfg, storage_url, fresh=fresh, heartbeat_grace_s=heartbeat_grace_s)
     _write_json(out_dir / "config.json", cfg.to_dict())
+    lost = recover_dead_local_trials(study)
+    if lost:
+        log.warning("trial(s) %s were left running by dead workers of this host: failed and queued again", lost)
 
     done = budget_trials(study)
     if done >= cfg.budget.trials:

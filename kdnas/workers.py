@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["worker_id", "run_workers", "recover_trials_of"]
+__all__ = ["worker_id", "run_workers", "recover_trials_of", "recover_dead_local_trials"]
 
 log = logging.getLogger("kdnas.search")
 
@@ -55,6 +55,35 @@ def recover_trials_of(study: optuna.Study, worker: str) -> list[int]:
         retry(study, trial)  # from the snapshot taken before the death was recorded
         lost.append(trial.number)
     return lost
+
+
+def recover_dead_local_trials(study: optuna.Study) -> list[int]:
+    """Recover the running trials of this host's workers whose process is gone (a whole run killed).
+
+    Journal storage has no heartbeats, so nothing else would ever fail such a trial.
+    """
+    import optuna
+
+    host, lost = socket.gethostname(), []
+    workers = {
+        t.user_attrs.get("worker", "")
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    }
+    for worker in sorted(workers):
+        name, _, pid = worker.rpartition(":")
+        if name == host and pid.isdigit() and not _alive(int(pid)):
+            lost += recover_trials_of(study, worker)
+    return lost
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def run_workers(job: Callable[[int], None], workers: int, study: optuna.Study, target: int, progress: bool) -> None:

@@ -114,3 +114,25 @@ def _wait_for_running_trial(out: Path, timeout_s: float) -> optuna.trial.FrozenT
                 return started[0]
         time.sleep(0.5)
     raise AssertionError(f"no trial started within {timeout_s} s")
+
+
+def test_trials_left_running_by_dead_processes_of_this_host_are_recovered(tmp_path: Path) -> None:
+    from kdnas.workers import recover_dead_local_trials, worker_id
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process that existed and is gone, as after a whole run was SIGKILLed
+    study = optuna.create_study(
+        storage=open_storage(f"journal:///{tmp_path.resolve().as_posix().lstrip('/')}/s.journal"),
+        directions=["maximize", "minimize"],
+    )
+    dead, alive = study.ask(), study.ask()
+    for trial, pid in ((dead, gone.pid), (alive, os.getpid())):
+        trial.suggest_int("base_width", 4, 8)
+        trial.set_user_attr("worker", worker_id(pid))
+    assert recover_dead_local_trials(study) == [dead.number]
+    trials = study.get_trials(deepcopy=False)
+    assert trials[dead.number].state == optuna.trial.TrialState.FAIL
+    assert trials[dead.number].user_attrs["status"] == "worker died"
+    assert trials[alive.number].state == optuna.trial.TrialState.RUNNING  # its process still runs
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].params == trials[dead.number].params
