@@ -166,16 +166,18 @@ def naive_trial(data: ImageData, student: torch.nn.Module, teacher: torch.nn.Mod
 
 def throughput(data: ImageData, student: ArchSpec, teacher: ArchSpec, recipe: TrainRecipe, workers: int) -> None:
     n, epochs = len(data.train), recipe.epochs
-    torch.manual_seed(0)
-    teacher_model = build_model(teacher)
-    ratio = count_macs(teacher_model, _shape(data)) / count_macs(build_model(student), _shape(data))
+    teacher_model, student_model = _seeded_model(teacher), _seeded_model(student)
+    ratio = count_macs(teacher_model, _shape(data)) / count_macs(student_model, _shape(data))
     print(
-        f"\n== throughput: student {student.describe()} ({count_params(build_model(student)):,} params), "
+        f"\n== throughput: student {student.describe()} ({count_params(student_model):,} params), "
         f"teacher {teacher.describe()} ({ratio:.1f}x its FLOPs), {n:,} images x {epochs} epochs"
     )
-    seconds, _ = naive_trial(data, _student(student), teacher_model, recipe, workers)
+    seconds, accuracy = naive_trial(data, student_model, teacher_model, recipe, workers)
     naive = n * epochs / seconds
-    print(f"naive reference (DataLoader, {workers} workers, live teacher):  {_rate(n * epochs, seconds)}")
+    print(
+        f"naive reference (DataLoader, {workers} workers, live teacher):  {_rate(n * epochs, seconds)}"
+        f"  (val {100 * accuracy:.1f}%)"
+    )
 
     views = AugmentedViews(data)
     model = Teacher(teacher_model.eval(), teacher, 0.0, 0.0, f"bench-{teacher.describe()}", None)
@@ -183,16 +185,20 @@ def throughput(data: ImageData, student: ArchSpec, teacher: ArchSpec, recipe: Tr
         start = time.perf_counter()
         cache = soft_targets_for(model, views, epochs, Path(tmp), batch_size=1024)
         build = time.perf_counter() - start
-    cached = fit(_student(student), views, recipe, kd=KD, soft_targets=cache)
-    print(f"kdnas trial, cached soft targets:                     {_rate(cached.images, cached.seconds)}")
+    cached = fit(_seeded_model(student), views, recipe, kd=KD, soft_targets=cache)
+    print(
+        f"kdnas trial, cached soft targets:                     {_rate(cached.images, cached.seconds)}"
+        f"  (val {100 * cached.val_accuracy[-1]:.1f}%)"
+    )
     print(f"  speed-up over the naive reference:                  {cached.images_per_s / naive:9.1f}x")
     print(f"  (the cache, built once per study, took {build:.1f} s = {n * epochs / build:,.0f} views/s)")
-    plain = fit(_student(student), views, recipe)
+    plain = fit(_seeded_model(student), views, recipe)
     print(f"kdnas trial, no teacher at all:                       {_rate(plain.images, plain.seconds)}")
     print(f"  cached-teacher trial / no-teacher trial:            {cached.images_per_s / plain.images_per_s:9.2f}")
 
 
-def _student(spec: ArchSpec) -> torch.nn.Module:
+def _seeded_model(spec: ArchSpec) -> torch.nn.Module:
+    """The same initial weights for a spec in every section (the naive and kdnas trials start alike)."""
     torch.manual_seed(0)
     return build_model(spec)
 
@@ -222,7 +228,7 @@ def training_gflops(
     data: ImageData, spec: ArchSpec, recipe: TrainRecipe, model: torch.nn.Module | None = None, bf16: bool = False
 ):
     """(achieved GFLOP/s, FLOPs per image) of training steps: augmentation, forward, backward, update."""
-    model = (model if model is not None else _student(spec)).to(memory_format=torch.channels_last).train()
+    model = (model if model is not None else _seeded_model(spec)).to(memory_format=torch.channels_last).train()
     views = AugmentedViews(data)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     params, order = views.epoch_params(0), views.order(0)
@@ -274,7 +280,7 @@ def flops(data: ImageData, cfg: StudyConfig, student: ArchSpec, recipe: TrainRec
     if not compile_too:
         return
     start = time.perf_counter()
-    compiled = torch.compile(_student(student))
+    compiled = torch.compile(_seeded_model(student))
     achieved, _ = training_gflops(data, student, recipe, compiled)
     print(
         f"torch.compile, throughput student: {achieved:7.1f} GFLOP/s after {time.perf_counter() - start:.0f} s "
@@ -302,10 +308,10 @@ def _trial_peak_rss(study: str, data_dir: Path, threads: int) -> tuple[float, st
     spec, info = _space_corner(cfg, data, 1), data.info
     views = AugmentedViews(data)
     teacher_spec = ArchSpec("resnet", info.in_channels, info.num_classes, cfg.teacher.base_width, cfg.teacher.blocks)
-    teacher = Teacher(_student(teacher_spec).eval(), teacher_spec, 0.0, 0.0, "bench", None)
+    teacher = Teacher(_seeded_model(teacher_spec).eval(), teacher_spec, 0.0, 0.0, "bench", None)
     with tempfile.TemporaryDirectory() as tmp:
         cache = soft_targets_for(teacher, views, cfg.train.epochs, Path(tmp), batch_size=cfg.train.eval_batch_size)
-    fit(_student(spec), views, dataclasses.replace(cfg.train, epochs=1), kd=KD, soft_targets=cache)
+    fit(_seeded_model(spec), views, dataclasses.replace(cfg.train, epochs=1), kd=KD, soft_targets=cache)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, spec.describe(), len(views)
 
 
@@ -415,17 +421,17 @@ def gpu(tiny: bool) -> None:
     spec = ArchSpec("resnet", 3, 10, 16, (3, 3, 3))  # ResNet-20
     recipe = TrainRecipe(epochs=3, batch_size=512, lr=0.4)
     teacher_spec = ArchSpec("resnet", 3, 10, 64, (2, 2, 2))
-    teacher = Teacher(_student(teacher_spec).to(device).eval(), teacher_spec, 0.0, 0.0, "bench", None)
+    teacher = Teacher(_seeded_model(teacher_spec).to(device).eval(), teacher_spec, 0.0, 0.0, "bench", None)
     with tempfile.TemporaryDirectory() as tmp:
         cache = soft_targets_for(teacher, AugmentedViews(data), recipe.epochs, Path(tmp), batch_size=2048)
     fit(
-        _student(spec).to(device),
+        _seeded_model(spec).to(device),
         AugmentedViews(data),
         dataclasses.replace(recipe, epochs=1),
         kd=KD,
         soft_targets=cache,
     )  # warm-up
-    result = fit(_student(spec).to(device), AugmentedViews(data), recipe, kd=KD, soft_targets=cache)
+    result = fit(_seeded_model(spec).to(device), AugmentedViews(data), recipe, kd=KD, soft_targets=cache)
     torch.cuda.synchronize()
     print(
         f"\n== gpu: {torch.cuda.get_device_name()}, ResNet-20 ({count_params(build_model(spec)):,} params), "

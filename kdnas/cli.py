@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from kdnas.errors import KdnasError
 
-__all__ = ["add_common_arguments", "hide_password", "run_cli", "setup_logging"]
+__all__ = ["add_common_arguments", "add_study_argument", "add_storage_argument", "run_cli", "setup_logging"]
 
 
 def setup_logging(verbose: bool, quiet: bool, prefix: str = "") -> None:
@@ -33,14 +33,15 @@ def _drop_optuna_traceback(record: logging.LogRecord) -> bool:
     return True
 
 
-def hide_password(url: str) -> str:
-    """A storage URL fit for messages: the password replaced by ***."""
-    try:
-        from sqlalchemy.engine import make_url
+def add_study_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--study", required=True, help="a study name in studies/ or a path to a .toml file")
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+
+def add_storage_argument(parser: argparse.ArgumentParser) -> None:
+    """--storage of the commands that read a stored study."""
+    parser.add_argument(
+        "--storage", help="Optuna storage URL (default: the run directory's study.db, or study.journal)"
+    )
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

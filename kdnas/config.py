@@ -223,6 +223,11 @@ class KDSpace:
     alpha_decay: ChoiceParam = ChoiceParam(ALPHA_DECAYS)
     decay_rate: NumParam = NumParam("float", 0.5, 3.0)  # only used when alpha_decay is not "none"
 
+    @property
+    def may_distill(self) -> bool:
+        """Whether any candidate has alpha > 0 (and so needs the teacher's soft targets)."""
+        return self.alpha.bounds[1] > 0
+
     def __post_init__(self) -> None:
         _prefixed("temperature", lambda: self.temperature.require(0, open_low=True))
         _prefixed("alpha", lambda: self.alpha.require(0, 1))

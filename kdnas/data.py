@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from kdnas.config import DataConfig
-from kdnas.errors import KdnasError
+from kdnas.errors import KdnasError, first_line
 from kdnas.registry import Registry
 
 __all__ = [
@@ -177,7 +177,7 @@ def _download(fetch: Callable[[], object], title: str) -> None:
     try:
         fetch()
     except Exception as err:  # any network or disk failure: the caller reports what is missing
-        log.warning("could not download %s: %s", title, str(err).splitlines()[0] if str(err) else type(err).__name__)
+        log.warning("could not download %s: %s", title, first_line(err))
 
 
 DATASETS.register("fashion_mnist")(

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdnas.cli import add_common_arguments, run_cli
+from kdnas.cli import add_common_arguments, add_storage_argument, add_study_argument, run_cli
 from kdnas.config import StudyConfig, study_from_dict
 from kdnas.errors import KdnasError
 from kdnas.report import StudyRun, load_run, pareto_front, trials_frame
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="knee: on the accuracy-vs-params Pareto front, scaled to [0, 1] on (log10 params, accuracy), "
         "the trial farthest from the line joining the smallest and the most accurate front trials.",
     )
-    parser.add_argument("--study", required=True, help="a study name in studies/ or a path to a .toml file")
+    add_study_argument(parser)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--pick", choices=PICKS, default="knee", help="how to choose (default: knee)")
     which.add_argument("--trial", type=int, metavar="N", help="export trial N instead of picking one")
@@ -368,9 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-latency-ms", type=float, metavar="X", help="only trials at most X ms latency")
     parser.add_argument("--out", type=Path, help="the JSON file to write (default: <run dir>/best_student.json)")
     parser.add_argument("--run-dir", type=Path, help="the search's run directory (default: runs/<study name>)")
-    parser.add_argument(
-        "--storage", help="Optuna storage URL (default: the run directory's study.db, or study.journal)"
-    )
+    add_storage_argument(parser)
     add_common_arguments(parser)
     return parser
 

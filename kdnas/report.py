@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdnas.cli import add_common_arguments, run_cli
+from kdnas.cli import add_common_arguments, add_storage_argument, add_study_argument, run_cli
 from kdnas.config import METRICS, NumParam, StudyConfig, load_study, study_from_dict
 from kdnas.errors import KdnasError
 
@@ -102,8 +102,7 @@ def load_run(study: str, out: Path | None = None, storage: str | None = None) ->
     """
     import optuna
 
-    from kdnas.cli import hide_password
-    from kdnas.storage import default_url, local_file, open_storage
+    from kdnas.storage import default_url, hide_password, local_file, open_storage
 
     file_cfg = load_study(study)
     name = file_cfg.name
@@ -768,11 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m kdnas.report",
         description="Write a study's report.html, trials.csv and pareto.csv into its run directory.",
     )
-    parser.add_argument("--study", required=True, help="a study name in studies/ or a path to a .toml file")
+    add_study_argument(parser)
     parser.add_argument("--out", type=Path, help="the search's run directory (default: runs/<study name>)")
-    parser.add_argument(
-        "--storage", help="Optuna storage URL (default: the run directory's study.db, or study.journal)"
-    )
+    add_storage_argument(parser)
     add_common_arguments(parser)
     return parser
 

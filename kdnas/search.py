@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdnas.cli import add_common_arguments, hide_password, run_cli
+from kdnas.cli import add_common_arguments, add_study_argument, run_cli
 from kdnas.config import StudyConfig, load_study, section_hash
-from kdnas.errors import KdnasError
+from kdnas.errors import KdnasError, first_line
+from kdnas.storage import hide_password
 
 __all__ = ["build_parser", "main", "run_search", "open_study", "budget_trials", "pareto_rows"]
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m kdnas.search",
         description="Search student architectures and distillation settings against a fixed teacher.",
     )
-    parser.add_argument("--study", required=True, help="a study name in studies/ or a path to a .toml file")
+    add_study_argument(parser)
     parser.add_argument("--trials", type=int, help="trained trials the study should hold (default: [budget] trials)")
     parser.add_argument("--timeout", type=float, metavar="MIN", help="stop this run after MIN minutes")
     parser.add_argument("--device", default="auto", help="training device: auto (default), cpu, cuda, cuda:N")
@@ -149,8 +150,7 @@ def open_study(
             load_if_exists=True,
         )
     except Exception as err:  # server gone, permissions, a study of other directions: all one line
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise KdnasError(f"cannot open study {cfg.name!r} in {shown}: {reason}") from None
+        raise KdnasError(f"cannot open study {cfg.name!r} in {shown}: {first_line(err)}") from None
     space_hash = search_space_hash(cfg)
     stored = study.user_attrs.get("space_hash")
     if stored is not None and stored != space_hash:
@@ -254,7 +254,7 @@ def run_search(
             len(data.test),
             train_device,
         )
-        if cfg.kd.alpha.bounds[1] > 0 and not (out_dir / "soft_targets.pt").exists():
+        if cfg.kd.may_distill and not (out_dir / "soft_targets.pt").exists():
             # A full disk must stop the run before the teacher trains, not after.
             needed = soft_targets_bytes(len(data.train), data.info.num_classes, cfg.train.epochs)
             ensure_disk_space(out_dir, needed, "the soft-target cache")
@@ -279,7 +279,7 @@ def run_search(
                 torch.cuda.empty_cache()
             level = logging.getLogger().level
             job = _WorkerJob(cfg, out_dir, storage_url, device, data_dir, level, workers, heartbeat_grace_s)
-            run_workers(job, workers, study, cfg.budget.trials, progress)
+            run_workers(job, workers, study, cfg.budget.trials, budget_trials, progress)
     _finish(study, cfg, out_dir)
     print(f"study {cfg.name!r} stored in {hide_password(storage_url)}; run directory {out_dir}")
     return 0
@@ -297,7 +297,7 @@ def _prepare(cfg: StudyConfig, data, out_dir: Path, study, train_device, progres
             teacher = obtain_teacher(cfg, data, out_dir, on_step=hook)
         views = AugmentedViews(data)
         soft_targets = None
-        if cfg.kd.alpha.bounds[1] > 0:
+        if cfg.kd.may_distill:
             with _bar("soft targets", progress) as hook:
                 soft_targets = soft_targets_for(
                     teacher, views, cfg.train.epochs, out_dir, cfg.teacher.train.eval_batch_size, on_step=hook

@@ -14,13 +14,20 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kdnas.cli import hide_password
-from kdnas.errors import KdnasError
+from kdnas.errors import KdnasError, first_line
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["JOURNAL_PREFIX", "HEARTBEAT_GRACE_S", "local_file", "default_url", "shareable_url", "open_storage"]
+__all__ = [
+    "JOURNAL_PREFIX",
+    "HEARTBEAT_GRACE_S",
+    "hide_password",
+    "local_file",
+    "default_url",
+    "shareable_url",
+    "open_storage",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,16 @@ HEARTBEAT_GRACE_S = 120  # an RDB trial without a heartbeat for this long belong
 
 def _journal_url(path: Path) -> str:
     return JOURNAL_PREFIX + str(path.resolve()).lstrip("/")
+
+
+def hide_password(url: str) -> str:
+    """A storage URL fit for messages: the password replaced by ***."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
 
 
 def local_file(url: str) -> Path | None:
@@ -62,9 +79,9 @@ def shareable_url(url: str, study_name: str) -> str:
     journal = db.with_suffix(".journal")
     target = _journal_url(journal)
     if db.exists() and not journal.exists():
-        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(url))]
-        if study_name in names:
-            optuna.copy_study(from_study_name=study_name, from_storage=url, to_storage=open_storage(target))
+        source = open_storage(url)
+        if study_name in [s.study_name for s in optuna.get_all_study_summaries(source)]:
+            optuna.copy_study(from_study_name=study_name, from_storage=source, to_storage=open_storage(target))
         db.rename(db.with_name(db.name + ".moved-to-journal"))
         log.info("storage: moved study %r from %s to %s", study_name, db, journal)
     log.info("storage: several workers share %s (SQLite is not safe for concurrent writers)", journal)
@@ -117,5 +134,4 @@ def open_storage(url: str, heartbeat_grace_s: int = HEARTBEAT_GRACE_S) -> optuna
                     raise
                 time.sleep(0.5 * (attempt + 1))
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise KdnasError(f"cannot open storage {hide_password(url)}: {reason}") from None
+        raise KdnasError(f"cannot open storage {hide_password(url)}: {first_line(err)}") from None

@@ -86,14 +86,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def run_workers(job: Callable[[int], None], workers: int, study: optuna.Study, target: int, progress: bool) -> None:
+def run_workers(
+    job: Callable[[int], None],
+    workers: int,
+    study: optuna.Study,
+    target: int,
+    budget_trials: Callable[[optuna.Study], int],
+    progress: bool,
+) -> None:
     """Run ``job(index)`` in ``workers`` processes until they stop; replace any that dies early.
 
-    ``target`` is the study's trial budget (for the progress bar and to decide on replacements).
+    ``budget_trials(study)`` counts what the budget ``target`` counts (for the progress bar and to
+    decide on replacements).
     """
     from tqdm import tqdm
-
-    from kdnas.search import budget_trials
 
     context = multiprocessing.get_context("spawn")
     running: dict[int, multiprocessing.process.BaseProcess] = {}
