@@ -10,9 +10,10 @@ Sections (figures are printed, never asserted):
   with 2 workers, the teacher run on every batch) against a kdnas trial (device-resident data,
   vectorised augmentation, the teacher's soft targets read from the cache), same student, epochs
   and images; then a cached-teacher trial against a trial with no teacher at all.
-- flops: achieved GFLOP/s of student training (forward + backward, counted by FlopCounterMode)
-  against a float32 matrix-multiply peak measured here, for the smallest, a ~70k and the largest
-  student of the study's space; and whether torch.compile pays for one trial.
+- flops: achieved GFLOP/s of student training (forward + backward, counted by FlopCounterMode) in
+  float32 and in bfloat16 autocast, each against a matrix-multiply peak of that precision measured
+  here, for the smallest, a ~70k and the largest student of the study's space; and whether
+  torch.compile pays for one trial.
 - memory: peak resident memory of one trial of the study in a fresh process.
 - early-stopping: the study searched with and without its early stopping, for several seeds: the
   training compute (sum over trials of epochs trained x FLOPs per epoch) each needs to reach the
@@ -46,7 +47,7 @@ from kdnas.distill import KDSpec, kd_loss
 from kdnas.measure import count_macs
 from kdnas.models import ArchSpec, build_model, count_params
 from kdnas.teacher import Teacher, soft_targets_for
-from kdnas.trainer import fit
+from kdnas.trainer import autocast, fit, native_bfloat16
 
 SECTIONS = ("throughput", "flops", "memory", "early-stopping", "gpu")
 KD = KDSpec(temperature=4.0, alpha=0.7, alpha_decay="none")
@@ -185,15 +186,25 @@ def throughput(data: ImageData, student: ArchSpec, teacher: ArchSpec, recipe: Tr
         start = time.perf_counter()
         cache = soft_targets_for(model, views, epochs, Path(tmp), batch_size=1024)
         build = time.perf_counter() - start
+    precision = "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32"
     cached = fit(_seeded_model(student), views, recipe, kd=KD, soft_targets=cache)
     print(
-        f"kdnas trial, cached soft targets:                     {_rate(cached.images, cached.seconds)}"
+        f"kdnas trial, cached soft targets ({precision:>8}):          {_rate(cached.images, cached.seconds)}"
         f"  (val {100 * cached.val_accuracy[-1]:.1f}%)"
     )
     print(f"  speed-up over the naive reference:                  {cached.images_per_s / naive:9.1f}x")
+    if precision != "float32":  # what a CPU without native bf16 gets
+        fp32 = fit(
+            _seeded_model(student), views, dataclasses.replace(recipe, precision="float32"), kd=KD, soft_targets=cache
+        )
+        print(
+            f"kdnas trial, cached soft targets ( float32):          {_rate(fp32.images, fp32.seconds)}"
+            f"  (val {100 * fp32.val_accuracy[-1]:.1f}%)"
+        )
+        print(f"  speed-up over the naive reference:                  {fp32.images_per_s / naive:9.1f}x")
     print(f"  (the cache, built once per study, took {build:.1f} s = {n * epochs / build:,.0f} views/s)")
     plain = fit(_seeded_model(student), views, recipe)
-    print(f"kdnas trial, no teacher at all:                       {_rate(plain.images, plain.seconds)}")
+    print(f"kdnas trial, no teacher at all ({precision:>8}):           {_rate(plain.images, plain.seconds)}")
     print(f"  cached-teacher trial / no-teacher trial:            {cached.images_per_s / plain.images_per_s:9.2f}")
 
 
@@ -225,9 +236,10 @@ def matmul_peak(size: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.
 
 
 def training_gflops(
-    data: ImageData, spec: ArchSpec, recipe: TrainRecipe, model: torch.nn.Module | None = None, bf16: bool = False
-):
-    """(achieved GFLOP/s, FLOPs per image) of training steps: augmentation, forward, backward, update."""
+    data: ImageData, spec: ArchSpec, recipe: TrainRecipe, model: torch.nn.Module | None = None
+) -> tuple[float, float]:
+    """(achieved GFLOP/s, FLOPs per image) of training steps in ``recipe.precision``: augmentation,
+    forward, backward, update."""
     model = (model if model is not None else _seeded_model(spec)).to(memory_format=torch.channels_last).train()
     views = AugmentedViews(data)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -235,9 +247,10 @@ def training_gflops(
     batches = [
         order[i : i + recipe.batch_size] for i in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size)
     ]
+    device = data.train.images.device
 
     def step(indices: torch.Tensor) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device, recipe.precision):
             logits = model(views.batch(indices, params))
         loss = kd_loss(logits.float(), None, data.train.labels[indices], 0.0, 1.0)
         optimizer.zero_grad(set_to_none=True)
@@ -258,33 +271,36 @@ def training_gflops(
 
 
 def flops(data: ImageData, cfg: StudyConfig, student: ArchSpec, recipe: TrainRecipe, compile_too: bool) -> None:
-    peak = matmul_peak()
-    print(f"\n== flops: float32 matmul peak {peak:,.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+    cpu = torch.device("cpu")
+    peaks = {"float32": matmul_peak(dtype=torch.float32), "bfloat16": matmul_peak(dtype=torch.bfloat16)}
+    trial_precision = "bfloat16" if native_bfloat16(cpu) else "float32"
+    print(
+        f"\n== flops: matmul peak float32 {peaks['float32']:,.1f} GFLOP/s, bfloat16 {peaks['bfloat16']:,.1f} GFLOP/s "
+        f'({torch.get_num_threads()} threads); trials here train in {trial_precision} (precision "auto")'
+    )
+    print(f"{'':>18}  {'student':<18} {'params':>9}  {'MFLOP/image':>11}  " + "  ".join(f"{p:>28}" for p in peaks))
     smallest, largest = _space_corner(cfg, data, 0), _space_corner(cfg, data, 1)
     for label, spec in (
         ("smallest in space", smallest),
         ("throughput student", student),
         ("largest in space", largest),
     ):
-        achieved, per_image = training_gflops(data, spec, recipe)
+        cells = []
+        for precision, peak in peaks.items():
+            achieved, per_image = training_gflops(data, spec, dataclasses.replace(recipe, precision=precision))
+            cells.append(f"{achieved:7.1f} GFLOP/s = {100 * achieved / peak:5.1f}% of peak")
         print(
-            f"{label:>18}: {spec.describe():<18} {count_params(build_model(spec)):>9,} params  "
-            f"{per_image / 1e6:7.1f} MFLOP/image  {achieved:7.1f} GFLOP/s = {100 * achieved / peak:5.1f}% of peak"
+            f"{label:>18}  {spec.describe():<18} {count_params(build_model(spec)):>9,}  {per_image / 1e6:11.1f}  "
+            + "  ".join(f"{cell:>28}" for cell in cells)
         )
-    bf16_peak = matmul_peak(dtype=torch.bfloat16)
-    achieved, _ = training_gflops(data, student, recipe, bf16=True)
-    print(
-        f"bf16 autocast, throughput student: {achieved:7.1f} GFLOP/s = {100 * achieved / bf16_peak:5.1f}% of the "
-        f"bf16 matmul peak ({bf16_peak:,.1f} GFLOP/s)"
-    )
     if not compile_too:
         return
     start = time.perf_counter()
     compiled = torch.compile(_seeded_model(student))
-    achieved, _ = training_gflops(data, student, recipe, compiled)
+    achieved, _ = training_gflops(data, student, dataclasses.replace(recipe, precision=trial_precision), compiled)
     print(
-        f"torch.compile, throughput student: {achieved:7.1f} GFLOP/s after {time.perf_counter() - start:.0f} s "
-        "(compilation included in that time, per trial)"
+        f"torch.compile, throughput student, {trial_precision}: {achieved:7.1f} GFLOP/s after "
+        f"{time.perf_counter() - start:.0f} s (compilation included in that time, per trial)"
     )
 
 

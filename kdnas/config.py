@@ -55,6 +55,9 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
 ALPHA_DECAYS = ("none", "linear", "cosine", "exponential")
 SAMPLERS = ("tpe", "nsga2", "random")
 EARLY_STOP_POLICIES = ("none", "pareto", "halving")
+# "auto": bfloat16 autocast where the hardware computes in it natively (CUDA, CPUs with AVX512-BF16 or
+# AMX), float32 elsewhere; the others force one.
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -171,8 +174,10 @@ class TrainRecipe:
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.0
     eval_batch_size: int = 1024
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        _check(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("eval_batch_size", self.eval_batch_size, 1)

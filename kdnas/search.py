@@ -299,8 +299,15 @@ def _prepare(cfg: StudyConfig, data, out_dir: Path, study, train_device, progres
         soft_targets = None
         if cfg.kd.may_distill:
             with _bar("soft targets", progress) as hook:
+                recipe = cfg.teacher.train
                 soft_targets = soft_targets_for(
-                    teacher, views, cfg.train.epochs, out_dir, cfg.teacher.train.eval_batch_size, on_step=hook
+                    teacher,
+                    views,
+                    cfg.train.epochs,
+                    out_dir,
+                    recipe.eval_batch_size,
+                    precision=recipe.precision,
+                    on_step=hook,
                 )
     log.info(
         "teacher: %s, test accuracy %.2f%%, val accuracy %.2f%%",
@@ -391,6 +398,20 @@ def _trained_twin(trial):
     return None
 
 
+def _known_latency(trial, arch: str) -> float | None:
+    """The latency an earlier trial of the study measured for the same network, if any.
+
+    Timing a network again gives another figure (machine load, clock), which would make trials of
+    one network look different on the latency front and fail early stopping's "no slower" test
+    against each other; one network keeps one latency in a study.
+    """
+    for other in trial.study.get_trials(deepcopy=False):
+        a = other.user_attrs
+        if other.number != trial.number and a.get("arch") == arch and "latency_ms" in a:
+            return a["latency_ms"]
+    return None
+
+
 def _curves(study, exclude: int):
     """The learning curves of the study's trained trials (running ones too), for early stopping."""
     import optuna
@@ -452,7 +473,9 @@ class _Objective:
         limit = cfg.constraints
         if limit.max_params is not None and params > limit.max_params:
             self._reject(trial, f"{params:,} params > max_params {limit.max_params:,}")
-        latency = measure_latency(model, self.input_shape, cfg.latency)
+        latency = _known_latency(trial, arch.describe())
+        if latency is None:
+            latency = measure_latency(model, self.input_shape, cfg.latency)
         trial.set_user_attr("latency_ms", latency)
         if limit.max_latency_ms is not None and latency > limit.max_latency_ms:
             self._reject(trial, f"latency {latency:.3f} ms > max_latency_ms {limit.max_latency_ms}")

@@ -32,7 +32,7 @@ from kdnas.config import StudyConfig, section_hash
 from kdnas.data import AugmentedViews, ImageData
 from kdnas.errors import KdnasError
 from kdnas.models import ArchSpec, build_model, count_params
-from kdnas.trainer import evaluate, fit
+from kdnas.trainer import autocast, evaluate, fit, keep_freed_memory
 
 __all__ = [
     "Teacher",
@@ -241,15 +241,23 @@ def _load_checkpoint(path: Path, spec: ArchSpec) -> nn.Module:
 
 
 class LiveTeacher:
-    """Runs the teacher on every batch (what the cache replaces); outputs rounded to fp16 like it."""
+    """Runs the teacher on every batch (what the cache replaces); outputs rounded to fp16 like it.
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model.eval()
+    ``precision`` is the teacher's (its ``[teacher] train`` precision): the cache and a live teacher
+    must use the same one to give the same logits.
+    """
+
+    def __init__(self, model: nn.Module, precision: str = "auto") -> None:
+        self.model, self.precision = model.eval(), precision
 
     def __call__(self, epoch: int, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         # TF32 would make a view's logits depend on its batch's composition (cuDNN picks kernels per
         # shape); full fp32 keeps cached and live logits equal to the last fp16 bit, nearly always.
-        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        with (
+            torch.inference_mode(),
+            torch.backends.cudnn.flags(enabled=True, allow_tf32=False),
+            autocast(views.device, self.precision),
+        ):
             return self.model(views).half().float()
 
 
@@ -285,11 +293,15 @@ def soft_targets_for(
     out_dir: Path,
     batch_size: int,
     *,
+    precision: str = "auto",
     on_step: StepHook | None = None,
 ) -> CachedSoftTargets:
-    """Load the soft-target cache for ``epochs`` epochs of ``views``, computing it if needed."""
+    """Load the soft-target cache for ``epochs`` epochs of ``views``, computing it if needed.
+
+    ``precision``: the teacher's, as for ``LiveTeacher``.
+    """
     path = out_dir / "soft_targets.pt"
-    key = section_hash(teacher.fingerprint, views.data.fingerprint, epochs)
+    key = section_hash(teacher.fingerprint, views.data.fingerprint, epochs, precision)
     device = views.data.train.images.device
     if path.exists():
         blob = _read(path, SOFT_TARGETS_FORMAT)
@@ -302,7 +314,8 @@ def soft_targets_for(
     ensure_disk_space(out_dir, soft_targets_bytes(n, num_classes, epochs), "the soft-target cache")
     log.info("soft targets: running the teacher on %d epochs x %d views", epochs, n)
     logits = torch.empty(epochs, n, num_classes, dtype=torch.float16, device=device)
-    live = LiveTeacher(teacher.model)
+    live = LiveTeacher(teacher.model, precision)
+    keep_freed_memory(device)
     steps = epochs * -(-n // batch_size)
     step = 0
     every = torch.arange(n, device=device)

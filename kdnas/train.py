@@ -194,7 +194,7 @@ def train_student(
     if student.kd.alpha > 0:
         teacher = check_teacher(student, data, train_device, allow_mismatch=allow_teacher_mismatch)
         # Live logits equal the search's cached ones (both fp16-rounded), without writing a cache.
-        soft_targets = LiveTeacher(teacher.model)
+        soft_targets = LiveTeacher(teacher.model, cfg.teacher.train.precision)
     log.info(
         "training %s (%s params), %s, for %d epochs on %s",
         student.arch.describe(),

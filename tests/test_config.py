@@ -264,6 +264,9 @@ def test_log_flag_that_is_not_a_bool_is_rejected(tmp_path):
             id="alpha-decay",
         ),
         pytest.param('[kd]\nalpha_decay = "lineaer"\n', "unknown choice 'lineaer'", id="alpha-decay-scalar"),
+        pytest.param(
+            '[train]\nprecision = "fp16"\n', "unknown precision 'fp16'; known: auto, float32, bfloat16", id="precision"
+        ),
         pytest.param('[sampler]\nname = "tpee"\n', "unknown sampler 'tpee'; known: tpe, nsga2, random", id="sampler"),
         pytest.param(
             '[early_stop]\npolicy = "asha"\n', "unknown policy 'asha'; known: none, pareto, halving", id="early-stop"

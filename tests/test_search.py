@@ -49,6 +49,15 @@ def test_smoke_study_stores_complete_trials_with_three_objectives(smoke_run: tup
     assert study.user_attrs["teacher"]["test_accuracy"] > 0.5  # a real, trained teacher
 
 
+def test_one_network_keeps_one_latency_in_a_study(smoke_run: tuple[Path, int]) -> None:
+    out, _ = smoke_run
+    latencies: dict[str, list[float]] = {}
+    for trial in _load(out).trials:  # 3 trials in a space of 2 networks: at least two share one
+        latencies.setdefault(trial.user_attrs["arch"], []).append(trial.user_attrs["latency_ms"])
+    assert max(len(measured) for measured in latencies.values()) >= 2
+    assert all(len(set(measured)) == 1 for measured in latencies.values())
+
+
 def test_second_run_reuses_teacher_and_adds_trials(smoke_run: tuple[Path, int], capsys) -> None:
     out, _ = smoke_run
     teacher_mtime = (out / "teacher.pt").stat().st_mtime_ns

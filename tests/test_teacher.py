@@ -246,6 +246,15 @@ def test_soft_targets_are_rebuilt_when_the_epochs_change(teacher, tiny_data, tmp
     assert torch.equal(three.logits[0], one.logits[0])  # the views of epoch 0 did not change
 
 
+def test_soft_targets_are_rebuilt_for_another_precision(teacher, tiny_data, tmp_path):
+    views = AugmentedViews(tiny_data)
+    fp32 = soft_targets_for(teacher, views, 1, tmp_path, batch_size=64, precision="float32")
+    bf16 = soft_targets_for(teacher, views, 1, tmp_path, batch_size=64, precision="bfloat16")
+    assert not torch.equal(fp32.logits, bf16.logits)
+    reread = soft_targets_for(teacher, views, 1, tmp_path, batch_size=64, precision="bfloat16")
+    assert torch.equal(reread.logits, bf16.logits)
+
+
 def test_soft_targets_are_rebuilt_for_another_teacher(tiny_data, tmp_path):
     views = AugmentedViews(tiny_data)
     a = obtain_teacher(study(), tiny_data, subdir(tmp_path, "a"))

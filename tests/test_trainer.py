@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from kdnas.data import AugmentedViews, normalize
 from kdnas.distill import KDSpec
 from kdnas.models import ArchSpec, build_model
 from kdnas.teacher import LiveTeacher, Teacher, soft_targets_for
-from kdnas.trainer import FitResult, TrainingDiverged, evaluate, fit, predict_logits
+from kdnas.trainer import FitResult, TrainingDiverged, evaluate, fit, native_bfloat16, predict_logits
 
 SPEC = ArchSpec("resnet", 1, 4, 8, (1,))  # the quadrant task: 1 channel, 4 classes
 RECIPE = TrainRecipe(epochs=2, batch_size=16, lr=0.3, warmup_epochs=0.5)
@@ -50,6 +51,24 @@ def test_fit_counts_images_and_time(tiny_data):
     assert result.images == 2 * len(tiny_data.train)
     assert result.seconds > 0 and result.images_per_s == result.images / result.seconds
     assert FitResult().images_per_s == 0.0
+
+
+def test_bfloat16_training_computes_in_bfloat16_and_still_learns(tiny_data):
+    results = {
+        precision: fit(seeded_model(), AugmentedViews(tiny_data), replace(RECIPE, epochs=4, precision=precision))
+        for precision in ("float32", "bfloat16")
+    }
+    assert results["bfloat16"].train_loss != results["float32"].train_loss  # autocast really ran
+    assert results["bfloat16"].val_accuracy[-1] > 0.8  # chance is 0.25
+
+
+def test_auto_precision_is_bfloat16_exactly_where_the_cpu_has_it(tiny_data):
+    native = "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32"
+    auto, explicit = (
+        fit(seeded_model(), AugmentedViews(tiny_data), replace(RECIPE, precision=precision))
+        for precision in ("auto", native)
+    )
+    assert auto.train_loss == explicit.train_loss
 
 
 def test_same_seed_gives_identical_results(tiny_data):
@@ -160,15 +179,16 @@ def test_soft_targets_are_not_asked_once_alpha_has_decayed_to_zero(tiny_data):
     assert [epoch for epoch, _, _ in recorder.calls] == [0] * 8
 
 
-def test_cached_and_live_soft_targets_give_the_same_training(tiny_data, tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_cached_and_live_soft_targets_give_the_same_training(tiny_data, tmp_path, precision):
     views = AugmentedViews(tiny_data)
     teacher_model = seeded_model(11, ArchSpec("resnet", 1, 4, 8, (1, 1)))
     fit(teacher_model, views, TrainRecipe(epochs=2, batch_size=32, lr=0.3))
     teacher = Teacher(teacher_model.eval(), ArchSpec("resnet", 1, 4, 8, (1, 1)), 0.0, 0.0, "test-teacher", None)
     # A cache batch size unlike the student's, so the teacher sees other groupings than during training.
-    cache = soft_targets_for(teacher, views, RECIPE.epochs, tmp_path, batch_size=50)
+    cache = soft_targets_for(teacher, views, RECIPE.epochs, tmp_path, batch_size=50, precision=precision)
     kd = KDSpec(temperature=3.0, alpha=0.7, alpha_decay="cosine", decay_rate=1.0)
-    cached, live = Recorder(cache), Recorder(LiveTeacher(teacher.model))
+    cached, live = Recorder(cache), Recorder(LiveTeacher(teacher.model, precision))
     result_cached = fit(seeded_model(2), views, RECIPE, kd=kd, soft_targets=cached)
     result_live = fit(seeded_model(2), views, RECIPE, kd=kd, soft_targets=live)
     assert len(cached.calls) == len(live.calls) == 16
