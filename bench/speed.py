@@ -366,6 +366,11 @@ def compute_curve(study, cfg: StudyConfig, train_images: int) -> tuple[list[floa
     return cost.cumsum().tolist(), hv
 
 
+def _first_reach(cost: list[float], hv: list[float], target: float) -> float | None:
+    """The cumulative compute at which the hypervolume first reached ``target``, or None."""
+    return next((c for c, h in zip(cost, hv, strict=True) if h >= target - 1e-12), None)
+
+
 def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
     policy = cfg.early_stop if cfg.early_stop.policy != "none" else EarlyStopConfig(policy="pareto")
     data_cfg = dataclasses.replace(cfg.data, limit_train=args.es_limit_train or cfg.data.limit_train)
@@ -380,8 +385,8 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
         f"{args.es_seeds} seeds; compute in TFLOP"
     )
     print(
-        f"{'seed':>4}  {'no ES: TFLOP':>12} {'final HV':>9}  {'ES: TFLOP':>9} {'stopped':>7} {'final HV':>9}  "
-        f"{'ES TFLOP to reach no-ES HV':>27}"
+        f"{'seed':>4}  {'no ES: TFLOP':>12} {'final HV':>9} {'reached at':>10}  {'ES: TFLOP':>9} {'stopped':>7} "
+        f"{'final HV':>9}  {'ES TFLOP to reach no-ES HV':>27}"
     )
     fractions = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -400,13 +405,14 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
             study = _search(stopping, run_dir, run_dir / f"es-{seed}.db", args.data_dir)
             cost1, hv1 = compute_curve(study, base, train_images)
             stopped = sum(1 for t in study.trials if t.user_attrs.get("status") == "stopped")
-            reach = next((c for c, h in zip(cost1, hv1, strict=True) if h >= hv0[-1] - 1e-12), None)
+            reach = _first_reach(cost1, hv1, hv0[-1])
+            own = _first_reach(cost0, hv0, hv0[-1])  # the no-ES run may have had its final front early
             if reach is not None:
                 fractions.append(reach / cost0[-1])
             shown = f"{reach / 1e12:9.3f} = {100 * reach / cost0[-1]:5.1f}%" if reach is not None else "not reached"
             print(
-                f"{seed:>4}  {cost0[-1] / 1e12:12.3f} {hv0[-1]:9.5f}  {cost1[-1] / 1e12:9.3f} {stopped:>7} "
-                f"{hv1[-1]:9.5f}  {shown:>27}"
+                f"{seed:>4}  {cost0[-1] / 1e12:12.3f} {hv0[-1]:9.5f} {own / 1e12:10.3f}  {cost1[-1] / 1e12:9.3f} "
+                f"{stopped:>7} {hv1[-1]:9.5f}  {shown:>27}"
             )
     if fractions:
         print(
