@@ -1,6 +1,6 @@
 """How fast is a kdnas trial, and what does early stopping save? Every figure is measured in this run.
 
-    python bench/speed.py                      # all sections on Fashion-MNIST (about an hour on 2 CPU cores)
+    python bench/speed.py                      # all sections on Fashion-MNIST (hours on 2 CPU cores: 6 studies)
     python bench/speed.py --sections throughput,flops,memory
     python bench/speed.py --es-limit-train 12000 --es-trials 12    # a smaller early-stopping comparison
     python bench/speed.py --tiny               # seconds: checks that the script runs
