@@ -252,7 +252,8 @@ class LiveTeacher:
 
     def __call__(self, epoch: int, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         # TF32 would make a view's logits depend on its batch's composition (cuDNN picks kernels per
-        # shape); full fp32 keeps cached and live logits equal to the last fp16 bit, nearly always.
+        # shape); in float32 cached and live logits agree to the last fp16 bit, nearly always, and in
+        # bfloat16 to bfloat16's precision.
         with (
             torch.inference_mode(),
             torch.backends.cudnn.flags(enabled=True, allow_tf32=False),
