@@ -95,6 +95,7 @@ def _parse_args() -> argparse.Namespace:
         "--es-extra", type=float, default=2.0, help="at most this many times --es-trials with early stopping"
     )
     parser.add_argument("--es-limit-train", type=int, help="search on this many training images only")
+    parser.add_argument("--es-min-epochs", type=int, help="early stopping's min_epochs (default: the study's)")
     parser.add_argument("--tiny", action="store_true", help="a few seconds per section: checks the script")
     args = parser.parse_args()
     if args.tiny:
@@ -378,6 +379,8 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
     time until it reaches the first run's final hypervolume, spends as much compute, or holds
     ``es_extra`` x the trials."""
     policy = cfg.early_stop if cfg.early_stop.policy != "none" else EarlyStopConfig(policy="pareto")
+    if args.es_min_epochs is not None:
+        policy = dataclasses.replace(policy, min_epochs=args.es_min_epochs)
     data_cfg = dataclasses.replace(cfg.data, limit_train=args.es_limit_train or cfg.data.limit_train)
     trials = args.es_trials or cfg.budget.trials
     base = dataclasses.replace(
@@ -386,7 +389,8 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
     train_images = len(load_data(data_cfg, args.data_dir, download=False).train)
     print(
         f"\n== early stopping: {cfg.name!r}, {train_images:,} training images, {trials} trials without early "
-        f"stopping, up to {math.ceil(trials * args.es_extra)} with it ({policy.policy}, margin {policy.margin}), "
+        f"stopping, up to {math.ceil(trials * args.es_extra)} with it ({policy.policy}, margin {policy.margin}, "
+        f"min_epochs {policy.min_epochs}), "
         f"{args.es_seeds} seeds; compute in TFLOP"
     )
     print(

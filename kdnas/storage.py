@@ -89,7 +89,7 @@ def shareable_url(url: str, study_name: str) -> str:
 
 
 _CREATE_ATTEMPTS = 5
-_CREATE_RACE = ("already exists", "duplicate key", "UniqueViolation")
+_CREATE_RACE = ("already exists", "duplicate key", "UniqueViolation", "UNIQUE constraint failed")
 
 
 def _rdb_storage(url: str, heartbeat_grace_s: int) -> optuna.storages.RDBStorage:

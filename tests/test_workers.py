@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from kdnas.config import STUDIES_DIR
 from kdnas.search import main
 from kdnas.storage import default_url, local_file, open_storage
 
@@ -64,7 +65,7 @@ def test_a_worker_killed_mid_trial_loses_nothing(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "kdnas.search", "--study", "smoke", "--out", str(out), "--no-progress"]
     search = subprocess.Popen([*command, "--workers", "2", "--trials", "4"], stderr=subprocess.PIPE, text=True)
     try:
-        victim = _wait_for_running_trial(out, timeout_s=300)
+        victim = _wait_for_running_trial(out, timeout_s=300, search=search)
         host, pid = victim.user_attrs["worker"].rsplit(":", 1)
         os.kill(int(pid), signal.SIGKILL)
         _, err = search.communicate(timeout=600)
@@ -84,10 +85,14 @@ def test_a_worker_killed_mid_trial_loses_nothing(tmp_path: Path) -> None:
 
 def test_ctrl_c_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "kdnas.search", "--study", "smoke", "--out", str(out), "--no-progress"]
+    # Trials long enough (smoke trains in seconds) that the signal surely lands inside the one watched.
+    study_file = tmp_path / "smoke.toml"
+    slow = (STUDIES_DIR / "smoke.toml").read_text().replace("[train]\nepochs = 2", "[train]\nepochs = 10")
+    study_file.write_text(slow)
+    command = [sys.executable, "-m", "kdnas.search", "--study", str(study_file), "--out", str(out), "--no-progress"]
     search = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
-        victim = _wait_for_running_trial(out, timeout_s=300)
+        victim = _wait_for_running_trial(out, timeout_s=300, search=search)
         search.send_signal(signal.SIGINT)
         _, err = search.communicate(timeout=120)
     finally:
@@ -101,9 +106,11 @@ def test_ctrl_c_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
     _check_consistent(_study(out), 3)
 
 
-def _wait_for_running_trial(out: Path, timeout_s: float) -> optuna.trial.FrozenTrial:
+def _wait_for_running_trial(out: Path, timeout_s: float, search: subprocess.Popen) -> optuna.trial.FrozenTrial:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if search.poll() is not None:
+            raise AssertionError(f"the search exited ({search.returncode}) first: {search.communicate()[1][-2000:]}")
         if local_file(default_url(out)).exists():
             try:
                 running = _study(out).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
