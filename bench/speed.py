@@ -47,7 +47,7 @@ from kdnas.distill import KDSpec, kd_loss
 from kdnas.measure import count_macs
 from kdnas.models import ArchSpec, build_model, count_params
 from kdnas.teacher import Teacher, soft_targets_for
-from kdnas.trainer import autocast, fit, native_bfloat16
+from kdnas.trainer import autocast, fit, resolve_precision
 
 SECTIONS = ("throughput", "flops", "memory", "early-stopping", "gpu")
 KD = KDSpec(temperature=4.0, alpha=0.7, alpha_decay="none")
@@ -189,7 +189,7 @@ def throughput(data: ImageData, student: ArchSpec, teacher: ArchSpec, recipe: Tr
         start = time.perf_counter()
         cache = soft_targets_for(model, views, epochs, Path(tmp), batch_size=1024)
         build = time.perf_counter() - start
-    precision = "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32"
+    precision = resolve_precision(torch.device("cpu"))
     cached = fit(_seeded_model(student), views, recipe, kd=KD, soft_targets=cache)
     print(
         f"kdnas trial, cached soft targets ({precision:>8}):          {_rate(cached.images, cached.seconds)}"
@@ -276,7 +276,7 @@ def training_gflops(
 def flops(data: ImageData, cfg: StudyConfig, student: ArchSpec, recipe: TrainRecipe, compile_too: bool) -> None:
     cpu = torch.device("cpu")
     peaks = {"float32": matmul_peak(dtype=torch.float32), "bfloat16": matmul_peak(dtype=torch.bfloat16)}
-    trial_precision = "bfloat16" if native_bfloat16(cpu) else "float32"
+    trial_precision = resolve_precision(cpu)
     print(
         f"\n== flops: matmul peak float32 {peaks['float32']:,.1f} GFLOP/s, bfloat16 {peaks['bfloat16']:,.1f} GFLOP/s "
         f'({torch.get_num_threads()} threads); trials here train in {trial_precision} (precision "auto")'

@@ -31,6 +31,7 @@ __all__ = [
     "predict_logits",
     "autocast",
     "native_bfloat16",
+    "resolve_precision",
     "keep_freed_memory",
 ]
 
@@ -83,10 +84,18 @@ def native_bfloat16(device: torch.device) -> bool:
     )
 
 
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """``float32`` or ``bfloat16``: what ``precision`` (a ``TrainRecipe.precision``) means on ``device``."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if native_bfloat16(device) else "float32"
+
+
 def autocast(device: torch.device, precision: str = "auto"):
     """The autocast context for ``precision`` (a ``TrainRecipe.precision``) on ``device``."""
-    bf16 = precision == "bfloat16" or (precision == "auto" and native_bfloat16(device))
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    if resolve_precision(device, precision) == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def keep_freed_memory(device: torch.device) -> None:

@@ -63,7 +63,7 @@ def test_bfloat16_training_computes_in_bfloat16_and_still_learns(tiny_data):
 
 
 def test_auto_precision_is_bfloat16_exactly_where_the_cpu_has_it(tiny_data):
-    native = "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32"
+    native = "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32"  # spelled out: the rule under test
     auto, explicit = (
         fit(seeded_model(), AugmentedViews(tiny_data), replace(RECIPE, precision=precision))
         for precision in ("auto", native)
