@@ -46,6 +46,7 @@ from kdnas.data import AugmentedViews, ImageData, load_data
 from kdnas.distill import KDSpec, kd_loss
 from kdnas.measure import count_macs
 from kdnas.models import ArchSpec, build_model, count_params
+from kdnas.pruning import EarlyStopper
 from kdnas.teacher import Teacher, soft_targets_for
 from kdnas.trainer import autocast, fit, resolve_precision
 
@@ -358,15 +359,40 @@ def _search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path):
     return optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{storage}")
 
 
-def compute_curve(study, cfg: StudyConfig, train_images: int) -> tuple[list[float], list[float]]:
-    """Cumulative training FLOPs and hypervolume after each trial, in trial order."""
-    from kdnas.report import hypervolume_history, largest_student_params, trials_frame
+def compute_curve(df, cfg: StudyConfig, train_images: int) -> tuple[list[float], list[float]]:
+    """Cumulative training FLOPs and hypervolume after each trial of a trials frame, in trial order."""
+    from kdnas.report import hypervolume_history, largest_student_params
 
-    df = trials_frame(study).sort_values("trial")
+    df = df.sort_values("trial")
     hv = hypervolume_history(df, largest_student_params(cfg)).tolist()
     # 6 FLOPs per MAC and image: a multiply-add is 2 FLOPs, backward costs about twice the forward.
     cost = (df["epochs"] * df["macs"].fillna(0) * 6 * train_images).where(df["status"] != "duplicate", 0)
     return cost.cumsum().tolist(), hv
+
+
+def replay_early_stopping(study, stopper: EarlyStopper):
+    """The trials frame of a study run without early stopping, as if ``stopper`` had judged each trial
+    after each epoch against the trials before it (one worker): the same candidates, so the figure is
+    the rule's own saving, free of the sampler's different path through a study that really stops."""
+    from kdnas.pruning import Curve
+    from kdnas.report import trials_frame
+
+    df = trials_frame(study).set_index("trial")
+    judged: list[Curve] = []
+    for t in sorted(study.trials, key=lambda t: t.number):
+        full = t.user_attrs.get("val_curve")
+        if df.at[t.number, "status"] not in ("complete", "duplicate") or not full:
+            continue
+        curve = []
+        for accuracy in full:
+            curve.append(accuracy)
+            me = Curve(t.number, t.user_attrs["params"], t.user_attrs["latency_ms"], tuple(curve), False)
+            if stopper.reason_to_stop(me, judged) is not None:
+                trained = 0 if df.at[t.number, "status"] == "duplicate" else len(curve)  # a duplicate trains nothing
+                df.loc[t.number, ["status", "val_accuracy", "epochs"]] = ["stopped", accuracy, trained]
+                break
+        judged.append(Curve(t.number, me.params, me.latency_ms, tuple(curve), True))
+    return df.reset_index()
 
 
 def _first_reach(cost: list[float], hv: list[float], target: float) -> float | None:
@@ -377,7 +403,9 @@ def _first_reach(cost: list[float], hv: list[float], target: float) -> float | N
 def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
     """Per seed: the study without early stopping, then with it, grown by a quarter of the trials at a
     time until it reaches the first run's final hypervolume, spends as much compute, or holds
-    ``es_extra`` x the trials."""
+    ``es_extra`` x the trials; and the first run replayed with the rule applied in hindsight."""
+    from kdnas.report import trials_frame
+
     policy = cfg.early_stop if cfg.early_stop.policy != "none" else EarlyStopConfig(policy="pareto")
     if args.es_min_epochs is not None:
         policy = dataclasses.replace(policy, min_epochs=args.es_min_epochs)
@@ -386,50 +414,64 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
     base = dataclasses.replace(
         cfg, data=data_cfg, budget=dataclasses.replace(cfg.budget, trials=trials, timeout_min=None)
     )
-    train_images = len(load_data(data_cfg, args.data_dir, download=False).train)
+    data = load_data(data_cfg, args.data_dir, download=False)
+    train_images = len(data.train)
+    stopper = EarlyStopper(policy, cfg.objectives.metrics, cfg.train.epochs, len(data.val))
     print(
         f"\n== early stopping: {cfg.name!r}, {train_images:,} training images, {trials} trials without early "
         f"stopping, up to {math.ceil(trials * args.es_extra)} with it ({policy.policy}, margin {policy.margin}, "
-        f"min_epochs {policy.min_epochs}), "
-        f"{args.es_seeds} seeds; compute in TFLOP"
+        f"sigmas {policy.sigmas}, min_epochs {policy.min_epochs}), {args.es_seeds} seeds; compute in TFLOP; "
+        "'replayed': the trials of the run without, stopped in hindsight by the rule"
     )
     print(
         f"{'seed':>4}  {'no ES: TFLOP':>12} {'final HV':>9} {'reached at':>10}  {'ES: TFLOP':>9} {'trials':>6} "
-        f"{'stopped':>7} {'final HV':>9}  {'ES TFLOP to reach no-ES HV':>27}"
+        f"{'stopped':>7} {'final HV':>9}  {'ES TFLOP to reach no-ES HV':>27}  {'replayed: stopped':>17} "
+        f"{'TFLOP to reach it':>23}",
+        flush=True,
     )
-    fractions = []
+    fractions, replayed_fractions = [], []
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)  # one teacher and soft-target cache for every run
         for seed in range(args.es_seeds):
             plain = dataclasses.replace(base, seed=seed, early_stop=EarlyStopConfig(policy="none"))
-            cost0, hv0 = compute_curve(
-                _search(plain, run_dir, run_dir / f"none-{seed}.db", args.data_dir), base, train_images
-            )
+            plain_study = _search(plain, run_dir, run_dir / f"none-{seed}.db", args.data_dir)
+            cost0, hv0 = compute_curve(trials_frame(plain_study), base, train_images)
             budget = trials
             while True:  # the same study, resumed with a larger budget: the same trials, then more
                 stopping = dataclasses.replace(
                     base, seed=seed, early_stop=policy, budget=dataclasses.replace(base.budget, trials=budget)
                 )
                 study = _search(stopping, run_dir, run_dir / f"es-{seed}.db", args.data_dir)
-                cost1, hv1 = compute_curve(study, base, train_images)
+                cost1, hv1 = compute_curve(trials_frame(study), base, train_images)
                 reach = _first_reach(cost1, hv1, hv0[-1])
                 if reach is not None or cost1[-1] >= cost0[-1] or budget >= trials * args.es_extra:
                     break
                 budget = min(math.ceil(trials * args.es_extra), budget + max(1, trials // 4))
             stopped = sum(1 for t in study.trials if t.user_attrs.get("status") == "stopped")
             own = _first_reach(cost0, hv0, hv0[-1])  # the no-ES run may have had its final front early
-            if reach is not None:
-                fractions.append(reach / cost0[-1])
-            shown = f"{reach / 1e12:9.3f} = {100 * reach / cost0[-1]:5.1f}%" if reach is not None else "not reached"
+            replayed = replay_early_stopping(plain_study, stopper)
+            cost2, hv2 = compute_curve(replayed, base, train_images)
+            reach2 = _first_reach(cost2, hv2, hv0[-1])
+            for found, kept in ((reach, fractions), (reach2, replayed_fractions)):
+                if found is not None:
+                    kept.append(found / cost0[-1])
             print(
                 f"{seed:>4}  {cost0[-1] / 1e12:12.3f} {hv0[-1]:9.5f} {own / 1e12:10.3f}  {cost1[-1] / 1e12:9.3f} "
-                f"{len(study.trials):>6} {stopped:>7} {hv1[-1]:9.5f}  {shown:>27}"
+                f"{len(study.trials):>6} {stopped:>7} {hv1[-1]:9.5f}  {_share(reach, cost0[-1]):>27}  "
+                f"{(replayed['status'] == 'stopped').sum():>17} {_share(reach2, cost0[-1]):>23}",
+                flush=True,
             )
-    if fractions:
-        print(
-            f"compute to reach the no-early-stopping hypervolume: mean {100 * sum(fractions) / len(fractions):.1f}% "
-            f"of the run without ({len(fractions)} of {args.es_seeds} seeds reached it)"
-        )
+    for what, kept in (("", fractions), ("replayed, ", replayed_fractions)):
+        if kept:
+            print(
+                f"{what}compute to reach the no-early-stopping hypervolume: mean {100 * sum(kept) / len(kept):.1f}% "
+                f"of the run without ({len(kept)} of {args.es_seeds} seeds reached it)"
+            )
+
+
+def _share(reach: float | None, total: float) -> str:
+    """``reach`` TFLOP and its share of ``total``, or that it was never reached."""
+    return f"{reach / 1e12:9.3f} = {100 * reach / total:5.1f}%" if reach is not None else "not reached"
 
 
 # ---------------------------------------------------------------------------------------------------

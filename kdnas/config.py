@@ -315,13 +315,16 @@ class EarlyStopConfig:
     """When a trial that is clearly beaten stops before its last epoch (it is recorded as pruned).
 
     ``pareto``: after an epoch, stop when a finished trial that is no larger and no slower was, at the
-    same epoch, more accurate by more than ``margin``. ``halving``: at rung epochs min_epochs * r**k
+    same epoch, more accurate by more than ``margin`` and by more than ``sigmas`` standard errors of the
+    gap: the two accuracies are counts on a finite validation set, so a gap within a few standard errors
+    of it (about 1.5 points at 75% on 6,000 images) may be chance. ``halving``: at rung epochs min_epochs * r**k
     (r the reduction factor), continue only the best 1/r of the trials that reached the rung, ranked by
     Pareto rank of (accuracy there, params, latency); trials on that rung's front always continue.
     """
 
     policy: str = "pareto"
     margin: float = 0.01  # accuracy, as a fraction (0.01 = one point)
+    sigmas: float = 2.0  # pareto: the lead must also exceed this many standard errors (0 = margin alone)
     min_epochs: int = 1  # no trial stops before it has trained this many epochs
     reduction_factor: int = 3
 
@@ -331,6 +334,7 @@ class EarlyStopConfig:
             f"unknown policy {self.policy!r}; known: {', '.join(EARLY_STOP_POLICIES)}",
         )
         _check(0 <= self.margin < 1, f"margin must be in [0, 1), got {self.margin}")
+        _at_least("sigmas", self.sigmas, 0)
         _at_least("min_epochs", self.min_epochs, 1)
         _at_least("reduction_factor", self.reduction_factor, 2)
 

@@ -7,8 +7,11 @@ curve to the storage after each epoch, so the rule sees the same evidence howeve
 the study.
 
 - ``pareto``: stop when a finished trial that is no larger and no slower was, at the same epoch, more
-  accurate by more than the margin. Such a trial dominates this one at that epoch; going on would
-  need this one to overtake it, which short training rarely does.
+  accurate by more than the margin and by more than ``sigmas`` standard errors of the gap. Such a
+  trial dominates this one at that epoch; going on would need this one to overtake it, which short
+  training rarely does. The standard error is that of two binomial proportions measured on the
+  validation set (conservatively taken as independent): on a small validation set, or early when
+  accuracies are near 50%, a lead of a point or two is chance and stops nothing.
 - ``halving``: asynchronous successive halving whose ranking is Pareto rank instead of a single value
   (in the spirit of MO-ASHA, Schmucker et al. 2021): at rung epochs min_epochs * r**k, a trial goes
   on when it is among the best 1/r of the trials that reached the rung, or on that rung's front.
@@ -71,8 +74,8 @@ def pareto_ranks(points: Sequence[Sequence[float]]) -> list[int]:
 class EarlyStopper:
     """Decides, after each epoch of a trial, whether it stops; the reason when it does."""
 
-    def __init__(self, cfg: EarlyStopConfig, metrics: Sequence[str], epochs: int) -> None:
-        self.cfg, self.epochs = cfg, epochs
+    def __init__(self, cfg: EarlyStopConfig, metrics: Sequence[str], epochs: int, val_images: int) -> None:
+        self.cfg, self.epochs, self.val_images = cfg, epochs, val_images
         self.size_metrics = tuple(m for m in metrics if m in SIZE_METRICS)
         self.rungs = set(rung_epochs(cfg, epochs))
 
@@ -95,12 +98,17 @@ class EarlyStopper:
                 continue
             theirs = other.val_accuracy[epoch - 1]
             no_bigger = all(o <= s for o, s in zip(other.size(self.size_metrics), size, strict=True))
-            if no_bigger and theirs > mine + self.cfg.margin:
+            if no_bigger and theirs - mine > self.lead_needed(theirs, mine):
                 return (
                     f"after epoch {epoch}: trial {other.number} (no larger, no slower) had "
                     f"{100 * theirs:.2f}% there against {100 * mine:.2f}%"
                 )
         return None
+
+    def lead_needed(self, theirs: float, mine: float) -> float:
+        """The accuracy lead above which ``theirs`` beats ``mine``: the margin, or the validation noise."""
+        variance = (theirs * (1 - theirs) + mine * (1 - mine)) / self.val_images
+        return max(self.cfg.margin, self.cfg.sigmas * math.sqrt(variance))
 
     def _below_rung(self, me: Curve, others: Iterable[Curve]) -> str | None:
         epoch = len(me.val_accuracy)

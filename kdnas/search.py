@@ -433,7 +433,7 @@ class _Objective:
         from kdnas.pruning import EarlyStopper
 
         self.cfg, self.views, self.soft_targets, self.device = cfg, views, soft_targets, device
-        self.stopper = EarlyStopper(cfg.early_stop, cfg.objectives.metrics, cfg.train.epochs)
+        self.stopper = EarlyStopper(cfg.early_stop, cfg.objectives.metrics, cfg.train.epochs, len(views.data.val))
         info = views.data.info
         self.input_shape = (info.in_channels, info.image_size, info.image_size)
 

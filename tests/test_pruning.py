@@ -15,8 +15,11 @@ def _curve(number: int, params: float, latency: float, *accuracy: float, finishe
     return Curve(number, params, latency, tuple(accuracy), finished)
 
 
-def _stopper(policy: str = "pareto", epochs: int = 4, **kw) -> EarlyStopper:
-    return EarlyStopper(EarlyStopConfig(policy=policy, **kw), METRICS, epochs)
+VAL_IMAGES = 6_000
+
+
+def _stopper(policy: str = "pareto", epochs: int = 4, val_images: int = VAL_IMAGES, **kw) -> EarlyStopper:
+    return EarlyStopper(EarlyStopConfig(policy=policy, **kw), METRICS, epochs, val_images)
 
 
 def test_pareto_stops_a_trial_beaten_by_a_smaller_faster_one_at_the_same_epoch() -> None:
@@ -41,6 +44,17 @@ def test_pareto_keeps_a_trial_no_finished_trial_dominates(other: Curve) -> None:
     assert _stopper().reason_to_stop(me, [other]) is None
 
 
+def test_pareto_needs_a_lead_beyond_the_validation_noise() -> None:
+    # 3 points at ~50% accuracy: 3.3 standard errors on 6,000 validation images, 0.95 on 500.
+    me, leader = _curve(9, 50_000, 1.0, 0.50, finished=False), _curve(1, 40_000, 0.9, 0.53, 0.9, 0.9, 0.9)
+    assert _stopper().reason_to_stop(me, [leader]) is not None
+    assert _stopper(val_images=500).reason_to_stop(me, [leader]) is None
+    assert _stopper(val_images=500, sigmas=0).reason_to_stop(me, [leader]) is not None  # the margin alone
+    # Far from 50% the noise is smaller: 4 points at 93-97% on 500 images are 2.9 standard errors.
+    near_top = _curve(9, 50_000, 1.0, 0.93, finished=False), _curve(1, 40_000, 0.9, 0.97, 0.9, 0.9, 0.9)
+    assert _stopper(val_images=500).reason_to_stop(near_top[0], [near_top[1]]) is not None
+
+
 def test_pareto_compares_at_the_same_epoch_not_the_final_one() -> None:
     leader = _curve(1, 40_000, 0.9, 0.70, 0.80, 0.90, 0.95)
     assert _stopper().reason_to_stop(_curve(9, 50_000, 1.0, 0.75, 0.82), [leader]) is None
@@ -55,7 +69,7 @@ def test_no_stop_before_min_epochs_or_after_the_last_epoch_or_with_policy_none()
 
 
 def test_latency_is_ignored_when_it_is_not_an_objective() -> None:
-    stopper = EarlyStopper(EarlyStopConfig(), ("val_accuracy", "params"), 4)
+    stopper = EarlyStopper(EarlyStopConfig(), ("val_accuracy", "params"), 4, VAL_IMAGES)
     slower_but_smaller = _curve(1, 40_000, 5.0, 0.9, 0.9, 0.9, 0.9)
     assert stopper.reason_to_stop(_curve(9, 50_000, 1.0, 0.8), [slower_but_smaller]) is not None
 
@@ -95,10 +109,11 @@ def test_search_records_stopped_trials_as_pruned_with_their_partial_curve(tmp_pa
     from kdnas.config import STUDIES_DIR
     from kdnas.search import main
 
-    # Margin 0, one width and accuracy against size only: every trial is as small as every other, so
-    # one that is behind any finished trial after epoch 1 must stop there, and no other may.
+    # Margin 0 and no noise allowance, one width and accuracy against size only: every trial is as
+    # small as every other, so one behind any finished trial after epoch 1 must stop there, and no
+    # other may.
     text = (STUDIES_DIR / "smoke.toml").read_text()
-    text = text.replace('policy = "none"', 'policy = "pareto"\nmargin = 0.0')
+    text = text.replace('policy = "none"', 'policy = "pareto"\nmargin = 0.0\nsigmas = 0')
     text = text.replace("base_width = { low = 4, high = 8, step = 4 }", "base_width = 4")
     text = text.replace("trials = 3", "trials = 6") + '\n[objectives]\nmetrics = ["val_accuracy", "params"]\n'
     (tmp_path / "stopping.toml").write_text(text)
