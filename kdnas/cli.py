@@ -6,10 +6,18 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from kdnas.errors import KdnasError
 
-__all__ = ["add_common_arguments", "add_study_argument", "add_storage_argument", "run_cli", "setup_logging"]
+__all__ = [
+    "add_common_arguments",
+    "add_storage_argument",
+    "add_study_argument",
+    "add_training_arguments",
+    "run_cli",
+    "setup_logging",
+]
 
 
 def setup_logging(verbose: bool, quiet: bool, prefix: str = "") -> None:
@@ -42,6 +50,12 @@ def add_storage_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage", help="Optuna storage URL (default: the run directory's study.db, or study.journal)"
     )
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --data-dir of the commands that train."""
+    parser.add_argument("--device", default="auto", help="training device: auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where datasets are (default: data)")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdnas.cli import add_common_arguments, add_study_argument, run_cli
+from kdnas.cli import add_common_arguments, add_study_argument, add_training_arguments, run_cli
 from kdnas.config import StudyConfig, load_study, section_hash
 from kdnas.errors import KdnasError, first_line
 from kdnas.storage import hide_password
@@ -44,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_argument(parser)
     parser.add_argument("--trials", type=int, help="trained trials the study should hold (default: [budget] trials)")
     parser.add_argument("--timeout", type=float, metavar="MIN", help="stop this run after MIN minutes")
-    parser.add_argument("--device", default="auto", help="training device: auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where datasets are (default: data)")
+    add_training_arguments(parser)
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<study name>)")
     parser.add_argument(
         "--storage", help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: SQLite in --out)"

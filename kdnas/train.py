@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdnas.cli import add_common_arguments, run_cli
+from kdnas.cli import add_common_arguments, add_training_arguments, run_cli
 from kdnas.config import section_hash
 from kdnas.errors import KdnasError
 from kdnas.export import StudentFile, file_sha256, kdnas_version, read_student
@@ -261,8 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, required=True, help="a student file from python -m kdnas.export")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the search's, which reproduces it)")
     parser.add_argument("--out", type=Path, help="output directory (default: runs/<study>/student-trial<N>)")
-    parser.add_argument("--device", default="auto", help="training device: auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where datasets are (default: data)")
+    add_training_arguments(parser)
     parser.add_argument(
         "--allow-teacher-mismatch",
         action="store_true",

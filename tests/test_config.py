@@ -273,6 +273,7 @@ def test_log_flag_that_is_not_a_bool_is_rejected(tmp_path):
         ),
         pytest.param("[early_stop]\nmargin = 1.5\n", "margin must be in [0, 1), got 1.5", id="early-stop-margin"),
         pytest.param("[early_stop]\nmin_epochs = 0\n", "min_epochs must be at least 1", id="early-stop-min-epochs"),
+        pytest.param("[early_stop]\nsigmas = -1\n", "sigmas must be >= 0, got -1", id="early-stop-sigmas"),
         pytest.param(
             "[early_stop]\nreduction_factor = 1\n", "reduction_factor must be at least 2", id="early-stop-factor"
         ),
