@@ -17,7 +17,8 @@ Sections (figures are printed, never asserted):
 - memory: peak resident memory of one trial of the study in a fresh process.
 - early-stopping: the study searched with and without its early stopping, for several seeds: the
   training compute (sum over trials of epochs trained x FLOPs per epoch) each needs to reach the
-  final hypervolume of the run without early stopping.
+  final hypervolume of the run without early stopping; and that of the run without early stopping
+  replayed under the rule (the same trials, stopped in hindsight).
 - gpu: on CUDA only, images/s and seconds per CIFAR-10-sized epoch of a ResNet-20-class student.
 
 Teachers in the throughput and flops sections have untrained weights: speed does not depend on them.
