@@ -6,13 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
-pytestmark = pytest.mark.slow
+from kdnas.config import EarlyStopConfig
+from kdnas.pruning import EarlyStopper
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from speed import replay_early_stopping  # noqa: E402  (bench/ is scripts, not a package)
 
 
+@pytest.mark.slow
 def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "speed.py"), "--tiny", "--threads", "1"],
@@ -28,4 +33,28 @@ def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
     assert "speed-up over the naive reference" in out and "cached-teacher trial / no-teacher trial" in out
     assert "% of peak" in out and "MiB" in out
     assert "compute to reach the no-early-stopping hypervolume" in out
+    assert "replayed, compute to reach the no-early-stopping hypervolume" in out
     assert list(tmp_path.iterdir()) == []
+
+
+def _trained(number: int, params: int, curve: list[float], status: str = "complete") -> optuna.trial.FrozenTrial:
+    attrs = {"status": status, "params": params, "latency_ms": 1.0, "macs": 1000, "val_curve": curve}
+    return optuna.trial.create_trial(
+        values=[curve[-1], params],
+        params={"w": float(number)},
+        distributions={"w": optuna.distributions.FloatDistribution(0, 100)},
+        user_attrs=attrs,
+    )
+
+
+def test_replay_stops_in_hindsight_the_trials_the_rule_would_have_stopped() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(_trained(0, 100, [0.80, 0.85, 0.88, 0.90]))
+    study.add_trial(_trained(1, 200, [0.60, 0.70, 0.80, 0.95]))  # larger, behind after epoch 1: stops there
+    study.add_trial(_trained(2, 50, [0.70, 0.80, 0.82, 0.85]))  # smaller than every trial: goes on
+    study.add_trial(_trained(3, 200, [0.60, 0.70, 0.80, 0.95], "duplicate"))  # trial 1 again: stops, costs nothing
+    stopper = EarlyStopper(EarlyStopConfig(margin=0.01, sigmas=0), ("val_accuracy", "params"), 4, 6_000)
+    replayed = replay_early_stopping(study, stopper).set_index("trial")
+    assert list(replayed["status"]) == ["complete", "stopped", "complete", "stopped"]
+    assert list(replayed["epochs"]) == [4, 1, 4, 0]
+    assert replayed.at[1, "val_accuracy"] == 0.60  # the accuracy where it stopped, not its final one
