@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from kdnas.cli import add_common_arguments, add_storage_argument, add_study_argument, run_cli
 from kdnas.config import StudyConfig, study_from_dict
 from kdnas.errors import KdnasError
+from kdnas.files import write_json
 from kdnas.report import StudyRun, load_run, pareto_front, trials_frame
 
 if TYPE_CHECKING:
@@ -342,12 +342,6 @@ def _check_fits_dataset(student: StudentFile) -> None:
         )
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------
@@ -390,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = student_record(run, number, selection)
         out = args.out or run.out_dir / "best_student.json"
         try:
-            _write_json(out, record)
+            write_json(out, record)
         except OSError as err:
             raise KdnasError(f"cannot write {out} ({err.strerror}); pass a writable --out") from None
         row = df[df["trial"] == number].iloc[0]

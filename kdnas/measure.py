@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,9 +18,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdnas.config import LatencyConfig
 from kdnas.errors import KdnasError
-from kdnas.models import count_params
+from kdnas.files import exclusive, write_json
+from kdnas.models import ArchSpec, count_params
 
-__all__ = ["Cost", "count_macs", "measure_latency", "measure_cost", "resolve_device"]
+__all__ = ["Cost", "LatencyTable", "count_macs", "measure_latency", "measure_cost", "resolve_device"]
+
+log = logging.getLogger("kdnas.measure")
 
 
 @dataclass(frozen=True)
@@ -98,3 +104,59 @@ def _copy_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
 def measure_cost(model: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig) -> Cost:
     """Parameters, MACs and latency of ``model`` for inputs of ``input_shape`` (C, H, W)."""
     return Cost(count_params(model), count_macs(model, input_shape), measure_latency(model, input_shape, cfg))
+
+
+class LatencyTable:
+    """The latencies measured in a run directory (``latency.json``): each network is timed once per setup.
+
+    Timing a network again gives another figure (machine load, clock). With latency an objective the
+    sampler sees those figures, so a second run of the same study and seed would leave the first
+    one's path after the random startup trials; with the table it proposes the same trials. The
+    setup (device and its model, threads, batch, repeats, input shape, torch version) is part of the
+    key: another machine or setting times again. Delete the file to time everything again.
+    """
+
+    def __init__(self, run_dir: Path, cfg: LatencyConfig, input_shape: tuple[int, ...]) -> None:
+        self.path, self.cfg, self.input_shape = run_dir / "latency.json", cfg, input_shape
+        self.setup = (
+            f"{cfg.device} ({_device_model(cfg.device)}), batch {cfg.batch_size} x {'x'.join(map(str, input_shape))}, "
+            f"{cfg.threads} threads, {cfg.warmup} warm-up + {cfg.repeats} timed runs, torch {torch.__version__}"
+        )
+
+    def latency_ms(self, model: nn.Module, arch: ArchSpec) -> float:
+        """The stored latency of ``arch`` in this setup; ``model`` (that network) is timed if there is none."""
+        network = f"{arch.describe()}, {arch.in_channels} -> {arch.num_classes}"
+        stored = self._read().get(self.setup, {}).get(network)
+        if stored is not None:
+            return stored
+        measured = measure_latency(model, self.input_shape, self.cfg)
+        with exclusive(self.path.with_name(".latency.lock"), "latency: waiting for another worker's table"):
+            table = self._read()
+            latency = table.setdefault(self.setup, {}).setdefault(network, measured)  # the first figure wins
+            write_json(self.path, table)
+        return latency
+
+    def _read(self) -> dict[str, dict[str, float]]:
+        """{setup: {network: milliseconds}}; empty (with a warning) when the file is unreadable."""
+        try:
+            table = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            log.warning("latency: %s is unreadable (%s); timing networks again", self.path, err)
+            return {}
+        if not isinstance(table, dict):
+            return {}
+        return {setup: networks for setup, networks in table.items() if isinstance(networks, dict)}
+
+
+def _device_model(name: str) -> str:
+    """What the latency device is: the GPU's name, or the CPU model from /proc/cpuinfo."""
+    device = resolve_device(name)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "cpu")
+    except OSError:
+        return "cpu"

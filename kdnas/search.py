@@ -24,6 +24,7 @@ from typing import Any
 from kdnas.cli import add_common_arguments, add_study_argument, add_training_arguments, run_cli
 from kdnas.config import StudyConfig, load_study, section_hash
 from kdnas.errors import KdnasError, first_line
+from kdnas.files import write_json
 from kdnas.storage import hide_password
 
 __all__ = ["build_parser", "main", "run_search", "open_study", "budget_trials", "pareto_rows"]
@@ -174,12 +175,6 @@ def budget_trials(study) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def _ensure_writable(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +222,7 @@ def run_search(
     if workers > 1:
         storage_url = shareable_url(storage_url, cfg.name)
     study = open_study(cfg, storage_url, fresh=fresh, heartbeat_grace_s=heartbeat_grace_s)
-    _write_json(out_dir / "config.json", cfg.to_dict())
+    write_json(out_dir / "config.json", cfg.to_dict())
     lost = recover_dead_local_trials(study)
     if lost:
         log.warning("trial(s) %s were left running by dead workers of this host: failed and queued again", lost)
@@ -287,7 +282,8 @@ def run_search(
 def _prepare(cfg: StudyConfig, data, out_dir: Path, study, train_device, progress: bool) -> _Objective:
     """The teacher and its soft targets (built, or loaded from ``out_dir``), as a trial objective."""
     from kdnas.data import AugmentedViews
-    from kdnas.teacher import exclusive, obtain_teacher, soft_targets_for
+    from kdnas.files import exclusive
+    from kdnas.teacher import obtain_teacher, soft_targets_for
 
     # Workers sharing --out (on one host or many) build the teacher and its cache once: the first
     # holds the lock while it builds, the others wait and then load what it saved.
@@ -316,7 +312,7 @@ def _prepare(cfg: StudyConfig, data, out_dir: Path, study, train_device, progres
     )
     study.set_user_attr("teacher", teacher.summary())
     study.set_user_attr("train_device", str(train_device))
-    return _Objective(cfg, views, soft_targets, train_device)
+    return _Objective(cfg, views, soft_targets, train_device, out_dir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -428,19 +424,21 @@ def _curves(study, exclude: int):
 class _Objective:
     """One trial: sample, measure, reject or train, record."""
 
-    def __init__(self, cfg: StudyConfig, views, soft_targets, device) -> None:
+    def __init__(self, cfg: StudyConfig, views, soft_targets, device, out_dir: Path) -> None:
+        from kdnas.measure import LatencyTable
         from kdnas.pruning import EarlyStopper
 
         self.cfg, self.views, self.soft_targets, self.device = cfg, views, soft_targets, device
         self.stopper = EarlyStopper(cfg.early_stop, cfg.objectives.metrics, cfg.train.epochs, len(views.data.val))
         info = views.data.info
         self.input_shape = (info.in_channels, info.image_size, info.image_size)
+        self.latencies = LatencyTable(out_dir, cfg.latency, self.input_shape)
 
     def __call__(self, trial) -> tuple[float, ...]:
         import optuna
         import torch
 
-        from kdnas.measure import count_macs, measure_latency
+        from kdnas.measure import count_macs
         from kdnas.models import build_model, count_params
         from kdnas.space import suggest
         from kdnas.trainer import TrainingDiverged, fit
@@ -472,9 +470,9 @@ class _Objective:
         limit = cfg.constraints
         if limit.max_params is not None and params > limit.max_params:
             self._reject(trial, f"{params:,} params > max_params {limit.max_params:,}")
-        latency = _known_latency(trial, arch.describe())
+        latency = _known_latency(trial, arch.describe())  # workers of other hosts share the study, not the file
         if latency is None:
-            latency = measure_latency(model, self.input_shape, cfg.latency)
+            latency = self.latencies.latency_ms(model, arch)
         trial.set_user_attr("latency_ms", latency)
         if limit.max_latency_ms is not None and latency > limit.max_latency_ms:
             self._reject(trial, f"latency {latency:.3f} ms > max_latency_ms {limit.max_latency_ms}")

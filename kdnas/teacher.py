@@ -14,13 +14,11 @@ CUDA up to rare last-bit fp16 differences between kernels chosen for different b
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,6 @@ __all__ = [
     "soft_targets_for",
     "soft_targets_bytes",
     "ensure_disk_space",
-    "exclusive",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,25 +74,6 @@ class Teacher:
 def teacher_spec(cfg: StudyConfig, data: ImageData) -> ArchSpec:
     t = cfg.teacher
     return ArchSpec(t.arch, data.info.in_channels, data.info.num_classes, t.base_width, t.blocks)
-
-
-@contextmanager
-def exclusive(path: Path, waiting_message: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing), across processes and hosts sharing it.
-
-    flock locks are released by the kernel when their holder dies, so a killed builder never leaves
-    the others waiting forever; the files it was writing are never half-visible (``_atomic_save``).
-    """
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("%s", waiting_message)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 import torch
 from torch import nn
 
 from kdnas.config import LatencyConfig
 from kdnas.errors import KdnasError
-from kdnas.measure import Cost, count_macs, measure_cost, measure_latency, resolve_device
+from kdnas.measure import Cost, LatencyTable, count_macs, measure_cost, measure_latency, resolve_device
 from kdnas.models import ArchSpec, build_model, count_params
 
 FAST = LatencyConfig(warmup=1, repeats=3)
@@ -122,3 +125,22 @@ def test_resolve_unknown_device_is_an_error(name, expected):
 def test_latency_on_missing_cuda_is_a_user_error():
     with pytest.raises(KdnasError, match="CUDA is not available"):
         measure_latency(conv_linear(), (2, 8, 8), LatencyConfig(device="cuda", warmup=0, repeats=1))
+
+
+def test_latency_table_times_each_network_once_per_setup(tmp_path, caplog):
+    arch = ArchSpec("resnet", 1, 10, 4, (1,))
+    model = build_model(arch)
+    first = LatencyTable(tmp_path, FAST, (1, 8, 8)).latency_ms(model, arch)
+    # Another table on the same file (a later run): the stored figure, not a new timing, which would
+    # differ in its last digits.
+    assert LatencyTable(tmp_path, FAST, (1, 8, 8)).latency_ms(model, arch) == first
+    other_setup = LatencyTable(tmp_path, LatencyConfig(warmup=1, repeats=4), (1, 8, 8))
+    assert other_setup.latency_ms(model, arch) != first  # timed again: the setup is part of the key
+    stored = json.loads((tmp_path / "latency.json").read_text())
+    assert len(stored) == 2 and all(list(networks) == ["resnet w4 b1, 1 -> 10"] for networks in stored.values())
+
+    (tmp_path / "latency.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="kdnas.measure"):
+        again = LatencyTable(tmp_path, FAST, (1, 8, 8)).latency_ms(model, arch)
+    assert "unreadable" in caplog.text and "timing networks again" in caplog.text
+    assert json.loads((tmp_path / "latency.json").read_text()) == {next(iter(stored)): {"resnet w4 b1, 1 -> 10": again}}

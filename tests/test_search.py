@@ -58,6 +58,17 @@ def test_one_network_keeps_one_latency_in_a_study(smoke_run: tuple[Path, int]) -
     assert all(len(set(measured)) == 1 for measured in latencies.values())
 
 
+def test_same_study_and_seed_give_the_same_trials(smoke_run: tuple[Path, int]) -> None:
+    out, _ = smoke_run
+    again = f"sqlite:///{out / 'again.db'}"
+    assert main(["--study", "smoke", "--out", str(out), "--storage", again, "--trials", "3", "--no-progress"]) == 0
+    first, second = _load(out).trials[:3], optuna.load_study(study_name="smoke", storage=again).trials
+    assert [t.params for t in second] == [t.params for t in first]
+    # Latency included: each network was timed once in this run directory (latency.json), not again.
+    assert [t.values for t in second] == [t.values for t in first]
+    assert [t.user_attrs["val_curve"] for t in second] == [t.user_attrs["val_curve"] for t in first]
+
+
 def test_second_run_reuses_teacher_and_adds_trials(smoke_run: tuple[Path, int], capsys) -> None:
     out, _ = smoke_run
     teacher_mtime = (out / "teacher.pt").stat().st_mtime_ns

@@ -16,6 +16,7 @@ import torch
 from kdnas.config import StudyConfig, TeacherConfig, TrainRecipe
 from kdnas.data import AugmentedViews
 from kdnas.errors import KdnasError
+from kdnas.files import exclusive
 from kdnas.models import ArchSpec, build_model
 from kdnas.teacher import (
     SOFT_TARGETS_FORMAT,
@@ -23,7 +24,6 @@ from kdnas.teacher import (
     CachedSoftTargets,
     LiveTeacher,
     ensure_disk_space,
-    exclusive,
     load_stored_teacher,
     obtain_teacher,
     soft_targets_for,
@@ -324,7 +324,7 @@ def test_exclusive_waits_while_another_process_holds_the_lock_and_not_after_it_d
         killer = threading.Timer(1.0, holder.kill)  # a builder killed mid-build: the kernel drops its lock
         killer.start()
         start = time.monotonic()
-        with caplog.at_level(logging.INFO, logger="kdnas.teacher"), exclusive(lock, "waiting for the builder"):
+        with caplog.at_level(logging.INFO, logger="kdnas.files"), exclusive(lock, "waiting for the builder"):
             waited = time.monotonic() - start
         assert waited >= 0.9 and "waiting for the builder" in caplog.text
     finally:
