@@ -97,6 +97,9 @@ def _parse_args() -> argparse.Namespace:
         "--es-extra", type=float, default=2.0, help="at most this many times --es-trials with early stopping"
     )
     parser.add_argument("--es-limit-train", type=int, help="search on this many training images only")
+    parser.add_argument(
+        "--es-replay-only", action="store_true", help="no runs with early stopping: only the replayed figure"
+    )
     parser.add_argument("--es-min-epochs", type=int, help="early stopping's min_epochs (default: the study's)")
     parser.add_argument("--tiny", action="store_true", help="a few seconds per section: checks the script")
     args = parser.parse_args()
@@ -437,18 +440,19 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
             plain = dataclasses.replace(base, seed=seed, early_stop=EarlyStopConfig(policy="none"))
             plain_study = _search(plain, run_dir, run_dir / f"none-{seed}.db", args.data_dir)
             cost0, hv0 = compute_curve(trials_frame(plain_study), base, train_images)
-            budget = trials
-            while True:  # the same study, resumed with a larger budget: the same trials, then more
-                stopping = dataclasses.replace(
-                    base, seed=seed, early_stop=policy, budget=dataclasses.replace(base.budget, trials=budget)
+            if args.es_replay_only:
+                live, reach = "-", None
+            else:
+                study, cost1, hv1, reach = _grow_until_reached(
+                    dataclasses.replace(base, seed=seed, early_stop=policy),
+                    run_dir,
+                    args,
+                    train_images,
+                    cost0[-1],
+                    hv0[-1],
                 )
-                study = _search(stopping, run_dir, run_dir / f"es-{seed}.db", args.data_dir)
-                cost1, hv1 = compute_curve(trials_frame(study), base, train_images)
-                reach = _first_reach(cost1, hv1, hv0[-1])
-                if reach is not None or cost1[-1] >= cost0[-1] or budget >= trials * args.es_extra:
-                    break
-                budget = min(math.ceil(trials * args.es_extra), budget + max(1, trials // 4))
-            stopped = sum(1 for t in study.trials if t.user_attrs.get("status") == "stopped")
+                stopped = sum(1 for t in study.trials if t.user_attrs.get("status") == "stopped")
+                live = f"{cost1[-1] / 1e12:9.3f} {len(study.trials):>6} {stopped:>7} {hv1[-1]:9.5f}"
             own = _first_reach(cost0, hv0, hv0[-1])  # the no-ES run may have had its final front early
             replayed = replay_early_stopping(plain_study, stopper)
             cost2, hv2 = compute_curve(replayed, base, train_images)
@@ -457,8 +461,8 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
                 if found is not None:
                     kept.append(found / cost0[-1])
             print(
-                f"{seed:>4}  {cost0[-1] / 1e12:12.3f} {hv0[-1]:9.5f} {own / 1e12:10.3f}  {cost1[-1] / 1e12:9.3f} "
-                f"{len(study.trials):>6} {stopped:>7} {hv1[-1]:9.5f}  {_share(reach, cost0[-1]):>27}  "
+                f"{seed:>4}  {cost0[-1] / 1e12:12.3f} {hv0[-1]:9.5f} {own / 1e12:10.3f}  {live:>34}  "
+                f"{_share(reach, cost0[-1]) if live != '-' else '-':>27}  "
                 f"{(replayed['status'] == 'stopped').sum():>17} {_share(reach2, cost0[-1]):>23}",
                 flush=True,
             )
@@ -468,6 +472,25 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
                 f"{what}compute to reach the no-early-stopping hypervolume: mean {100 * sum(kept) / len(kept):.1f}% "
                 f"of the run without ({len(kept)} of {args.es_seeds} seeds reached it)"
             )
+
+
+def _grow_until_reached(
+    cfg: StudyConfig, run_dir: Path, args: argparse.Namespace, train_images: int, cost0: float, hv0: float
+):
+    """The study ``cfg`` (with early stopping) searched, then resumed with a quarter of its trials more
+    at a time, until it reaches hypervolume ``hv0``, spends ``cost0`` or holds ``es_extra`` x its trials;
+    the study, its compute and hypervolume curves, and the compute at which it reached ``hv0`` (or None)."""
+    from kdnas.report import trials_frame
+
+    trials, budget = cfg.budget.trials, cfg.budget.trials
+    while True:  # the same study, resumed with a larger budget: the same trials, then more
+        grown = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, trials=budget))
+        study = _search(grown, run_dir, run_dir / f"es-{cfg.seed}.db", args.data_dir)
+        cost, hv = compute_curve(trials_frame(study), cfg, train_images)
+        reach = _first_reach(cost, hv, hv0)
+        if reach is not None or cost[-1] >= cost0 or budget >= trials * args.es_extra:
+            return study, cost, hv, reach
+        budget = min(math.ceil(trials * args.es_extra), budget + max(1, trials // 4))
 
 
 def _share(reach: float | None, total: float) -> str:

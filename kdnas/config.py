@@ -175,6 +175,7 @@ class TrainRecipe:
     label_smoothing: float = 0.0
     eval_batch_size: int = 1024
     precision: str = "auto"
+    average_epochs: float = 0.25  # validation sees the weights averaged over about this many epochs; 0: raw
 
     def __post_init__(self) -> None:
         _check(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
@@ -185,6 +186,10 @@ class TrainRecipe:
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _at_least("weight_decay", self.weight_decay, 0)
         _at_least("warmup_epochs", self.warmup_epochs, 0)
+        _check(
+            0 <= self.average_epochs < math.inf,
+            f"average_epochs must be a finite number >= 0 (0: no averaging), got {self.average_epochs}",
+        )
         _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 

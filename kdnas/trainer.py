@@ -7,6 +7,7 @@ logits come from a ``SoftTargets`` callable (a cache lookup, or a live teacher).
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import math
 import time
@@ -25,6 +26,7 @@ from kdnas.distill import KDSpec, kd_loss
 __all__ = [
     "SoftTargets",
     "FitResult",
+    "WeightAverage",
     "TrainingDiverged",
     "fit",
     "evaluate",
@@ -119,6 +121,35 @@ def keep_freed_memory(device: torch.device) -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
 
 
+class WeightAverage:
+    """An exponential moving average of a network's weights and batch-norm statistics.
+
+    Validation accuracy of the raw weights swings by many points from epoch to epoch while the learning
+    rate is high (a 4-epoch Fashion-MNIST student: 60% after epoch 1, 90% at the end, where its average
+    had 81%), and early stopping compares trials by those numbers. The average over the last fraction
+    of an epoch follows where training is heading; once the learning rate has decayed to zero it equals
+    the raw weights. Until ``horizon_steps`` steps have passed it is the plain mean of the steps so far,
+    so the initial weights never linger in it.
+    """
+
+    def __init__(self, model: nn.Module, horizon_steps: float) -> None:
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = 1 - 1 / max(1.0, horizon_steps)
+        self.steps = 0
+        # state_dict tensors share storage with the parameters and buffers that training updates in place.
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=True))
+        self._floats = [list(t) for t in zip(*((a, m) for a, m in pairs if a.is_floating_point()), strict=True)]
+        self._others = [(a, m) for a, m in pairs if not a.is_floating_point()]  # e.g. num_batches_tracked
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold in the model's current weights; call after every optimizer step."""
+        self.steps += 1
+        torch._foreach_lerp_(*self._floats, max(1 - self.decay, 1 / self.steps))
+        for average, current in self._others:
+            average.copy_(current)
+
+
 def fit(
     model: nn.Module,
     views: AugmentedViews,
@@ -130,6 +161,9 @@ def fit(
     on_step: Callable[[int, int], None] | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``views`` and evaluate it on the validation split after every epoch.
+
+    With ``recipe.average_epochs`` > 0 the evaluated network is the ``WeightAverage`` of the weights,
+    and ``model`` ends holding that average.
 
     Args:
         model: on the same device as ``views``.
@@ -161,6 +195,9 @@ def fit(
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     total_steps = recipe.epochs * steps_per_epoch
     warmup_steps = round(recipe.warmup_epochs * steps_per_epoch)
+    horizon = recipe.average_epochs * steps_per_epoch
+    average = WeightAverage(model, horizon) if horizon > 0 else None
+    evaluated = average.module if average else model
     result = FitResult()
     start = time.perf_counter()
     step = 0
@@ -184,6 +221,8 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update()
             loss_sum += loss.detach()
             step += 1
             at_check = step % _FINITE_CHECK_EVERY == 0 or first + recipe.batch_size >= n
@@ -193,11 +232,13 @@ def fit(
                 on_step(step, total_steps)
         result.images += n
         result.train_loss.append(loss_sum.item() / steps_per_epoch)
-        accuracy = evaluate(model, views.data.val, views.data.info, recipe.eval_batch_size)
+        accuracy = evaluate(evaluated, views.data.val, views.data.info, recipe.eval_batch_size)
         result.val_accuracy.append(accuracy)
         result.seconds = time.perf_counter() - start
         if on_epoch is not None:
             on_epoch(epoch, accuracy)
+    if average is not None:  # the trained network is the one whose accuracy was reported
+        model.load_state_dict(average.module.state_dict())
     return result
 
 

@@ -241,6 +241,7 @@ def test_wrong_types_are_rejected(tmp_path, text, expected):
         pytest.param("[kd]\ndecay_rate = inf\n", "decay_rate", id="rate-inf"),
         pytest.param("[train]\nlr = inf\n", "lr", id="lr-inf"),
         pytest.param("[train]\nlr = nan\n", "lr", id="lr-nan"),
+        pytest.param("[train]\naverage_epochs = inf\n", "average_epochs", id="average-inf"),
     ],
 )
 def test_non_finite_numbers_are_rejected(tmp_path, text, key):
@@ -273,6 +274,11 @@ def test_log_flag_that_is_not_a_bool_is_rejected(tmp_path):
         ),
         pytest.param("[early_stop]\nmargin = 1.5\n", "margin must be in [0, 1), got 1.5", id="early-stop-margin"),
         pytest.param("[early_stop]\nmin_epochs = 0\n", "min_epochs must be at least 1", id="early-stop-min-epochs"),
+        pytest.param(
+            "[train]\naverage_epochs = -0.5\n",
+            "average_epochs must be a finite number >= 0 (0: no averaging), got -0.5",
+            id="average-epochs",
+        ),
         pytest.param("[early_stop]\nsigmas = -1\n", "sigmas must be >= 0, got -1", id="early-stop-sigmas"),
         pytest.param(
             "[early_stop]\nreduction_factor = 1\n", "reduction_factor must be at least 2", id="early-stop-factor"

@@ -13,7 +13,15 @@ from kdnas.data import AugmentedViews, normalize
 from kdnas.distill import KDSpec
 from kdnas.models import ArchSpec, build_model
 from kdnas.teacher import LiveTeacher, Teacher, soft_targets_for
-from kdnas.trainer import FitResult, TrainingDiverged, evaluate, fit, native_bfloat16, predict_logits
+from kdnas.trainer import (
+    FitResult,
+    TrainingDiverged,
+    WeightAverage,
+    evaluate,
+    fit,
+    native_bfloat16,
+    predict_logits,
+)
 
 SPEC = ArchSpec("resnet", 1, 4, 8, (1,))  # the quadrant task: 1 channel, 4 classes
 RECIPE = TrainRecipe(epochs=2, batch_size=16, lr=0.3, warmup_epochs=0.5)
@@ -51,6 +59,35 @@ def test_fit_counts_images_and_time(tiny_data):
     assert result.images == 2 * len(tiny_data.train)
     assert result.seconds > 0 and result.images_per_s == result.images / result.seconds
     assert FitResult().images_per_s == 0.0
+
+
+def test_weight_average_is_the_plain_mean_until_its_horizon_then_exponential():
+    model = torch.nn.BatchNorm1d(1)  # a weight, a bias, running statistics and an integer counter
+    average = WeightAverage(model, horizon_steps=4)
+    seen = []
+    for value in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+            model.running_mean.fill_(-value)
+        model.num_batches_tracked.fill_(int(value))
+        average.update()
+        seen.append(average.module.weight.item())
+    # mean of 1, 1-2, 1-3, 1-4; then 3/4 of the average and 1/4 of the new weight
+    assert seen == pytest.approx([1.0, 1.5, 2.0, 2.5, 0.75 * 2.5 + 1.25, 0.75 * 3.125 + 1.5])
+    assert average.module.running_mean.item() == pytest.approx(-seen[-1])
+    assert average.module.num_batches_tracked.item() == 6  # counters are copied, not averaged
+    assert not any(p.requires_grad for p in average.module.parameters())
+
+
+def test_fit_reports_and_returns_the_averaged_weights(tiny_data):
+    views, recipe = AugmentedViews(tiny_data), replace(RECIPE, epochs=3, average_epochs=0.5)
+    averaged, raw = seeded_model(), seeded_model()
+    result = fit(averaged, views, recipe)
+    plain = fit(raw, views, replace(recipe, average_epochs=0))
+    assert result.train_loss == plain.train_loss  # averaging changes what is evaluated, not the training
+    assert result.val_accuracy[-1] == evaluate(averaged, tiny_data.val, tiny_data.info, 64)
+    assert plain.val_accuracy[-1] == evaluate(raw, tiny_data.val, tiny_data.info, 64)
+    assert not torch.equal(averaged.head.weight, raw.head.weight)
 
 
 def test_bfloat16_training_computes_in_bfloat16_and_still_learns(tiny_data):
