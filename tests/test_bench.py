@@ -37,6 +37,22 @@ def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
+def test_bench_replay_only_trains_no_study_with_early_stopping(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "speed.py"), "--tiny", "--threads", "1"]
+    done = subprocess.run(
+        [*command, "--sections", "early-stopping", "--es-replay-only"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "es-0.db" not in done.stderr and "none-0.db" in done.stderr  # the studies' storages, as logged
+    summaries = [line for line in done.stdout.splitlines() if "compute to reach" in line]
+    assert len(summaries) == 1 and summaries[0].startswith("replayed, "), done.stdout
+
+
 def _trained(number: int, params: int, curve: list[float], status: str = "complete") -> optuna.trial.FrozenTrial:
     attrs = {"status": status, "params": params, "latency_ms": 1.0, "macs": 1000, "val_curve": curve}
     return optuna.trial.create_trial(
