@@ -58,19 +58,26 @@ def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with an identity (or 1x1 projection) shortcut."""
+    """Two 3x3 conv-BN layers with an identity (or 1x1 projection) shortcut.
+
+    A strided projection subsamples its input and then applies a stride-1 1x1 convolution: the same
+    function and parameters as a strided 1x1 convolution, which torch 2.14 cannot train on AVX2 CPUs in
+    channels_last with fewer than 8 input channels (its backward corrupts the heap and kills the process).
+    """
 
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
         self.conv1 = _conv_bn(c_in, c_out, stride)
         self.conv2 = _conv_bn(c_out, c_out)
+        self.stride = stride
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.conv1(x))
-        return torch.relu(self.conv2(out) + self.shortcut(x))
+        skip = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+        return torch.relu(self.conv2(out) + self.shortcut(skip))
 
 
 class ResNet(nn.Module):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -118,3 +121,31 @@ def test_same_seed_builds_the_same_weights():
 
 def test_describe():
     assert ArchSpec("resnet", 1, 10, 16, (1, 2, 1)).describe() == "resnet w16 b1-2-1"
+
+
+@pytest.mark.parametrize("size", [28, 7], ids=["even", "odd"])
+def test_strided_shortcut_is_a_strided_1x1_convolution(size):
+    block = build_model(ArchSpec("resnet", 1, 10, 4, (1, 1))).stages[1].double().eval()
+    x = torch.randn(2, 4, size, size, dtype=torch.float64)
+    conv, bn = block.shortcut
+    with torch.no_grad():
+        expected = bn(torch.nn.functional.conv2d(x, conv.weight, stride=2))
+        out = block(x)
+    skip = torch.relu(block.conv2(torch.relu(block.conv1(x))) + expected)
+    assert out.shape == skip.shape
+    torch.testing.assert_close(out, skip)
+
+
+def test_narrow_students_train_in_channels_last_on_the_cpu():
+    # Strided 1x1 convolutions with < 8 input channels crash torch 2.14's backward on AVX2 CPUs; the
+    # process would die, so it runs apart from the suite.
+    code = (
+        "import torch\n"
+        "from kdnas.models import ArchSpec, build_model\n"
+        "for width in (1, 2, 4, 6):\n"
+        "    model = build_model(ArchSpec('resnet', 1, 10, width, (1, 1, 1))).to(memory_format=torch.channels_last)\n"
+        "    for _ in range(3):\n"
+        "        model(torch.randn(64, 1, 28, 28)).sum().backward()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
