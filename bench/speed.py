@@ -11,9 +11,9 @@ Sections (figures are printed, never asserted):
   vectorised augmentation, the teacher's soft targets read from the cache), same student, epochs
   and images; then a cached-teacher trial against a trial with no teacher at all.
 - flops: achieved GFLOP/s of student training (forward + backward, counted by FlopCounterMode) in
-  float32 and in bfloat16 autocast, each against a matrix-multiply peak of that precision measured
-  here, for the smallest, a ~70k and the largest student of the study's space; and whether
-  torch.compile pays for one trial.
+  float32 and, where the CPU computes in it natively, in bfloat16 autocast, each against a
+  matrix-multiply peak of that precision measured here, for the smallest, a ~70k and the largest
+  student of the study's space; and whether torch.compile pays for one trial.
 - memory: peak resident memory of one trial of the study in a fresh process.
 - early-stopping: the study searched with and without its early stopping, for several seeds: the
   training compute (sum over trials of epochs trained x FLOPs per epoch) each needs to reach the
@@ -49,7 +49,7 @@ from kdnas.measure import count_macs
 from kdnas.models import ArchSpec, build_model, count_params
 from kdnas.pruning import EarlyStopper
 from kdnas.teacher import Teacher, soft_targets_for
-from kdnas.trainer import autocast, fit, resolve_precision
+from kdnas.trainer import autocast, fit, native_bfloat16, resolve_precision
 
 SECTIONS = ("throughput", "flops", "memory", "early-stopping", "gpu")
 KD = KDSpec(temperature=4.0, alpha=0.7, alpha_decay="none")
@@ -280,11 +280,15 @@ def training_gflops(
 
 def flops(data: ImageData, cfg: StudyConfig, student: ArchSpec, recipe: TrainRecipe, compile_too: bool) -> None:
     cpu = torch.device("cpu")
-    peaks = {"float32": matmul_peak(dtype=torch.float32), "bfloat16": matmul_peak(dtype=torch.bfloat16)}
+    peaks = {"float32": matmul_peak(dtype=torch.float32)}
+    if native_bfloat16(cpu):  # emulated bf16 is an order of magnitude slower: no figure worth the wait
+        peaks["bfloat16"] = matmul_peak(dtype=torch.bfloat16)
     trial_precision = resolve_precision(cpu)
     print(
-        f"\n== flops: matmul peak float32 {peaks['float32']:,.1f} GFLOP/s, bfloat16 {peaks['bfloat16']:,.1f} GFLOP/s "
-        f'({torch.get_num_threads()} threads); trials here train in {trial_precision} (precision "auto")'
+        "\n== flops: matmul peak "
+        + ", ".join(f"{p} {peak:,.1f} GFLOP/s" for p, peak in peaks.items())
+        + f' ({torch.get_num_threads()} threads); trials here train in {trial_precision} (precision "auto")'
+        + ("" if "bfloat16" in peaks else "; bfloat16 is emulated on this CPU: not measured")
     )
     print(f"{'':>18}  {'student':<18} {'params':>9}  {'MFLOP/image':>11}  " + "  ".join(f"{p:>28}" for p in peaks))
     smallest, largest = _space_corner(cfg, data, 0), _space_corner(cfg, data, 1)

@@ -207,6 +207,7 @@ def run_search(
     from kdnas.measure import resolve_device
     from kdnas.storage import default_url, shareable_url
     from kdnas.teacher import ensure_disk_space, soft_targets_bytes
+    from kdnas.trainer import warn_if_emulated
     from kdnas.workers import recover_dead_local_trials
 
     # Everything that can fail on bad input is checked before anything is written.
@@ -216,6 +217,7 @@ def run_search(
         raise KdnasError(f"--heartbeat-grace must be at least 4 seconds, got {heartbeat_grace_s}")
     train_device = resolve_device(device)
     resolve_device(cfg.latency.device)
+    warn_if_emulated(train_device, cfg.train.precision, cfg.teacher.train.precision)
     data = load_data(cfg.data, data_dir)
     _ensure_writable(out_dir)
     storage_url = storage or default_url(out_dir)

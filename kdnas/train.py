@@ -174,11 +174,12 @@ def train_student(
     from kdnas.measure import resolve_device
     from kdnas.models import build_model, count_params
     from kdnas.teacher import LiveTeacher
-    from kdnas.trainer import TrainingDiverged, evaluate, fit
+    from kdnas.trainer import TrainingDiverged, evaluate, fit, warn_if_emulated
 
     cfg = student.cfg
     recipe = cfg.train if epochs is None else dataclasses.replace(cfg.train, epochs=epochs)
     train_device = resolve_device(device)
+    warn_if_emulated(train_device, recipe.precision, cfg.teacher.train.precision if student.kd.alpha > 0 else "auto")
     _require_onnx()
     torch.manual_seed(cfg.seed)  # as the search did before building every candidate: same initial weights
     model = build_model(student.arch)

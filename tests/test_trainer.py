@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 
 import pytest
 import torch
 
+from kdnas import trainer
 from kdnas.config import TrainRecipe
 from kdnas.data import AugmentedViews, normalize
 from kdnas.distill import KDSpec
@@ -21,6 +23,7 @@ from kdnas.trainer import (
     fit,
     native_bfloat16,
     predict_logits,
+    warn_if_emulated,
 )
 
 SPEC = ArchSpec("resnet", 1, 4, 8, (1,))  # the quadrant task: 1 channel, 4 classes
@@ -106,6 +109,18 @@ def test_auto_precision_is_bfloat16_exactly_where_the_cpu_has_it(tiny_data):
         for precision in ("auto", native)
     )
     assert auto.train_loss == explicit.train_loss
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "emulated"])
+def test_bfloat16_where_it_is_emulated_is_warned_about(monkeypatch, caplog, native):
+    monkeypatch.setattr(trainer, "native_bfloat16", lambda device: native)
+    with caplog.at_level(logging.WARNING, logger="kdnas.trainer"):
+        warn_if_emulated(torch.device("cpu"), "auto", "float32")
+        assert not caplog.records
+        warn_if_emulated(torch.device("cpu"), "float32", "bfloat16")
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == (
+        [] if native else ["precision 'bfloat16' is emulated on this CPU"]
+    )
 
 
 def test_same_seed_gives_identical_results(tiny_data):
