@@ -2,7 +2,7 @@
 
     python bench/speed.py                      # all sections on Fashion-MNIST (hours on 2 CPU cores: 6 studies)
     python bench/speed.py --sections throughput,flops,memory
-    python bench/speed.py --es-limit-train 12000 --es-trials 12    # a smaller early-stopping comparison
+    python bench/speed.py --es-limit-train 12000 --es-trials 12    # the machinery only (README: Benchmarks)
     python bench/speed.py --tiny               # seconds: checks that the script runs
 
 Sections (figures are printed, never asserted):
