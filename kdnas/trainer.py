@@ -140,7 +140,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbe
 
 
 class WeightAverage:
-    """An exponential moving average of a network's weights and batch-norm statistics.
+    """An exponential moving average of a network's weights, with batch-norm statistics of its own.
 
     Validation accuracy of the raw weights swings by many points from epoch to epoch while the learning
     rate is high (a 4-epoch Fashion-MNIST student: 60% after epoch 1, 90% at the end, where its average
@@ -148,6 +148,11 @@ class WeightAverage:
     of an epoch follows where training is heading; once the learning rate has decayed to zero it equals
     the raw weights. Until ``horizon_steps`` steps have passed it is the plain mean of the steps so far,
     so the initial weights never linger in it.
+
+    Batch-norm statistics gathered for the raw weights do not fit the averaged ones (as in SWA,
+    Izmailov et al. 2018): ``refresh_batch_norm`` recomputes them before the average is evaluated. On a
+    10,800-image Fashion-MNIST subset, four students' averages had 12-42% validation accuracy after
+    epoch 1 with the raw weights' statistics and 57-70% with their own, and 1.3-1.8 points more at the end.
     """
 
     def __init__(self, model: nn.Module, horizon_steps: float) -> None:
@@ -166,6 +171,30 @@ class WeightAverage:
         torch._foreach_lerp_(*self._floats, max(1 - self.decay, 1 / self.steps))
         for average, current in self._others:
             average.copy_(current)
+
+    @torch.no_grad()
+    def refresh_batch_norm(self, views: AugmentedViews, epoch: int, batch_size: int) -> None:
+        """Recompute the average's batch-norm statistics on training views of ``epoch``.
+
+        A forward pass over the first ``_BATCH_NORM_IMAGES`` images of the epoch's order (about 1% of
+        a Fashion-MNIST epoch's compute), in float32 like the evaluation that follows.
+        """
+        norms = [m for m in self.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+        self.module.train()
+        order, params = views.order(epoch)[:_BATCH_NORM_IMAGES], views.epoch_params(epoch)
+        for first in range(0, len(order), batch_size):
+            self.module(views.batch(order[first : first + batch_size], params))
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+
+
+# Images whose batch statistics give the weight average its batch-norm statistics: enough for a small
+# network's per-channel means and variances, a small fraction of an epoch.
+_BATCH_NORM_IMAGES = 2048
 
 
 def fit(
@@ -250,6 +279,8 @@ def fit(
                 on_step(step, total_steps)
         result.images += n
         result.train_loss.append(loss_sum.item() / steps_per_epoch)
+        if average is not None:
+            average.refresh_batch_norm(views, epoch, recipe.batch_size)
         accuracy = evaluate(evaluated, views.data.val, views.data.info, recipe.eval_batch_size)
         result.val_accuracy.append(accuracy)
         result.seconds = time.perf_counter() - start
