@@ -173,11 +173,18 @@ class WeightAverage:
             average.copy_(current)
 
     @torch.no_grad()
-    def refresh_batch_norm(self, views: AugmentedViews, epoch: int, batch_size: int) -> None:
-        """Recompute the average's batch-norm statistics on training views of ``epoch``.
+    def refresh_batch_norm(
+        self,
+        views: AugmentedViews,
+        order: torch.Tensor,
+        params: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        batch_size: int,
+    ) -> None:
+        """Recompute the average's batch-norm statistics on training views of an epoch.
 
-        A forward pass over the first ``_BATCH_NORM_IMAGES`` images of the epoch's order (about 1% of
-        a Fashion-MNIST epoch's compute), in float32 like the evaluation that follows.
+        ``order`` and ``params`` are the epoch's (``views.order``, ``views.epoch_params``). A forward pass
+        over the first ``_BATCH_NORM_IMAGES`` images of that order (about 1% of a Fashion-MNIST epoch's
+        compute), in float32 like the evaluation that follows.
         """
         norms = [m for m in self.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         momenta = [m.momentum for m in norms]
@@ -185,7 +192,7 @@ class WeightAverage:
             m.reset_running_stats()
             m.momentum = None  # a cumulative average over the batches below
         self.module.train()
-        order, params = views.order(epoch)[:_BATCH_NORM_IMAGES], views.epoch_params(epoch)
+        order = order[:_BATCH_NORM_IMAGES]
         for first in range(0, len(order), batch_size):
             self.module(views.batch(order[first : first + batch_size], params))
         for m, momentum in zip(norms, momenta, strict=True):
@@ -280,7 +287,7 @@ def fit(
         result.images += n
         result.train_loss.append(loss_sum.item() / steps_per_epoch)
         if average is not None:
-            average.refresh_batch_norm(views, epoch, recipe.batch_size)
+            average.refresh_batch_norm(views, order, params, recipe.batch_size)
         accuracy = evaluate(evaluated, views.data.val, views.data.info, recipe.eval_batch_size)
         result.val_accuracy.append(accuracy)
         result.seconds = time.perf_counter() - start

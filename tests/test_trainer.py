@@ -87,9 +87,10 @@ def test_refreshed_batch_norm_statistics_are_those_of_the_averaged_weights(tiny_
     average = WeightAverage(model, horizon_steps=4)
     norm = average.module.stem[0][1]
     norm.running_mean.fill_(5.0)  # statistics that belong to other weights
-    average.refresh_batch_norm(views, epoch=1, batch_size=64)  # 128 images: two equal batches
+    order, params = views.order(1), views.epoch_params(1)
+    average.refresh_batch_norm(views, order, params, batch_size=64)  # 128 images: two equal batches
     with torch.no_grad():
-        stem_out = average.module.stem[0][0](views.batch(views.order(1), views.epoch_params(1)))
+        stem_out = average.module.stem[0][0](views.batch(order, params))
     torch.testing.assert_close(norm.running_mean, stem_out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     # the mean of two batch variances, not the variance of all 128 images: close, not equal
     torch.testing.assert_close(norm.running_var, stem_out.var((0, 2, 3)), rtol=0.05, atol=1e-4)
