@@ -116,6 +116,13 @@ class NumParam:
             return min(self.choices), max(self.choices)
         return self.low, self.high
 
+    def values(self) -> list[float]:
+        """Every value an integer dimension (or a list of choices) can take, ascending, as Optuna samples them."""
+        if self.choices is not None:
+            return sorted(set(self.choices))
+        _check(self.kind == "int", f"a float range {self.low}..{self.high} has no finite list of values")
+        return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+
     def require(self, lowest: float, highest: float = math.inf, *, open_low: bool = False) -> None:
         """Raise unless every value lies in [lowest, highest] (or (lowest, highest] with open_low)."""
         lo, hi = self.bounds

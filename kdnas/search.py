@@ -268,6 +268,7 @@ def run_search(
         else:
             from kdnas.workers import run_workers
 
+            _time_space(cfg, objective)
             del objective, data  # the workers load the teacher and soft targets that _prepare saved
             if train_device.type == "cuda":
                 import torch
@@ -315,6 +316,33 @@ def _prepare(cfg: StudyConfig, data, out_dir: Path, study, train_device, progres
     study.set_user_attr("teacher", teacher.summary())
     study.set_user_attr("train_device", str(train_device))
     return _Objective(cfg, views, soft_targets, train_device, out_dir)
+
+
+def _time_space(cfg: StudyConfig, objective: _Objective) -> None:
+    """Time every network of the space before the workers start: their training disturbs timings."""
+    import time
+
+    from kdnas.space import architectures
+
+    info = objective.views.data.info
+    archs = architectures(cfg, info.in_channels, info.num_classes)
+    if len(archs) > _MAX_TIMED_AHEAD:
+        log.info("latency: %d networks in the space, too many to time ahead; each is timed when sampled", len(archs))
+        return
+    start = time.perf_counter()
+    timed = objective.latencies.time_all(archs, cfg.constraints.max_params)
+    if timed:
+        log.info(
+            "latency: timed %d networks of the space before the workers start (%.0f s)",
+            timed,
+            time.perf_counter() - start,
+        )
+
+
+# At most this many networks are timed before the workers start: each costs warm-up + repeats forward
+# passes of the latency batch (milliseconds each for Fashion-MNIST students, more for CIFAR ones);
+# `fashion` holds 32 networks, `cifar` 189.
+_MAX_TIMED_AHEAD = 500
 
 
 @dataclasses.dataclass(frozen=True)

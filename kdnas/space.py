@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ from kdnas.config import NumParam, StudyConfig
 from kdnas.distill import KDSpec
 from kdnas.models import ArchSpec
 
-__all__ = ["suggest", "specs_from_params"]
+__all__ = ["suggest", "specs_from_params", "architectures"]
 
 
 def _suggest_number(trial: optuna.Trial, name: str, param: NumParam) -> float:
@@ -45,3 +46,14 @@ def specs_from_params(
 ) -> tuple[ArchSpec, KDSpec]:
     """Rebuild a stored trial's candidate from its params."""
     return suggest(optuna.trial.FixedTrial(dict(params)), cfg, in_channels, num_classes)  # type: ignore[arg-type]
+
+
+def architectures(cfg: StudyConfig, in_channels: int, num_classes: int) -> list[ArchSpec]:
+    """Every student network the search space holds: each width with each number of blocks per stage."""
+    space = cfg.student
+    depths = list(itertools.product(space.blocks.values(), repeat=space.stages))
+    return [
+        ArchSpec(space.arch, in_channels, num_classes, int(width), tuple(int(b) for b in blocks))
+        for width in space.base_width.values()
+        for blocks in depths
+    ]

@@ -144,3 +144,17 @@ def test_latency_table_times_each_network_once_per_setup(tmp_path, caplog):
         again = LatencyTable(tmp_path, FAST, (1, 8, 8)).latency_ms(model, arch)
     assert "unreadable" in caplog.text and "timing networks again" in caplog.text
     assert json.loads((tmp_path / "latency.json").read_text()) == {next(iter(stored)): {"resnet w4 b1, 1 -> 10": again}}
+
+
+def test_latency_table_times_a_whole_space_once_and_skips_networks_over_the_limit(tmp_path):
+    archs = [ArchSpec("resnet", 1, 10, w, (1,)) for w in (4, 8, 16)]
+    table = LatencyTable(tmp_path, FAST, (1, 8, 8))
+    known = table.latency_ms(build_model(archs[0]), archs[0])
+    limit = count_params(build_model(archs[1]))  # w16 is over it: never trained, so never timed
+    assert table.time_all(archs, max_params=limit) == 1  # w4 was already in the table
+    stored = next(iter(json.loads((tmp_path / "latency.json").read_text()).values()))
+    assert (
+        list(stored) == ["resnet w4 b1, 1 -> 10", "resnet w8 b1, 1 -> 10"] and stored["resnet w4 b1, 1 -> 10"] == known
+    )
+    assert table.time_all(archs, max_params=limit) == 0
+    assert table.time_all(archs) == 1 and len(json.loads((tmp_path / "latency.json").read_text())[table.setup]) == 3

@@ -9,7 +9,7 @@ import optuna
 from kdnas.config import StudyConfig, study_from_dict
 from kdnas.distill import KDSpec
 from kdnas.models import ArchSpec
-from kdnas.space import specs_from_params, suggest
+from kdnas.space import architectures, specs_from_params, suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -169,3 +169,16 @@ def test_alpha_zero_replays_exactly():
     }
     _, kd = specs_from_params(params, config(), 1, 10)
     assert kd.alpha == 0.0 and kd.alpha_at(0.5) == 0.0
+
+
+def test_architectures_are_every_network_the_sampler_can_draw():
+    cfg = config()
+    every = architectures(cfg, 3, 10)
+    assert len(every) == len(set(every)) == 7 * 3**3  # widths 8..32 step 4, 1..3 blocks in each of 3 stages
+    drawn = {arch for _, arch, _ in sampled_trials(cfg, 600)}
+    assert drawn <= set(every) and len(drawn) > 150
+
+    chosen = config(student={"base_width": [24, 8], "blocks": {"low": 1, "high": 2}, "stages": 2})
+    assert [(a.base_width, a.blocks) for a in architectures(chosen, 1, 10)] == [
+        (w, (b1, b2)) for w in (8, 24) for b1 in (1, 2) for b2 in (1, 2)
+    ]
