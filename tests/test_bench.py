@@ -11,10 +11,11 @@ import pytest
 
 from kdnas.config import EarlyStopConfig
 from kdnas.pruning import EarlyStopper
+from kdnas.report import trials_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from speed import replay_early_stopping  # noqa: E402  (bench/ is scripts, not a package)
+from speed import replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
 
 
 @pytest.mark.slow
@@ -50,7 +51,7 @@ def test_bench_replay_only_trains_no_study_with_early_stopping(tmp_path: Path) -
     assert done.returncode == 0, done.stderr[-3000:]
     assert "es-0.db" not in done.stderr and "none-0.db" in done.stderr  # the studies' storages, as logged
     summaries = [line for line in done.stdout.splitlines() if "compute to reach" in line]
-    assert len(summaries) == 1 and summaries[0].startswith("replayed, "), done.stdout
+    assert [line.split(",")[0] for line in summaries] == ["replayed", "bound"], done.stdout
 
 
 def _trained(number: int, params: int, curve: list[float], status: str = "complete") -> optuna.trial.FrozenTrial:
@@ -74,3 +75,14 @@ def test_replay_stops_in_hindsight_the_trials_the_rule_would_have_stopped() -> N
     assert list(replayed["status"]) == ["complete", "stopped", "complete", "stopped"]
     assert list(replayed["epochs"]) == [4, 1, 4, 0]
     assert replayed.at[1, "val_accuracy"] == 0.60  # the accuracy where it stopped, not its final one
+
+
+def test_the_bound_stops_after_min_epochs_exactly_the_trials_off_the_final_front() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(_trained(0, 100, [0.80, 0.85, 0.88, 0.90]))
+    study.add_trial(_trained(1, 200, [0.85, 0.87, 0.88, 0.89]))  # larger and less accurate in the end: off the front
+    study.add_trial(_trained(2, 50, [0.70, 0.80, 0.82, 0.85]))
+    study.add_trial(_trained(3, 300, [0.60, 0.70, 0.80, 0.95]))  # behind early, the most accurate in the end
+    bound = stopped_in_hindsight(trials_frame(study), min_epochs=2).set_index("trial")
+    assert list(bound["status"]) == ["complete", "stopped", "complete", "complete"]
+    assert list(bound["epochs"]) == [4, 2, 4, 4]
