@@ -7,7 +7,7 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,15 @@ from kdnas.errors import KdnasError
 from kdnas.files import exclusive, write_json
 from kdnas.models import ArchSpec, build_model, count_params
 
-__all__ = ["Cost", "LatencyTable", "count_macs", "measure_latency", "measure_cost", "resolve_device"]
+__all__ = [
+    "Cost",
+    "LatencyTable",
+    "count_macs",
+    "measure_latency",
+    "measure_latencies",
+    "measure_cost",
+    "resolve_device",
+]
 
 log = logging.getLogger("kdnas.measure")
 
@@ -29,7 +37,7 @@ log = logging.getLogger("kdnas.measure")
 @dataclass(frozen=True)
 class Cost:
     """params: trainable parameters; macs: multiply-accumulates of one forward pass of one image;
-    latency_ms: median wall time of one forward pass of the latency batch on the target device."""
+    latency_ms: wall time of one forward pass of the latency batch on the target device (``measure_latencies``)."""
 
     params: int
     macs: int
@@ -74,26 +82,49 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig) -> float:
-    """Median milliseconds of one inference forward pass on ``cfg.device``.
+    """Milliseconds of one inference forward pass on ``cfg.device`` (see ``measure_latencies``)."""
+    return measure_latencies([model], input_shape, cfg)[0]
 
-    The model is copied to the device in eval mode and channels_last; ``cfg.warmup`` untimed runs
-    come first (kernel selection, caches), then ``cfg.repeats`` timed ones. On CUDA each run is
-    bracketed by synchronisation, so the time is the kernels' and not the launch's.
+
+def measure_latencies(models: Sequence[nn.Module], input_shape: tuple[int, ...], cfg: LatencyConfig) -> list[float]:
+    """Milliseconds of one inference forward pass of each model on ``cfg.device``, timed side by side.
+
+    Each model is copied to the device in eval mode and channels_last. ``cfg.warmup`` untimed runs of
+    each come first (kernel selection, caches), then ``cfg.repeats`` timed runs of each, in rounds of
+    up to ``_ROUND`` runs that take the models in turn; a model's figure is the lowest of its round
+    medians. A CPU's speed drifts (clock ramping up from idle, other tenants of a VM): on 2 cores a
+    network timed alone from cold read 3.5 ms, and 1.6 ms right after training. Interleaved rounds see
+    a drift in every model alike, and a round slowed by a passing disturbance does not count. On CUDA
+    each run is bracketed by synchronisation, so the time is the kernels' and not the launch's.
     """
     device = resolve_device(cfg.device)
-    probe = _copy_for_inference(model, device)
+    probes = [_copy_for_inference(model, device) for model in models]
     x = torch.randn(cfg.batch_size, *input_shape, device=device).contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    with _torch_threads(cfg.threads), torch.inference_mode():
-        for i in range(cfg.warmup + cfg.repeats):
+
+    def timed_runs(probe: nn.Module, n: int) -> list[float]:
+        times = []
+        for _ in range(n):
             sync()
             start = time.perf_counter()
             probe(x)
             sync()
-            if i >= cfg.warmup:
-                times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+            times.append(time.perf_counter() - start)
+        return times
+
+    round_medians: list[list[float]] = [[] for _ in probes]
+    with _torch_threads(cfg.threads), torch.inference_mode():
+        for probe in probes:
+            timed_runs(probe, cfg.warmup)
+        for first in range(0, cfg.repeats, _ROUND):
+            for probe, medians in zip(probes, round_medians, strict=True):
+                medians.append(statistics.median(timed_runs(probe, min(_ROUND, cfg.repeats - first))))
+    return [1000 * min(medians) for medians in round_medians]
+
+
+# Timed runs per round: enough for a median that ignores a stray slow run, few enough that a
+# 50-run timing holds 5 rounds.
+_ROUND = 10
 
 
 def _copy_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
@@ -131,24 +162,25 @@ class LatencyTable:
         return self._store({_network(arch): measure_latency(model, self.input_shape, self.cfg)})[_network(arch)]
 
     def time_all(self, archs: Iterable[ArchSpec], max_params: int | None = None) -> int:
-        """Time, now, every network of ``archs`` the table lacks (those over ``max_params`` are never
-        trained, so never timed); how many were timed.
+        """Time, side by side, every network of ``archs`` the table lacks (those over ``max_params`` are
+        never trained, so never timed); how many were timed.
 
-        Local workers time their networks while the others train, which disturbs the figures: on 2
-        cores, a 4k-parameter network timed at 1.4-6.8 ms beside training workers, 0.8 ms alone, and
-        slower than one twice its width. A search with several workers times its whole space first.
+        One network timed at a time is timed in whatever state the machine is then: a search that timed
+        each network when it was sampled measured a 150k-parameter student at 3.4 ms that reads 1.7-2.4 ms
+        beside the others, and a 82k one slower than a 101k one of the same width. Timed together,
+        networks keep their order even when the whole machine is slower.
         """
         known = self._read().get(self.setup, {})
-        measured = {}
+        missing = {}
         for arch in archs:
-            if _network(arch) in known:
-                continue
-            model = build_model(arch)
-            if max_params is None or count_params(model) <= max_params:
-                measured[_network(arch)] = measure_latency(model, self.input_shape, self.cfg)
-        if measured:
-            self._store(measured)
-        return len(measured)
+            if _network(arch) not in known and _network(arch) not in missing:
+                model = build_model(arch)
+                if max_params is None or count_params(model) <= max_params:
+                    missing[_network(arch)] = model
+        if missing:
+            timed = measure_latencies(list(missing.values()), self.input_shape, self.cfg)
+            self._store(dict(zip(missing, timed, strict=True)))
+        return len(missing)
 
     def _store(self, measured: dict[str, float]) -> dict[str, float]:
         """Add ``measured`` ({network: ms}) to the file; the stored figures (the first one written wins)."""

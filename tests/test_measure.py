@@ -11,7 +11,15 @@ from torch import nn
 
 from kdnas.config import LatencyConfig
 from kdnas.errors import KdnasError
-from kdnas.measure import Cost, LatencyTable, count_macs, measure_cost, measure_latency, resolve_device
+from kdnas.measure import (
+    Cost,
+    LatencyTable,
+    count_macs,
+    measure_cost,
+    measure_latencies,
+    measure_latency,
+    resolve_device,
+)
 from kdnas.models import ArchSpec, build_model, count_params
 
 FAST = LatencyConfig(warmup=1, repeats=3)
@@ -158,3 +166,13 @@ def test_latency_table_times_a_whole_space_once_and_skips_networks_over_the_limi
     )
     assert table.time_all(archs, max_params=limit) == 0
     assert table.time_all(archs) == 1 and len(json.loads((tmp_path / "latency.json").read_text())[table.setup]) == 3
+
+
+def test_measure_latencies_times_the_networks_in_turn_in_rounds():
+    models, seen = [conv_linear(), conv_linear()], []
+    for name, model in zip("ab", models, strict=True):
+        model.register_forward_hook(lambda m, args, out, name=name: seen.append(name))
+    latencies = measure_latencies(models, (2, 8, 8), LatencyConfig(warmup=2, repeats=25))
+    assert len(latencies) == 2 and all(t > 0 for t in latencies)
+    # Warm-up of each, then rounds of 10, 10 and 5 runs taking the networks in turn.
+    assert "".join(seen) == "aabb" + "a" * 10 + "b" * 10 + "a" * 10 + "b" * 10 + "a" * 5 + "b" * 5
