@@ -255,6 +255,7 @@ def run_search(
             needed = soft_targets_bytes(len(data.train), data.info.num_classes, cfg.train.epochs)
             ensure_disk_space(out_dir, needed, "the soft-target cache")
         objective = _prepare(cfg, data, out_dir, study, train_device, progress)
+        _time_space(cfg, objective)
         log.info(
             "search: %d of %d trials done, running %d more with %d worker(s) (storage %s)",
             done,
@@ -263,7 +264,6 @@ def run_search(
             workers,
             hide_password(storage_url),
         )
-        _time_space(cfg, objective)
         if workers == 1:
             _optimize(study, objective, cfg, progress)
         else:
