@@ -289,7 +289,7 @@ class LatencyConfig:
     batch_size: int = 1
     threads: int = 1  # torch intra-op threads while timing on CPU
     warmup: int = 10
-    repeats: int = 50  # the median of these is the latency
+    repeats: int = 50  # timed runs, in rounds of 10: the lowest round median is the latency
 
     def __post_init__(self) -> None:
         _at_least("batch_size", self.batch_size, 1)

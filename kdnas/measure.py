@@ -92,10 +92,10 @@ def measure_latencies(models: Sequence[nn.Module], input_shape: tuple[int, ...],
     Each model is copied to the device in eval mode and channels_last. ``cfg.warmup`` untimed runs of
     each come first (kernel selection, caches), then ``cfg.repeats`` timed runs of each, in rounds of
     up to ``_ROUND`` runs that take the models in turn; a model's figure is the lowest of its round
-    medians. A CPU's speed drifts (clock ramping up from idle, other tenants of a VM): on 2 cores a
-    network timed alone from cold read 3.5 ms, and 1.6 ms right after training. Interleaved rounds see
-    a drift in every model alike, and a round slowed by a passing disturbance does not count. On CUDA
-    each run is bracketed by synchronisation, so the time is the kernels' and not the launch's.
+    medians, so a round slowed by a passing disturbance does not count, and a slow drift of the machine
+    (on a 2-core VM its speed changes by up to 1.8x from one minute to the next) touches every model
+    alike. On CUDA each run is bracketed by synchronisation, so the time is the kernels' and not the
+    launch's.
     """
     device = resolve_device(cfg.device)
     probes = [_copy_for_inference(model, device) for model in models]
@@ -165,10 +165,10 @@ class LatencyTable:
         """Time, side by side, every network of ``archs`` the table lacks (those over ``max_params`` are
         never trained, so never timed); how many were timed.
 
-        One network timed at a time is timed in whatever state the machine is then: a search that timed
-        each network when it was sampled measured a 150k-parameter student at 3.4 ms that reads 1.7-2.4 ms
-        beside the others, and a 82k one slower than a 101k one of the same width. Timed together,
-        networks keep their order even when the whole machine is slower.
+        A network timed when a search samples it is timed in whatever state the machine is in then. In
+        a `fashion` search on 2 cores, 10 networks timed that way ranked by latency with a rank
+        correlation of 0.46-0.61 against the same networks timed together (a 150k-parameter student
+        at 3.4 ms instead of 1.7), while four timings together agreed at 0.89-1.00.
         """
         known = self._read().get(self.setup, {})
         missing = {}

@@ -567,7 +567,7 @@ def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[t
         (
             "devices",
             f"training on {study.user_attrs.get('train_device', 'a device not recorded')}; latency on "
-            f"{lat.device}, batch {lat.batch_size}, {lat.threads} thread(s), median of {lat.repeats}",
+            f"{lat.device}, batch {lat.batch_size}, {lat.threads} thread(s), {lat.repeats} timed runs",
         ),
         ("trials", _count_line(df["status"])),
         (
@@ -671,8 +671,8 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
         ),
         _section(
             "Accuracy vs latency",
-            f"Latency is the median of {cfg.latency.repeats} forward passes on {cfg.latency.device} "
-            f"(batch {cfg.latency.batch_size}).",
+            f"Latency: {cfg.latency.repeats} forward passes on {cfg.latency.device} (batch "
+            f"{cfg.latency.batch_size}), in rounds of 10 beside the space's other networks; the lowest round median.",
             _tradeoff_figure(df, "latency_ms", teacher),
             "",
             "fig-latency",
