@@ -160,9 +160,36 @@ def open_study(
         )
     if stored is None:
         study.set_user_attr("space_hash", space_hash)
+        if cfg.sampler.name == "tpe" and not study.get_trials(deepcopy=False):
+            _queue_startup_smallest_first(study, cfg)
     study.sampler = _sampler(cfg, len(study.get_trials(deepcopy=False)), worker)
     study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict(), default=list)))
     return study
+
+
+def _queue_startup_smallest_first(study, cfg: StudyConfig) -> None:
+    """Queue the random start-up trials, drawn with the study's seed, smallest student first.
+
+    Early stopping judges a trial only against finished trials that are no larger. In the sampler's
+    random order, the start-up trials that end off the front tend to come before the trials that beat
+    them: in a full-data `fashion` run all four did, and nothing could stop them. Smallest first, every
+    trial that could beat one has finished before it starts.
+    """
+    import optuna
+
+    from kdnas.data import DATASETS
+    from kdnas.models import build_model, count_params
+    from kdnas.space import suggest
+
+    info = DATASETS.get(cfg.data.dataset)
+    draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
+    candidates = []
+    for _ in range(min(cfg.sampler.startup_trials, cfg.budget.trials)):  # none left queued by a small budget
+        trial = draws.ask()
+        arch, _ = suggest(trial, cfg, info.in_channels, info.num_classes)
+        candidates.append((count_params(build_model(arch)), trial.params))
+    for _, params in sorted(candidates, key=lambda c: c[0]):  # stable: equal sizes keep their draw order
+        study.enqueue_trial(params)
 
 
 def budget_trials(study) -> int:

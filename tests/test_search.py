@@ -209,3 +209,29 @@ def test_unwritable_out_is_a_one_line_error_before_any_training(tmp_path: Path, 
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot write to {blocker / 'run'}") and err.count("\n") == 1
     assert "pass a writable --out" in err
+
+
+def test_a_new_tpe_study_queues_its_random_startup_trials_smallest_first(tmp_path: Path) -> None:
+    from kdnas.config import load_study
+    from kdnas.models import build_model, count_params
+    from kdnas.search import open_study
+    from kdnas.space import specs_from_params, suggest
+
+    cfg = load_study("fashion")
+    study = open_study(cfg, f"sqlite:///{tmp_path / 'study.db'}")
+    queued = [t.system_attrs["fixed_params"] for t in study.get_trials(deepcopy=False)]
+    assert len(queued) == cfg.sampler.startup_trials
+    sizes = [count_params(build_model(specs_from_params(p, cfg, 1, 10)[0])) for p in queued]
+    assert sizes == sorted(sizes) and len(set(sizes)) > 1
+    # The candidates TPE's own random start-up draws with that seed, in another order.
+    tpe = optuna.create_study(
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.sampler.startup_trials)
+    )
+    drawn = []
+    for _ in range(cfg.sampler.startup_trials):
+        trial = tpe.ask()
+        suggest(trial, cfg, 1, 10)
+        drawn.append(trial.params)
+    assert sorted(map(str, drawn)) == sorted(map(str, queued))
+    # Opened again (a resumed run), nothing more is queued.
+    assert len(open_study(cfg, f"sqlite:///{tmp_path / 'study.db'}").get_trials(deepcopy=False)) == len(queued)
