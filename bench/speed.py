@@ -455,7 +455,8 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
         for seed in range(args.es_seeds):
             plain = dataclasses.replace(base, seed=seed, early_stop=EarlyStopConfig(policy="none"))
             plain_study = _search(plain, run_dir, run_dir / f"none-{seed}.db", args.data_dir)
-            cost0, hv0 = compute_curve(trials_frame(plain_study), base, train_images)
+            plain_trials = trials_frame(plain_study)
+            cost0, hv0 = compute_curve(plain_trials, base, train_images)
             if args.es_replay_only:
                 live, reach = "-", None
             else:
@@ -473,9 +474,7 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
             replayed = replay_early_stopping(plain_study, stopper)
             cost2, hv2 = compute_curve(replayed, base, train_images)
             reach2 = _first_reach(cost2, hv2, hv0[-1])
-            cost3, hv3 = compute_curve(
-                stopped_in_hindsight(trials_frame(plain_study), policy.min_epochs), base, train_images
-            )
+            cost3, hv3 = compute_curve(stopped_in_hindsight(plain_trials, policy.min_epochs), base, train_images)
             reach3 = _first_reach(cost3, hv3, hv0[-1])
             for found, kept in ((reach, fractions), (reach2, replayed_fractions), (reach3, bound_fractions)):
                 if found is not None:

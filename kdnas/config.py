@@ -281,6 +281,11 @@ class Constraints:
         _positive("max_latency_ms", self.max_latency_ms)
 
 
+# Timed runs per round of a latency measurement: enough for a median that ignores a stray slow run,
+# few enough that a 50-run timing holds 5 rounds.
+LATENCY_ROUND_RUNS = 10
+
+
 @dataclass(frozen=True)
 class LatencyConfig:
     """How latency is measured: on which device, with what input, how many timed runs."""
@@ -289,7 +294,7 @@ class LatencyConfig:
     batch_size: int = 1
     threads: int = 1  # torch intra-op threads while timing on CPU
     warmup: int = 10
-    repeats: int = 50  # timed runs, in rounds of 10: the lowest round median is the latency
+    repeats: int = 50  # timed runs, in rounds of LATENCY_ROUND_RUNS: the lowest round median is the latency
 
     def __post_init__(self) -> None:
         _at_least("batch_size", self.batch_size, 1)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdnas.config import LatencyConfig
+from kdnas.config import LATENCY_ROUND_RUNS, LatencyConfig
 from kdnas.errors import KdnasError
 from kdnas.files import exclusive, write_json
 from kdnas.models import ArchSpec, build_model, count_params
@@ -91,11 +91,11 @@ def measure_latencies(models: Sequence[nn.Module], input_shape: tuple[int, ...],
 
     Each model is copied to the device in eval mode and channels_last. ``cfg.warmup`` untimed runs of
     each come first (kernel selection, caches), then ``cfg.repeats`` timed runs of each, in rounds of
-    up to ``_ROUND`` runs that take the models in turn; a model's figure is the lowest of its round
-    medians, so a round slowed by a passing disturbance does not count, and a slow drift of the machine
-    (on a 2-core VM its speed changes by up to 1.8x from one minute to the next) touches every model
-    alike. On CUDA each run is bracketed by synchronisation, so the time is the kernels' and not the
-    launch's.
+    up to ``LATENCY_ROUND_RUNS`` runs that take the models in turn; a model's figure is the lowest of
+    its round medians, so a round slowed by a passing disturbance does not count, and a slow drift of
+    the machine (on a 2-core VM its speed changes by up to 1.8x from one minute to the next) touches
+    every model alike. On CUDA each run is bracketed by synchronisation, so the time is the kernels'
+    and not the launch's.
     """
     device = resolve_device(cfg.device)
     probes = [_copy_for_inference(model, device) for model in models]
@@ -116,15 +116,10 @@ def measure_latencies(models: Sequence[nn.Module], input_shape: tuple[int, ...],
     with _torch_threads(cfg.threads), torch.inference_mode():
         for probe in probes:
             timed_runs(probe, cfg.warmup)
-        for first in range(0, cfg.repeats, _ROUND):
+        for first in range(0, cfg.repeats, LATENCY_ROUND_RUNS):
             for probe, medians in zip(probes, round_medians, strict=True):
-                medians.append(statistics.median(timed_runs(probe, min(_ROUND, cfg.repeats - first))))
+                medians.append(statistics.median(timed_runs(probe, min(LATENCY_ROUND_RUNS, cfg.repeats - first))))
     return [1000 * min(medians) for medians in round_medians]
-
-
-# Timed runs per round: enough for a median that ignores a stray slow run, few enough that a
-# 50-run timing holds 5 rounds.
-_ROUND = 10
 
 
 def _copy_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
@@ -156,10 +151,11 @@ class LatencyTable:
 
     def latency_ms(self, model: nn.Module, arch: ArchSpec) -> float:
         """The stored latency of ``arch`` in this setup; ``model`` (that network) is timed if there is none."""
-        stored = self._read().get(self.setup, {}).get(_network(arch))
+        network = _network(arch)
+        stored = self._read().get(self.setup, {}).get(network)
         if stored is not None:
             return stored
-        return self._store({_network(arch): measure_latency(model, self.input_shape, self.cfg)})[_network(arch)]
+        return self._store({network: measure_latency(model, self.input_shape, self.cfg)})[network]
 
     def time_all(self, archs: Iterable[ArchSpec], max_params: int | None = None) -> int:
         """Time, side by side, every network of ``archs`` the table lacks (those over ``max_params`` are

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdnas.cli import add_common_arguments, add_storage_argument, add_study_argument, run_cli
-from kdnas.config import METRICS, NumParam, StudyConfig, load_study, study_from_dict
+from kdnas.config import LATENCY_ROUND_RUNS, METRICS, NumParam, StudyConfig, load_study, study_from_dict
 from kdnas.errors import KdnasError
 
 if TYPE_CHECKING:
@@ -672,7 +672,8 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
         _section(
             "Accuracy vs latency",
             f"Latency: {cfg.latency.repeats} forward passes on {cfg.latency.device} (batch "
-            f"{cfg.latency.batch_size}), in rounds of 10 beside the space's other networks; the lowest round median.",
+            f"{cfg.latency.batch_size}), in rounds of {LATENCY_ROUND_RUNS} beside the space's other networks; "
+            "the lowest round median.",
             _tradeoff_figure(df, "latency_ms", teacher),
             "",
             "fig-latency",
