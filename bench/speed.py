@@ -42,7 +42,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdnas.cli import setup_logging
-from kdnas.config import EarlyStopConfig, StudyConfig, TrainRecipe, load_study
+from kdnas.config import DataConfig, EarlyStopConfig, StudyConfig, TrainRecipe, load_study
 from kdnas.data import AugmentedViews, ImageData, load_data
 from kdnas.distill import KDSpec, kd_loss
 from kdnas.measure import count_macs
@@ -96,11 +96,19 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--es-extra", type=float, default=2.0, help="at most this many times --es-trials with early stopping"
     )
-    parser.add_argument("--es-limit-train", type=int, help="search on this many training images only")
+    parser.add_argument(
+        "--es-limit-train", type=int, help="search on this many training images only (validation set kept)"
+    )
     parser.add_argument(
         "--es-replay-only", action="store_true", help="no runs with early stopping: only the replayed figure"
     )
     parser.add_argument("--es-min-epochs", type=int, help="early stopping's min_epochs (default: the study's)")
+    parser.add_argument(
+        "--es-dir",
+        type=Path,
+        help="keep the early-stopping runs (teacher, soft targets, studies) here instead of a temporary folder; "
+        "run again with the same folder to re-read finished seeds without training them again",
+    )
     parser.add_argument("--tiny", action="store_true", help="a few seconds per section: checks the script")
     args = parser.parse_args()
     if args.tiny:
@@ -427,7 +435,9 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
     policy = cfg.early_stop if cfg.early_stop.policy != "none" else EarlyStopConfig(policy="pareto")
     if args.es_min_epochs is not None:
         policy = dataclasses.replace(policy, min_epochs=args.es_min_epochs)
-    data_cfg = dataclasses.replace(cfg.data, limit_train=args.es_limit_train or cfg.data.limit_train)
+    data_cfg = cfg.data
+    if args.es_limit_train:
+        data_cfg = _fewer_training_images(cfg.data, args.es_limit_train, args.data_dir)
     trials = args.es_trials or cfg.budget.trials
     base = dataclasses.replace(
         cfg, data=data_cfg, budget=dataclasses.replace(cfg.budget, trials=trials, timeout_min=None)
@@ -450,8 +460,10 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
         flush=True,
     )
     fractions, replayed_fractions, bound_fractions = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp)  # one teacher and soft-target cache for every run
+    runs = contextlib.nullcontext(args.es_dir) if args.es_dir else tempfile.TemporaryDirectory()
+    with runs as folder:
+        run_dir = Path(folder)  # one teacher and soft-target cache for every run
+        run_dir.mkdir(parents=True, exist_ok=True)
         for seed in range(args.es_seeds):
             plain = dataclasses.replace(base, seed=seed, early_stop=EarlyStopConfig(policy="none"))
             plain_study = _search(plain, run_dir, run_dir / f"none-{seed}.db", args.data_dir)
@@ -492,6 +504,14 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
                 f"{what}compute to reach the no-early-stopping hypervolume: mean {100 * sum(kept) / len(kept):.1f}% "
                 f"of the run without ({len(kept)} of {args.es_seeds} seeds reached it)"
             )
+
+
+def _fewer_training_images(cfg: DataConfig, train_images: int, data_dir: Path) -> DataConfig:
+    """``cfg`` limited to ``train_images`` training images with the study's validation set size kept:
+    early stopping compares validation accuracies, and a smaller set would make every lead noise."""
+    full = load_data(cfg, data_dir, download=False)
+    total = train_images + len(full.val)
+    return dataclasses.replace(cfg, limit_train=total, val_fraction=len(full.val) / total)
 
 
 def _grow_until_reached(

@@ -159,18 +159,15 @@ class WeightAverage:
         self.module = copy.deepcopy(model).requires_grad_(False)
         self.decay = 1 - 1 / max(1.0, horizon_steps)
         self.steps = 0
-        # state_dict tensors share storage with the parameters and buffers that training updates in place.
-        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=True))
-        self._floats = [list(t) for t in zip(*((a, m) for a, m in pairs if a.is_floating_point()), strict=True)]
-        self._others = [(a, m) for a, m in pairs if not a.is_floating_point()]  # e.g. num_batches_tracked
+        # Only the parameters are averaged: the buffers (batch-norm statistics) are the average's own,
+        # recomputed by refresh_batch_norm.
+        self._averaged, self._current = list(self.module.parameters()), list(model.parameters())
 
     @torch.no_grad()
     def update(self) -> None:
         """Fold in the model's current weights; call after every optimizer step."""
         self.steps += 1
-        torch._foreach_lerp_(*self._floats, max(1 - self.decay, 1 / self.steps))
-        for average, current in self._others:
-            average.copy_(current)
+        torch._foreach_lerp_(self._averaged, self._current, max(1 - self.decay, 1 / self.steps))
 
     @torch.no_grad()
     def refresh_batch_norm(
