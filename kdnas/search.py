@@ -143,12 +143,16 @@ def open_study(
         if fresh and cfg.name in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
             optuna.delete_study(study_name=cfg.name, storage=storage)
             log.info("deleted the stored study %r (--fresh)", cfg.name)
-        study = optuna.create_study(
-            storage=storage,
-            study_name=cfg.name,
-            directions=cfg.objectives.directions,
-            load_if_exists=True,
-        )
+        # Only the process that creates the study queues its start-up trials: hosts starting at the same
+        # instant would otherwise queue them twice and train each candidate twice.
+        created = True
+        try:
+            study = optuna.create_study(storage=storage, study_name=cfg.name, directions=cfg.objectives.directions)
+        except optuna.exceptions.DuplicatedStudyError:
+            created = False
+            study = optuna.create_study(
+                storage=storage, study_name=cfg.name, directions=cfg.objectives.directions, load_if_exists=True
+            )
     except Exception as err:  # server gone, permissions, a study of other directions: all one line
         raise KdnasError(f"cannot open study {cfg.name!r} in {shown}: {first_line(err)}") from None
     space_hash = search_space_hash(cfg)
@@ -160,7 +164,7 @@ def open_study(
         )
     if stored is None:
         study.set_user_attr("space_hash", space_hash)
-        if cfg.sampler.name == "tpe" and not study.get_trials(deepcopy=False):
+        if created and cfg.sampler.name == "tpe":
             _queue_startup_smallest_first(study, cfg)
     study.sampler = _sampler(cfg, len(study.get_trials(deepcopy=False)), worker)
     study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict(), default=list)))

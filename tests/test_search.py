@@ -235,3 +235,14 @@ def test_a_new_tpe_study_queues_its_random_startup_trials_smallest_first(tmp_pat
     assert sorted(map(str, drawn)) == sorted(map(str, queued))
     # Opened again (a resumed run), nothing more is queued.
     assert len(open_study(cfg, f"sqlite:///{tmp_path / 'study.db'}").get_trials(deepcopy=False)) == len(queued)
+
+
+def test_only_the_process_that_creates_a_study_queues_its_startup_trials(tmp_path: Path) -> None:
+    from kdnas.config import load_study
+    from kdnas.search import open_study
+
+    cfg = load_study("fashion")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    # Another host created it an instant ago and has not queued its trials yet.
+    optuna.create_study(storage=url, study_name=cfg.name, directions=cfg.objectives.directions)
+    assert open_study(cfg, url).get_trials(deepcopy=False) == []
