@@ -70,6 +70,7 @@ def main() -> None:
     recipe = TrainRecipe(epochs=args.epochs, batch_size=256, lr=0.2)
     if "throughput" in sections:
         throughput(data, student, teacher, recipe, args.workers)
+        threads_or_processes(args, student, recipe)
     if "flops" in sections:
         flops(data, cfg, student, recipe, compile_too=not args.tiny)
     if "memory" in sections:
@@ -222,6 +223,37 @@ def throughput(data: ImageData, student: ArchSpec, teacher: ArchSpec, recipe: Tr
     plain = fit(_seeded_model(student), views, recipe)
     print(f"kdnas trial, no teacher at all ({precision:>8}):           {_rate(plain.images, plain.seconds)}")
     print(f"  cached-teacher trial / no-teacher trial:            {cached.images_per_s / plain.images_per_s:9.2f}")
+
+
+def _one_thread_trial(study: str, data_dir: Path, images: int, student: ArchSpec, recipe: TrainRecipe, barrier):
+    """In a fresh process: a kdnas trial without teacher on one thread, started with the others; its
+    images/s and its (start, end) times."""
+    torch.set_num_threads(1)
+    data = _subset(load_data(load_study(study).data, data_dir), images)
+    views, model = AugmentedViews(data), _seeded_model(student)
+    barrier.wait()
+    start = time.time()
+    result = fit(model, views, recipe)
+    return result.images, start, time.time()
+
+
+def threads_or_processes(args: argparse.Namespace, student: ArchSpec, recipe: TrainRecipe) -> None:
+    """One trial on all threads against as many one-thread trials side by side (``--workers N`` on a CPU)."""
+    if args.threads < 2:
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(args.threads, mp_context=context) as pool:
+        barrier = manager.Barrier(args.threads)
+        runs = [
+            pool.submit(_one_thread_trial, args.study, args.data_dir, args.images, student, recipe, barrier)
+            for _ in range(args.threads)
+        ]
+        images, starts, ends = zip(*(run.result() for run in runs), strict=True)
+    seconds = max(ends) - min(starts)
+    print(
+        f"{args.threads} one-thread trials side by side, no teacher:      {_rate(sum(images), seconds)}"
+        "  (in all: compare with the line above for --workers on a CPU)"
+    )
 
 
 def _seeded_model(spec: ArchSpec) -> torch.nn.Module:

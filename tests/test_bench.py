@@ -21,7 +21,7 @@ from speed import replay_early_stopping, stopped_in_hindsight  # noqa: E402  (be
 @pytest.mark.slow
 def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "speed.py"), "--tiny", "--threads", "1"],
+        [sys.executable, str(ROOT / "bench" / "speed.py"), "--tiny", "--threads", "2"],
         cwd=tmp_path,  # nothing may be written beside the repository's files
         capture_output=True,
         text=True,
@@ -32,6 +32,7 @@ def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
     for header in ("== throughput", "== flops", "== memory", "== early stopping", "== gpu"):
         assert header in out, out
     assert "speed-up over the naive reference" in out and "cached-teacher trial / no-teacher trial" in out
+    assert "2 one-thread trials side by side" in out
     assert "% of peak" in out and "MiB" in out
     assert "compute to reach the no-early-stopping hypervolume" in out
     assert "replayed, compute to reach the no-early-stopping hypervolume" in out
@@ -39,19 +40,20 @@ def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_bench_replay_only_trains_no_study_with_early_stopping(tmp_path: Path) -> None:
+def test_bench_replay_only_trains_no_study_with_early_stopping_and_reads_kept_runs_again(tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "bench" / "speed.py"), "--tiny", "--threads", "1"]
-    done = subprocess.run(
-        [*command, "--sections", "early-stopping", "--es-replay-only"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "es-0.db" not in done.stderr and "none-0.db" in done.stderr  # the studies' storages, as logged
-    summaries = [line for line in done.stdout.splitlines() if "compute to reach" in line]
-    assert [line.split(",")[0] for line in summaries] == ["replayed", "bound"], done.stdout
+    command += ["--sections", "early-stopping", "--es-replay-only", "--es-dir", str(tmp_path / "es")]
+    first, again = (subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600) for _ in "12")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "es-0.db" not in first.stderr and "none-0.db" in first.stderr  # the studies' storages, as logged
+    summaries = [line for line in first.stdout.splitlines() if "compute to reach" in line]
+    assert [line.split(",")[0] for line in summaries] == ["replayed", "bound"], first.stdout
+    assert (tmp_path / "es" / "none-0.db").is_file()
+    # Run again on the kept folder: no teacher, no trial trained again; the same figures.
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "teacher: training" in first.stderr and "teacher: training" not in again.stderr
+    assert "trial   0" in first.stderr and "trial   0" not in again.stderr
+    assert again.stdout == first.stdout
 
 
 def _trained(number: int, params: int, curve: list[float], status: str = "complete") -> optuna.trial.FrozenTrial:
