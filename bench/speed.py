@@ -305,10 +305,7 @@ def training_gflops(
         loss.backward()
         optimizer.step()
 
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step(batches[0])
-    per_image = counter.get_total_flops() / recipe.batch_size
+    per_image = _training_flops_per_image(data, spec, recipe)
     for indices in batches[:3]:  # warm-up (and, for a compiled model, compilation)
         step(indices)
     start = time.perf_counter()
@@ -316,6 +313,19 @@ def training_gflops(
         step(indices)
     seconds = time.perf_counter() - start
     return per_image * recipe.batch_size * len(batches) / seconds / 1e9, per_image
+
+
+def _training_flops_per_image(data: ImageData, spec: ArchSpec, recipe: TrainRecipe) -> float:
+    """Forward + backward FLOPs per image of ``spec``, counted on an eager copy: torch warns that a
+    compiled module fires FlopCounterMode's global hooks an extra time."""
+    model = _seeded_model(spec).to(memory_format=torch.channels_last).train()
+    views = AugmentedViews(data)
+    indices = views.order(0)[: recipe.batch_size]
+    with FlopCounterMode(display=False) as counter:
+        with autocast(data.train.images.device, recipe.precision):
+            logits = model(views.batch(indices, views.epoch_params(0)))
+        logits.float().sum().backward()
+    return counter.get_total_flops() / len(indices)
 
 
 def flops(data: ImageData, cfg: StudyConfig, student: ArchSpec, recipe: TrainRecipe, compile_too: bool) -> None:
