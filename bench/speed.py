@@ -305,7 +305,7 @@ def training_gflops(
         loss.backward()
         optimizer.step()
 
-    per_image = _training_flops_per_image(data, spec, recipe)
+    per_image = _training_flops_per_image(spec, views, params, batches[0], recipe.precision)
     for indices in batches[:3]:  # warm-up (and, for a compiled model, compilation)
         step(indices)
     start = time.perf_counter()
@@ -315,15 +315,15 @@ def training_gflops(
     return per_image * recipe.batch_size * len(batches) / seconds / 1e9, per_image
 
 
-def _training_flops_per_image(data: ImageData, spec: ArchSpec, recipe: TrainRecipe) -> float:
-    """Forward + backward FLOPs per image of ``spec``, counted on an eager copy: torch warns that a
-    compiled module fires FlopCounterMode's global hooks an extra time."""
+def _training_flops_per_image(
+    spec: ArchSpec, views: AugmentedViews, params: tuple[torch.Tensor, ...], indices: torch.Tensor, precision: str
+) -> float:
+    """Forward + backward FLOPs per image of ``spec`` on the batch ``indices``, counted on an eager copy:
+    torch warns that a compiled module fires FlopCounterMode's global hooks an extra time."""
     model = _seeded_model(spec).to(memory_format=torch.channels_last).train()
-    views = AugmentedViews(data)
-    indices = views.order(0)[: recipe.batch_size]
     with FlopCounterMode(display=False) as counter:
-        with autocast(data.train.images.device, recipe.precision):
-            logits = model(views.batch(indices, views.epoch_params(0)))
+        with autocast(views.data.train.images.device, precision):
+            logits = model(views.batch(indices, params))
         logits.float().sum().backward()
     return counter.get_total_flops() / len(indices)
 
