@@ -30,7 +30,7 @@ from kdnas.config import StudyConfig, section_hash
 from kdnas.data import AugmentedViews, ImageData
 from kdnas.errors import KdnasError
 from kdnas.models import ArchSpec, build_model, count_params
-from kdnas.trainer import autocast, evaluate, fit, keep_freed_memory
+from kdnas.trainer import autocast, evaluate, fit, keep_freed_memory, return_freed_memory
 
 __all__ = [
     "Teacher",
@@ -307,4 +307,5 @@ def soft_targets_for(
             if on_step is not None:
                 on_step(step, steps)
     _atomic_save({"format": SOFT_TARGETS_FORMAT, "key": key, "logits": logits.cpu()}, path)
+    return_freed_memory(device)  # the teacher's batches are done; the trials that follow size theirs differently
     return CachedSoftTargets(logits)

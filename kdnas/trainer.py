@@ -37,6 +37,7 @@ __all__ = [
     "resolve_precision",
     "warn_if_emulated",
     "keep_freed_memory",
+    "return_freed_memory",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,16 +125,37 @@ def keep_freed_memory(device: torch.device) -> None:
     CPU training and inference allocate and free activations of many MiB on every step; by default
     glibc maps fresh pages for each (hundreds of thousands of page faults per epoch). Measured on 2
     cores: 1.15M -> 0.2M page faults and +15-25% images/s training a 78k-parameter student in float32,
-    1,471 -> 2,156 views/s for the teacher's soft targets in batches of 1,024; peak memory unchanged.
+    1,471 -> 2,156 views/s for the teacher's soft targets in batches of 1,024.
     """
-    if device.type != "cpu":
-        return
-    try:
-        libc = ctypes.CDLL(None)
+    libc = _glibc(device)
+    if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, 512 << 20)
         libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-    except (OSError, AttributeError):  # not glibc: its own allocator decides
-        pass
+
+
+def return_freed_memory(device: torch.device) -> None:
+    """On CPU, hand the memory that ``keep_freed_memory`` kept back to the OS; call between phases.
+
+    The blocks one phase freed (training steps, evaluation, the teacher's batches) rarely fit the next
+    phase's differently sized tensors (evaluation in batches of 1,024, the next epoch's steps, a trial
+    after the teacher), so without this each phase maps memory of its own beside the last one's.
+    Measured on 2 AVX2 cores, two epochs of `fashion`'s largest student on 20,000 images: peak RSS
+    2,243 -> 1,891 MiB, 170.7 -> 171.7 s (the pages mapped again: 336k -> 798k page faults).
+    """
+    libc = _glibc(device)
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc(device: torch.device) -> ctypes.CDLL | None:
+    """The C library, where training runs on the CPU and it is glibc (whose allocator these tune)."""
+    if device.type != "cpu":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):  # no C library to load by that name (Windows)
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None  # else not glibc
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
@@ -285,7 +307,9 @@ def fit(
         result.train_loss.append(loss_sum.item() / steps_per_epoch)
         if average is not None:
             average.refresh_batch_norm(views, order, params, recipe.batch_size)
+        return_freed_memory(device)  # the training steps' blocks do not fit evaluation's larger batches
         accuracy = evaluate(evaluated, views.data.val, views.data.info, recipe.eval_batch_size)
+        return_freed_memory(device)  # nor do evaluation's blocks fit the next epoch's training steps
         result.val_accuracy.append(accuracy)
         result.seconds = time.perf_counter() - start
         if on_epoch is not None:
