@@ -54,7 +54,7 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
 }
 ALPHA_DECAYS = ("none", "linear", "cosine", "exponential")
 SAMPLERS = ("tpe", "nsga2", "random")
-EARLY_STOP_POLICIES = ("none", "pareto", "halving")
+EARLY_STOP_POLICIES = ("none", "pareto", "forecast", "halving")
 # "auto": bfloat16 autocast where the hardware computes in it natively (CUDA, CPUs with AVX512-BF16 or
 # AMX), float32 elsewhere; the others force one.
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -334,14 +334,17 @@ class EarlyStopConfig:
     ``pareto``: after an epoch, stop when a finished trial that is no larger and no slower was, at the
     same epoch, more accurate by more than ``margin`` and by more than ``sigmas`` standard errors of the
     gap: the two accuracies are counts on a finite validation set, so a gap within a few standard errors
-    of it (about 1.5 points at 75% on 6,000 images) may be chance. ``halving``: at rung epochs min_epochs * r**k
+    of it (about 1.5 points at 75% on 6,000 images) may be chance. ``forecast``: stop when a complete
+    trial that is no larger and no slower ended more accurate than this trial's accuracy now plus the
+    mean gain of the study's complete trials from this epoch to the end, by more than ``margin`` and by
+    more than ``sigmas`` standard deviations of those gains. ``halving``: at rung epochs min_epochs * r**k
     (r the reduction factor), continue only the best 1/r of the trials that reached the rung, ranked by
     Pareto rank of (accuracy there, params, latency); trials on that rung's front always continue.
     """
 
     policy: str = "pareto"
     margin: float = 0.01  # accuracy, as a fraction (0.01 = one point)
-    sigmas: float = 2.0  # pareto: the lead must also exceed this many standard errors (0 = margin alone)
+    sigmas: float = 2.0  # pareto: standard errors of the lead; forecast: standard deviations of the gains
     min_epochs: int = 1  # no trial stops before it has trained this many epochs
     reduction_factor: int = 3
 

@@ -12,6 +12,12 @@ the study.
   training rarely does. The standard error is that of two binomial proportions measured on the
   validation set (conservatively taken as independent): on a small validation set, or early when
   accuracies are near 50%, a lead of a point or two is chance and stops nothing.
+- ``forecast``: stop when a complete trial that is no larger and no slower ended more accurate than
+  this trial's forecast (its accuracy now plus the mean gain the study's complete trials made from this
+  epoch to the end) by more than the margin and by more than ``sigmas`` standard deviations of those
+  gains. Early epochs rank students loosely (a slow starter may gain 18 points where another gains
+  8): the study's own spread of gains says how loosely, and the leader's final accuracy is known, not
+  guessed. Nothing stops before ``FORECAST_MIN_TRIALS`` trials are complete.
 - ``halving``: asynchronous successive halving whose ranking is Pareto rank instead of a single value
   (in the spirit of MO-ASHA, Schmucker et al. 2021): at rung epochs min_epochs * r**k, a trial goes
   on when it is among the best 1/r of the trials that reached the rung, or on that rung's front.
@@ -20,6 +26,7 @@ the study.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +36,8 @@ __all__ = ["Curve", "EarlyStopper", "pareto_ranks", "rung_epochs"]
 
 # The measurements known before training, all minimised; accuracy is the one that moves.
 SIZE_METRICS = ("params", "latency_ms")
+# forecast: the gains of fewer complete trials say too little about their spread.
+FORECAST_MIN_TRIALS = 4
 
 
 @dataclass(frozen=True)
@@ -89,16 +98,20 @@ class EarlyStopper:
             return None
         if self.cfg.policy == "pareto":
             return self._dominated(me, others)
+        if self.cfg.policy == "forecast":
+            return self._outforecast(me, list(others))
         return self._below_rung(me, others) if done in self.rungs else None
 
+    def _no_larger(self, other: Curve, me: Curve) -> bool:
+        return all(o <= m for o, m in zip(other.size(self.size_metrics), me.size(self.size_metrics), strict=True))
+
     def _dominated(self, me: Curve, others: Iterable[Curve]) -> str | None:
-        epoch, mine, size = len(me.val_accuracy), me.val_accuracy[-1], me.size(self.size_metrics)
+        epoch, mine = len(me.val_accuracy), me.val_accuracy[-1]
         for other in others:
             if not other.finished or len(other.val_accuracy) < epoch:
                 continue
             theirs = other.val_accuracy[epoch - 1]
-            no_bigger = all(o <= s for o, s in zip(other.size(self.size_metrics), size, strict=True))
-            if no_bigger and theirs - mine > self.lead_needed(theirs, mine):
+            if self._no_larger(other, me) and theirs - mine > self.lead_needed(theirs, mine):
                 return (
                     f"after epoch {epoch}: trial {other.number} (no larger, no slower) had "
                     f"{100 * theirs:.2f}% there against {100 * mine:.2f}%"
@@ -109,6 +122,25 @@ class EarlyStopper:
         """The accuracy lead above which ``theirs`` beats ``mine``: the margin, or the validation noise."""
         variance = (theirs * (1 - theirs) + mine * (1 - mine)) / self.val_images
         return max(self.cfg.margin, self.cfg.sigmas * math.sqrt(variance))
+
+    def _outforecast(self, me: Curve, others: list[Curve]) -> str | None:
+        epoch, mine = len(me.val_accuracy), me.val_accuracy[-1]
+        complete = [o for o in others if o.finished and len(o.val_accuracy) == self.epochs]
+        if len(complete) < FORECAST_MIN_TRIALS:
+            return None
+        gains = [o.val_accuracy[-1] - o.val_accuracy[epoch - 1] for o in complete]
+        mean_gain, spread = statistics.fmean(gains), statistics.stdev(gains)
+        forecast = mine + mean_gain
+        lead_needed = max(self.cfg.margin, self.cfg.sigmas * spread)
+        for other in complete:
+            final = other.val_accuracy[-1]
+            if self._no_larger(other, me) and final - forecast > lead_needed:
+                return (
+                    f"after epoch {epoch}: trial {other.number} (no larger, no slower) ended at {100 * final:.2f}%; "
+                    f"this one, at {100 * mine:.2f}%, is forecast {100 * forecast:.2f}% (the {len(gains)} complete "
+                    f"trials gained {100 * mean_gain:+.2f} +- {100 * spread:.2f} points from epoch {epoch} to the end)"
+                )
+        return None
 
     def _below_rung(self, me: Curve, others: Iterable[Curve]) -> str | None:
         epoch = len(me.val_accuracy)

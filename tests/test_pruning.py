@@ -74,6 +74,36 @@ def test_latency_is_ignored_when_it_is_not_an_objective() -> None:
     assert stopper.reason_to_stop(_curve(9, 50_000, 1.0, 0.8), [slower_but_smaller]) is not None
 
 
+def _complete(gains: list[float], first: float = 0.70) -> list[Curve]:
+    """Complete trials, larger than any judged here, that gained ``gains`` from epoch 1 to the end."""
+    return [_curve(n, 500_000, 9.0, first, first, first, first + g) for n, g in enumerate(gains)]
+
+
+def test_forecast_stops_a_trial_whose_forecast_a_smaller_faster_trial_beat_at_the_end() -> None:
+    consistent = _complete([0.10, 0.11, 0.09, 0.10])  # +10 points from epoch 1, sd 0.8
+    leader = _curve(7, 40_000, 0.9, 0.75, 0.80, 0.83, 0.85)  # 85% at the end, +10 from epoch 1
+    me = _curve(9, 50_000, 1.0, 0.70, finished=False)  # forecast 80%: 5 points behind the leader's end
+    reason = _stopper("forecast", sigmas=1.0).reason_to_stop(me, [*consistent, leader])
+    assert reason is not None and "trial 7" in reason and "85.00%" in reason and "forecast 80.00%" in reason
+    # Not by a larger or slower trial, nor by a margin's worth of lead.
+    for other in (_curve(7, 60_000, 0.9, 0.75, 0.8, 0.83, 0.85), _curve(7, 40_000, 1.1, 0.75, 0.8, 0.83, 0.85)):
+        assert _stopper("forecast", sigmas=1.0).reason_to_stop(me, [*consistent, other]) is None
+    assert _stopper("forecast", sigmas=1.0, margin=0.06).reason_to_stop(me, [*consistent, leader]) is None
+
+
+def test_forecast_waits_out_a_wide_spread_of_gains_and_needs_enough_complete_trials() -> None:
+    leader = _curve(7, 40_000, 0.9, 0.75, 0.80, 0.83, 0.85)
+    me = _curve(9, 50_000, 1.0, 0.70, finished=False)
+    spread = _complete([0.05, 0.15, 0.10, 0.00, 0.20])  # mean +10 again, sd 7.9: a slow starter may catch up
+    assert _stopper("forecast", sigmas=1.0).reason_to_stop(me, [*spread, leader]) is None
+    assert _stopper("forecast", sigmas=0.5).reason_to_stop(me, [*spread, leader]) is not None
+    # Three complete trials (the leader among them) say too little about the spread: nothing stops.
+    assert _stopper("forecast", sigmas=1.0).reason_to_stop(me, [*_complete([0.10, 0.10]), leader]) is None
+    # Stopped and running trials are no evidence of gains to the end.
+    partial = [_curve(n, 500_000, 9.0, 0.7, 0.8, finished=n < 3) for n in range(5)]
+    assert _stopper("forecast", sigmas=1.0).reason_to_stop(me, [*_complete([0.1, 0.1]), *partial, leader]) is None
+
+
 def test_pareto_ranks_peel_fronts() -> None:
     # (minimised) points: two on the front, one behind both, one behind that one.
     assert pareto_ranks([(1, 5), (5, 1), (6, 6), (7, 7)]) == [0, 0, 1, 2]
