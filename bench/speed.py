@@ -103,6 +103,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--es-replay-only", action="store_true", help="no runs with early stopping: only the replayed figure"
     )
+    parser.add_argument("--es-policy", choices=["pareto", "forecast"], help="early stopping policy (default: study's)")
+    parser.add_argument("--es-sigmas", type=float, help="early stopping's sigmas (default: the study's)")
     parser.add_argument("--es-min-epochs", type=int, help="early stopping's min_epochs (default: the study's)")
     parser.add_argument(
         "--es-dir",
@@ -475,8 +477,8 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
     from kdnas.report import trials_frame
 
     policy = cfg.early_stop if cfg.early_stop.policy != "none" else EarlyStopConfig(policy="pareto")
-    if args.es_min_epochs is not None:
-        policy = dataclasses.replace(policy, min_epochs=args.es_min_epochs)
+    overrides = {"policy": args.es_policy, "sigmas": args.es_sigmas, "min_epochs": args.es_min_epochs}
+    policy = dataclasses.replace(policy, **{k: v for k, v in overrides.items() if v is not None})
     data_cfg = cfg.data
     if args.es_limit_train:
         data_cfg = _fewer_training_images(cfg.data, args.es_limit_train, args.data_dir)

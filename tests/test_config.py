@@ -270,7 +270,9 @@ def test_log_flag_that_is_not_a_bool_is_rejected(tmp_path):
         ),
         pytest.param('[sampler]\nname = "tpee"\n', "unknown sampler 'tpee'; known: tpe, nsga2, random", id="sampler"),
         pytest.param(
-            '[early_stop]\npolicy = "asha"\n', "unknown policy 'asha'; known: none, pareto, halving", id="early-stop"
+            '[early_stop]\npolicy = "asha"\n',
+            "unknown policy 'asha'; known: none, pareto, forecast, halving",
+            id="early-stop",
         ),
         pytest.param("[early_stop]\nmargin = 1.5\n", "margin must be in [0, 1), got 1.5", id="early-stop-margin"),
         pytest.param("[early_stop]\nmin_epochs = 0\n", "min_epochs must be at least 1", id="early-stop-min-epochs"),
