@@ -42,7 +42,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdnas.cli import setup_logging
-from kdnas.config import DataConfig, EarlyStopConfig, StudyConfig, TrainRecipe, load_study
+from kdnas.config import EARLY_STOP_POLICIES, DataConfig, EarlyStopConfig, StudyConfig, TrainRecipe, load_study
 from kdnas.data import AugmentedViews, ImageData, load_data
 from kdnas.distill import KDSpec, kd_loss
 from kdnas.measure import count_macs
@@ -103,7 +103,11 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--es-replay-only", action="store_true", help="no runs with early stopping: only the replayed figure"
     )
-    parser.add_argument("--es-policy", choices=["pareto", "forecast"], help="early stopping policy (default: study's)")
+    parser.add_argument(
+        "--es-policy",
+        choices=[p for p in EARLY_STOP_POLICIES if p != "none"],  # "none" is the run compared against
+        help="early stopping's policy (default: the study's)",
+    )
     parser.add_argument("--es-sigmas", type=float, help="early stopping's sigmas (default: the study's)")
     parser.add_argument("--es-min-epochs", type=int, help="early stopping's min_epochs (default: the study's)")
     parser.add_argument(
