@@ -455,7 +455,8 @@ def replay_early_stopping(study, stopper: EarlyStopper):
                 trained = 0 if df.at[t.number, "status"] == "duplicate" else len(curve)  # a duplicate trains nothing
                 df.loc[t.number, ["status", "val_accuracy", "epochs"]] = ["stopped", accuracy, trained]
                 break
-        judged.append(Curve(t.number, me.params, me.latency_ms, tuple(curve), True))
+        if df.at[t.number, "status"] != "duplicate":  # its twin's curve is judged already (as in the search)
+            judged.append(Curve(t.number, me.params, me.latency_ms, tuple(curve), True))
     return df.reset_index()
 
 

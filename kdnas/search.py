@@ -474,14 +474,18 @@ def _known_latency(trial, arch: str) -> float | None:
 
 
 def _curves(study, exclude: int):
-    """The learning curves of the study's trained trials (running ones too), for early stopping."""
+    """The learning curves of the study's trained trials (running ones too), for early stopping.
+
+    A duplicate is left out: it holds its twin's curve, and counting one training twice would narrow
+    the spread of gains ``forecast`` allows for and add a trial to each ``halving`` rung.
+    """
     import optuna
 
     from kdnas.pruning import Curve
 
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
-        if t.number == exclude or not a.get("val_curve"):
+        if t.number == exclude or not a.get("val_curve") or a.get("status") == "duplicate":
             continue
         finished = t.state == optuna.trial.TrialState.COMPLETE or a.get("status") == "stopped"
         yield Curve(t.number, a["params"], a["latency_ms"], tuple(a["val_curve"]), finished)

@@ -163,3 +163,24 @@ def test_search_records_stopped_trials_as_pruned_with_their_partial_curve(tmp_pa
             assert not beaten and trial.state == optuna.trial.TrialState.COMPLETE and len(curve) == 2
         best_first_epoch = max(best_first_epoch, curve[0])
     assert any(t.user_attrs["status"] == "stopped" for t in trained)
+
+
+def test_the_stopper_sees_each_training_once_finished_or_running_and_no_duplicate() -> None:
+    from kdnas.search import _curves
+
+    def trial(status: str, state: str, curve: list[float]) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(
+            state=getattr(optuna.trial.TrialState, state),
+            values=[curve[-1], 1000.0] if state == "COMPLETE" else None,
+            user_attrs={"status": status, "params": 1000, "latency_ms": 1.0, "val_curve": curve},
+        )
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(trial("complete", "COMPLETE", [0.7, 0.8]))
+    study.add_trial(trial("duplicate", "COMPLETE", [0.7, 0.8]))  # trial 0's curve again: trained once
+    study.add_trial(trial("stopped", "PRUNED", [0.5]))
+    study.add_trial(trial("rejected", "PRUNED", []))  # never trained
+    study.add_trial(trial("running", "RUNNING", [0.6]))
+    study.add_trial(trial("running", "RUNNING", [0.65]))  # the trial being judged
+    seen = {c.number: c.finished for c in _curves(study, exclude=5)}
+    assert seen == {0: True, 2: True, 4: False}
