@@ -47,7 +47,7 @@ from kdnas.data import AugmentedViews, ImageData, load_data
 from kdnas.distill import KDSpec, kd_loss
 from kdnas.measure import count_macs
 from kdnas.models import ArchSpec, build_model, count_params
-from kdnas.pruning import EarlyStopper
+from kdnas.pruning import Curve, EarlyStopper
 from kdnas.teacher import Teacher, soft_targets_for
 from kdnas.trainer import autocast, fit, native_bfloat16, resolve_precision
 
@@ -109,6 +109,7 @@ def _parse_args() -> argparse.Namespace:
         help="early stopping's policy (default: the study's)",
     )
     parser.add_argument("--es-sigmas", type=float, help="early stopping's sigmas (default: the study's)")
+    parser.add_argument("--es-margin", type=float, help="early stopping's margin (default: the study's)")
     parser.add_argument("--es-min-epochs", type=int, help="early stopping's min_epochs (default: the study's)")
     parser.add_argument(
         "--es-dir",
@@ -442,11 +443,10 @@ def compute_curve(df, cfg: StudyConfig, train_images: int) -> tuple[list[float],
     return cost.cumsum().tolist(), hv
 
 
-def replay_early_stopping(study, stopper: EarlyStopper):
+def replay_early_stopping(study, stopper: EarlyStopper | Clairvoyant):
     """The trials frame of a study run without early stopping, as if ``stopper`` had judged each trial
     after each epoch against the trials before it (one worker): the same candidates, so the figure is
     the rule's own saving, free of the sampler's different path through a study that really stops."""
-    from kdnas.pruning import Curve
     from kdnas.report import trials_frame
 
     df = trials_frame(study).set_index("trial")
@@ -466,6 +466,27 @@ def replay_early_stopping(study, stopper: EarlyStopper):
         if df.at[t.number, "status"] != "duplicate":  # its twin's curve is judged already (as in the search)
             judged.append(Curve(t.number, me.params, me.latency_ms, tuple(curve), True))
     return df.reset_index()
+
+
+class Clairvoyant:
+    """The issue's rule told every trial's final accuracy: after ``min_epochs`` it stops exactly the trials
+    that will end more than the margin behind a complete trial (finished before them) that is no larger
+    and no slower. A real rule must guess where a trial ends; a rule that stops only trials really beaten
+    by the margin cannot do better than this one, which never guesses wrong and always stops at once."""
+
+    def __init__(self, stopper: EarlyStopper, study) -> None:
+        self.stopper = stopper
+        self.finals = {t.number: t.user_attrs["val_curve"][-1] for t in study.trials if t.user_attrs.get("val_curve")}
+
+    def reason_to_stop(self, me: Curve, others: list[Curve]) -> str | None:
+        rule, final = self.stopper, self.finals[me.number]
+        if len(me.val_accuracy) != rule.cfg.min_epochs or rule.cfg.min_epochs >= rule.epochs:
+            return None
+        for other in others:
+            complete = other.finished and len(other.val_accuracy) == rule.epochs
+            if complete and rule.no_larger(other, me) and other.val_accuracy[-1] - final > rule.cfg.margin:
+                return f"ends {100 * final:.2f}%, trial {other.number} ended {100 * other.val_accuracy[-1]:.2f}%"
+        return None
 
 
 def stopped_in_hindsight(df, min_epochs: int):
@@ -490,7 +511,12 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
     from kdnas.report import trials_frame
 
     policy = cfg.early_stop if cfg.early_stop.policy != "none" else EarlyStopConfig(policy="pareto")
-    overrides = {"policy": args.es_policy, "sigmas": args.es_sigmas, "min_epochs": args.es_min_epochs}
+    overrides = {
+        "policy": args.es_policy,
+        "sigmas": args.es_sigmas,
+        "margin": args.es_margin,
+        "min_epochs": args.es_min_epochs,
+    }
     policy = dataclasses.replace(policy, **{k: v for k, v in overrides.items() if v is not None})
     data_cfg = cfg.data
     if args.es_limit_train:
@@ -506,17 +532,19 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
         f"\n== early stopping: {cfg.name!r}, {train_images:,} training images, {trials} trials without early "
         f"stopping, up to {math.ceil(trials * args.es_extra)} with it ({policy.policy}, margin {policy.margin}, "
         f"sigmas {policy.sigmas}, min_epochs {policy.min_epochs}), {args.es_seeds} seeds; compute in TFLOP; "
-        "'replayed': the trials of the run without, judged by the rule after each epoch; 'bound': those "
-        "trials with every one that ends off the front stopped after min_epochs (no rule that keeps the front "
-        "can spend less on them)"
+        "'replayed': the trials of the run without, judged by the rule after each epoch; 'clairvoyant': "
+        "judged by the rule told each trial's final accuracy (stopped after min_epochs when it will end more than "
+        "the margin behind a complete, no larger, no slower trial); 'bound': those trials with every one that "
+        "ends off the front stopped after min_epochs (no rule that keeps the front can spend less on them)"
     )
     print(
         f"{'seed':>4}  {'no ES: TFLOP':>12} {'final HV':>9} {'reached at':>10}  {'ES: TFLOP':>9} {'trials':>6} "
         f"{'stopped':>7} {'final HV':>9}  {'ES TFLOP to reach no-ES HV':>27}  {'replayed: stopped':>17} "
-        f"{'final HV':>9} {'TFLOP to reach it':>23}  {'bound: TFLOP to reach it':>24}",
+        f"{'final HV':>9} {'TFLOP to reach it':>23}  {'clairvoyant: TFLOP to reach it':>30}  "
+        f"{'bound: TFLOP to reach it':>24}",
         flush=True,
     )
-    fractions, replayed_fractions, bound_fractions = [], [], []
+    fractions, replayed_fractions, clairvoyant_fractions, bound_fractions = [], [], [], []
     runs = contextlib.nullcontext(args.es_dir) if args.es_dir else tempfile.TemporaryDirectory()
     with runs as folder:
         run_dir = Path(folder)  # one teacher and soft-target cache for every run
@@ -545,17 +573,30 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
             reach2 = _first_reach(cost2, hv2, hv0[-1])
             cost3, hv3 = compute_curve(stopped_in_hindsight(plain_trials, policy.min_epochs), base, train_images)
             reach3 = _first_reach(cost3, hv3, hv0[-1])
-            for found, kept in ((reach, fractions), (reach2, replayed_fractions), (reach3, bound_fractions)):
+            foreseen = replay_early_stopping(plain_study, Clairvoyant(stopper, plain_study))
+            cost4, hv4 = compute_curve(foreseen, base, train_images)
+            reach4 = _first_reach(cost4, hv4, hv0[-1])
+            for found, kept in (
+                (reach, fractions),
+                (reach2, replayed_fractions),
+                (reach4, clairvoyant_fractions),
+                (reach3, bound_fractions),
+            ):
                 if found is not None:
                     kept.append(found / cost0[-1])
             print(
                 f"{seed:>4}  {cost0[-1] / 1e12:12.3f} {hv0[-1]:9.5f} {own / 1e12:10.3f}  {live:>34}  "
                 f"{_share(reach, cost0[-1]) if live != '-' else '-':>27}  "
                 f"{(replayed['status'] == 'stopped').sum():>17} {hv2[-1]:9.5f} {_share(reach2, cost0[-1]):>23}  "
-                f"{_share(reach3, cost0[-1]):>24}",
+                f"{_share(reach4, cost0[-1]):>30}  {_share(reach3, cost0[-1]):>24}",
                 flush=True,
             )
-    for what, kept in (("", fractions), ("replayed, ", replayed_fractions), ("bound, ", bound_fractions)):
+    for what, kept in (
+        ("", fractions),
+        ("replayed, ", replayed_fractions),
+        ("clairvoyant, ", clairvoyant_fractions),
+        ("bound, ", bound_fractions),
+    ):
         if kept:
             print(
                 f"{what}compute to reach the no-early-stopping hypervolume: mean {100 * sum(kept) / len(kept):.1f}% "

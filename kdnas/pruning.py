@@ -102,7 +102,8 @@ class EarlyStopper:
             return self._outforecast(me, list(others))
         return self._below_rung(me, others) if done in self.rungs else None
 
-    def _no_larger(self, other: Curve, me: Curve) -> bool:
+    def no_larger(self, other: Curve, me: Curve) -> bool:
+        """Whether ``other`` is no larger and no slower than ``me`` in the study's size objectives."""
         return all(o <= m for o, m in zip(other.size(self.size_metrics), me.size(self.size_metrics), strict=True))
 
     def _dominated(self, me: Curve, others: Iterable[Curve]) -> str | None:
@@ -111,7 +112,7 @@ class EarlyStopper:
             if not other.finished or len(other.val_accuracy) < epoch:
                 continue
             theirs = other.val_accuracy[epoch - 1]
-            if self._no_larger(other, me) and theirs - mine > self.lead_needed(theirs, mine):
+            if self.no_larger(other, me) and theirs - mine > self.lead_needed(theirs, mine):
                 return (
                     f"after epoch {epoch}: trial {other.number} (no larger, no slower) had "
                     f"{100 * theirs:.2f}% there against {100 * mine:.2f}%"
@@ -134,7 +135,7 @@ class EarlyStopper:
         lead_needed = max(self.cfg.margin, self.cfg.sigmas * spread)
         for other in complete:
             final = other.val_accuracy[-1]
-            if self._no_larger(other, me) and final - forecast > lead_needed:
+            if self.no_larger(other, me) and final - forecast > lead_needed:
                 return (
                     f"after epoch {epoch}: trial {other.number} (no larger, no slower) ended at {100 * final:.2f}%; "
                     f"this one, at {100 * mine:.2f}%, is forecast {100 * forecast:.2f}% (the {len(gains)} complete "

@@ -16,7 +16,7 @@ from kdnas.report import trials_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from speed import replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
+from speed import Clairvoyant, replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
 
 
 @pytest.mark.slow
@@ -48,7 +48,7 @@ def test_bench_replay_only_trains_no_study_with_early_stopping_and_reads_kept_ru
     assert first.returncode == 0, first.stderr[-3000:]
     assert "es-0.db" not in first.stderr and "none-0.db" in first.stderr  # the studies' storages, as logged
     summaries = [line for line in first.stdout.splitlines() if "compute to reach" in line]
-    assert [line.split(",")[0] for line in summaries] == ["replayed", "bound"], first.stdout
+    assert [line.split(",")[0] for line in summaries] == ["replayed", "clairvoyant", "bound"], first.stdout
     assert (tmp_path / "es" / "none-0.db").is_file()
     # Run again on the kept folder: no teacher, no trial trained again; the same figures.
     assert again.returncode == 0, again.stderr[-3000:]
@@ -89,3 +89,17 @@ def test_the_bound_stops_after_min_epochs_exactly_the_trials_off_the_final_front
     bound = stopped_in_hindsight(trials_frame(study), min_epochs=2).set_index("trial")
     assert list(bound["status"]) == ["complete", "stopped", "complete", "complete"]
     assert list(bound["epochs"]) == [4, 2, 4, 4]
+
+
+def test_the_clairvoyant_rule_stops_at_once_exactly_the_trials_that_end_beaten_by_an_earlier_one() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(_trained(0, 100, [0.80, 0.85, 0.88, 0.90]))
+    study.add_trial(_trained(1, 200, [0.85, 0.86, 0.865, 0.87]))  # ahead early, ends behind trial 0
+    study.add_trial(_trained(2, 300, [0.60, 0.70, 0.80, 0.95]))  # behind early, ends ahead of all
+    study.add_trial(_trained(3, 250, [0.70, 0.80, 0.85, 0.895]))  # ends behind trial 0 by less than the margin
+    study.add_trial(_trained(4, 50, [0.70, 0.75, 0.78, 0.80]))  # beaten by no smaller trial
+    study.add_trial(_trained(5, 500, [0.70, 0.80, 0.85, 0.92]))  # ends beaten by trial 2 only
+    stopper = EarlyStopper(EarlyStopConfig(margin=0.02, min_epochs=2), ("val_accuracy", "params"), 4, 6_000)
+    replayed = replay_early_stopping(study, Clairvoyant(stopper, study)).set_index("trial")
+    assert list(replayed["status"]) == ["complete", "stopped", "complete", "complete", "complete", "stopped"]
+    assert list(replayed["epochs"]) == [4, 2, 4, 4, 4, 2]
