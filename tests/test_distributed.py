@@ -26,8 +26,13 @@ BUDGET_STATUSES = ("complete", "stopped", "diverged")
 
 def _worker(url: str, out: Path, trials: int, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "kdnas.search", "--study", "smoke", "--out", str(out), "--storage", url]
+    # One thread each, as on hosts of their own: three processes each spinning up every core of this
+    # machine would mostly wait on each other.
     return subprocess.Popen(
-        [*command, "--trials", str(trials), "--no-progress", *extra], stderr=subprocess.PIPE, text=True
+        [*command, "--trials", str(trials), "--no-progress", *extra],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
 
 
