@@ -455,15 +455,16 @@ def replay_early_stopping(study, stopper: EarlyStopper | Clairvoyant):
         full = t.user_attrs.get("val_curve")
         if df.at[t.number, "status"] not in ("complete", "duplicate") or not full:
             continue
+        duplicate = df.at[t.number, "status"] == "duplicate"
         curve = []
         for accuracy in full:
             curve.append(accuracy)
             me = Curve(t.number, t.user_attrs["params"], t.user_attrs["latency_ms"], tuple(curve), False)
             if stopper.reason_to_stop(me, judged) is not None:
-                trained = 0 if df.at[t.number, "status"] == "duplicate" else len(curve)  # a duplicate trains nothing
+                trained = 0 if duplicate else len(curve)  # a duplicate trains nothing
                 df.loc[t.number, ["status", "val_accuracy", "epochs"]] = ["stopped", accuracy, trained]
                 break
-        if df.at[t.number, "status"] != "duplicate":  # its twin's curve is judged already (as in the search)
+        if not duplicate:  # its twin's curve is judged already (as in the search)
             judged.append(Curve(t.number, me.params, me.latency_ms, tuple(curve), True))
     return df.reset_index()
 
@@ -483,8 +484,7 @@ class Clairvoyant:
         if len(me.val_accuracy) != rule.cfg.min_epochs or rule.cfg.min_epochs >= rule.epochs:
             return None
         for other in others:
-            complete = other.finished and len(other.val_accuracy) == rule.epochs
-            if complete and rule.no_larger(other, me) and other.val_accuracy[-1] - final > rule.cfg.margin:
+            if rule.complete(other) and rule.no_larger(other, me) and other.val_accuracy[-1] - final > rule.cfg.margin:
                 return f"ends {100 * final:.2f}%, trial {other.number} ended {100 * other.val_accuracy[-1]:.2f}%"
         return None
 
@@ -497,6 +497,13 @@ def stopped_in_hindsight(df, min_epochs: int):
     df.loc[off_front, "epochs"] = df.loc[off_front, "epochs"].clip(upper=min_epochs)
     df.loc[off_front, "status"] = "stopped"
     return df
+
+
+def _reached(df, cfg: StudyConfig, train_images: int, target: float) -> tuple[float | None, float]:
+    """The compute at which the trials frame ``df`` first reached hypervolume ``target`` (or None), and
+    its own final hypervolume."""
+    cost, hv = compute_curve(df, cfg, train_images)
+    return _first_reach(cost, hv, target), hv[-1]
 
 
 def _first_reach(cost: list[float], hv: list[float], target: float) -> float | None:
@@ -544,7 +551,8 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
         f"{'bound: TFLOP to reach it':>24}",
         flush=True,
     )
-    fractions, replayed_fractions, clairvoyant_fractions, bound_fractions = [], [], [], []
+    # Per figure, the share of the run without early stopping each seed needed to reach its hypervolume.
+    fractions: dict[str, list[float]] = {"": [], "replayed, ": [], "clairvoyant, ": [], "bound, ": []}
     runs = contextlib.nullcontext(args.es_dir) if args.es_dir else tempfile.TemporaryDirectory()
     with runs as folder:
         run_dir = Path(folder)  # one teacher and soft-target cache for every run
@@ -569,34 +577,21 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
                 live = f"{cost1[-1] / 1e12:9.3f} {len(study.trials):>6} {stopped:>7} {hv1[-1]:9.5f}"
             own = _first_reach(cost0, hv0, hv0[-1])  # the no-ES run may have had its final front early
             replayed = replay_early_stopping(plain_study, stopper)
-            cost2, hv2 = compute_curve(replayed, base, train_images)
-            reach2 = _first_reach(cost2, hv2, hv0[-1])
-            cost3, hv3 = compute_curve(stopped_in_hindsight(plain_trials, policy.min_epochs), base, train_images)
-            reach3 = _first_reach(cost3, hv3, hv0[-1])
+            reach2, hv2 = _reached(replayed, base, train_images, hv0[-1])
+            reach3, _ = _reached(stopped_in_hindsight(plain_trials, policy.min_epochs), base, train_images, hv0[-1])
             foreseen = replay_early_stopping(plain_study, Clairvoyant(stopper, plain_study))
-            cost4, hv4 = compute_curve(foreseen, base, train_images)
-            reach4 = _first_reach(cost4, hv4, hv0[-1])
-            for found, kept in (
-                (reach, fractions),
-                (reach2, replayed_fractions),
-                (reach4, clairvoyant_fractions),
-                (reach3, bound_fractions),
-            ):
+            reach4, _ = _reached(foreseen, base, train_images, hv0[-1])
+            for what, found in zip(fractions, (reach, reach2, reach4, reach3), strict=True):
                 if found is not None:
-                    kept.append(found / cost0[-1])
+                    fractions[what].append(found / cost0[-1])
             print(
                 f"{seed:>4}  {cost0[-1] / 1e12:12.3f} {hv0[-1]:9.5f} {own / 1e12:10.3f}  {live:>34}  "
                 f"{_share(reach, cost0[-1]) if live != '-' else '-':>27}  "
-                f"{(replayed['status'] == 'stopped').sum():>17} {hv2[-1]:9.5f} {_share(reach2, cost0[-1]):>23}  "
+                f"{(replayed['status'] == 'stopped').sum():>17} {hv2:9.5f} {_share(reach2, cost0[-1]):>23}  "
                 f"{_share(reach4, cost0[-1]):>30}  {_share(reach3, cost0[-1]):>24}",
                 flush=True,
             )
-    for what, kept in (
-        ("", fractions),
-        ("replayed, ", replayed_fractions),
-        ("clairvoyant, ", clairvoyant_fractions),
-        ("bound, ", bound_fractions),
-    ):
+    for what, kept in fractions.items():
         if kept:
             print(
                 f"{what}compute to reach the no-early-stopping hypervolume: mean {100 * sum(kept) / len(kept):.1f}% "

@@ -102,6 +102,10 @@ class EarlyStopper:
             return self._outforecast(me, list(others))
         return self._below_rung(me, others) if done in self.rungs else None
 
+    def complete(self, curve: Curve) -> bool:
+        """Whether ``curve``'s trial trained to the end: finished, and not stopped early."""
+        return curve.finished and len(curve.val_accuracy) == self.epochs
+
     def no_larger(self, other: Curve, me: Curve) -> bool:
         """Whether ``other`` is no larger and no slower than ``me`` in the study's size objectives."""
         return all(o <= m for o, m in zip(other.size(self.size_metrics), me.size(self.size_metrics), strict=True))
@@ -126,7 +130,7 @@ class EarlyStopper:
 
     def _outforecast(self, me: Curve, others: list[Curve]) -> str | None:
         epoch, mine = len(me.val_accuracy), me.val_accuracy[-1]
-        complete = [o for o in others if o.finished and len(o.val_accuracy) == self.epochs]
+        complete = [o for o in others if self.complete(o)]
         if len(complete) < FORECAST_MIN_TRIALS:
             return None
         gains = [o.val_accuracy[-1] - o.val_accuracy[epoch - 1] for o in complete]
