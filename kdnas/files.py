@@ -1,4 +1,4 @@
-"""Files that several processes share: an exclusive lock, and JSON written whole or not at all."""
+"""Files that several processes share: an exclusive lock, and files written whole or not at all."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["exclusive", "write_json"]
+__all__ = ["exclusive", "atomic_write", "write_json", "write_text"]
 
 log = logging.getLogger("kdnas.files")
 
@@ -35,11 +35,25 @@ def exclusive(path: Path, waiting_message: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON to ``path`` completely or not at all (readers never see half)."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` completely or not at all: ``write(tmp)`` fills a temporary file beside it, which
+    then replaces ``path`` in one step (readers and a crash see the old file or the new, never half).
+
+    The temporary name carries the process id, so workers writing the same file do not collide.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` completely or not at all."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON to ``path`` completely or not at all."""
+    write_text(path, json.dumps(payload, indent=2, default=str) + "\n")

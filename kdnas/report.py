@@ -17,7 +17,6 @@ import argparse
 import html
 import logging
 import math
-import os
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from kdnas.cli import add_common_arguments, add_storage_argument, add_study_argument, run_cli
 from kdnas.config import LATENCY_ROUND_RUNS, METRICS, NumParam, StudyConfig, load_study, study_from_dict
 from kdnas.errors import KdnasError
+from kdnas.files import write_text
 
 if TYPE_CHECKING:
     import optuna
@@ -728,13 +728,6 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
 """
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write ``path`` completely or not at all."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(study: optuna.Study, cfg: StudyConfig, out_dir: Path) -> Path:
     """Write ``report.html``, ``trials.csv`` and ``pareto.csv`` into ``out_dir``; returns the report's path.
 
@@ -749,9 +742,9 @@ def write_report(study: optuna.Study, cfg: StudyConfig, out_dir: Path) -> Path:
     path = out_dir / "report.html"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(out_dir / "trials.csv", df.to_csv(index=False))
-        _write_text(out_dir / "pareto.csv", _pareto_table(df).to_csv(index=False))
-        _write_text(path, page)
+        write_text(out_dir / "trials.csv", df.to_csv(index=False))
+        write_text(out_dir / "pareto.csv", _pareto_table(df).to_csv(index=False))
+        write_text(path, page)
     except OSError as err:
         raise KdnasError(f"cannot write the report to {out_dir} ({err.strerror}); pass a writable --out") from None
     log.info("report: %s (%d trials, %d Pareto-optimal)", path, len(df), int(df["pareto"].sum()))

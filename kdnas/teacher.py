@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from torch import nn
 from kdnas.config import StudyConfig, section_hash
 from kdnas.data import AugmentedViews, ImageData
 from kdnas.errors import KdnasError
+from kdnas.files import atomic_write
 from kdnas.models import ArchSpec, build_model, count_params
 from kdnas.trainer import autocast, evaluate, fit, keep_freed_memory, return_freed_memory
 
@@ -77,13 +77,8 @@ def teacher_spec(cfg: StudyConfig, data: ImageData) -> ArchSpec:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """Write ``path`` completely or not at all (a crash leaves the old file or none)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``torch.save`` to ``path`` completely or not at all (a crash leaves the old file or none)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _read(path: Path, expected_format: str) -> dict[str, Any] | None:
