@@ -9,10 +9,12 @@ processes write safely. kdnas names it with its own URL form, ``journal:///path/
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, unquote_plus
 
 from kdnas.errors import KdnasError, first_line
 
@@ -23,6 +25,7 @@ __all__ = [
     "JOURNAL_PREFIX",
     "HEARTBEAT_GRACE_S",
     "hide_password",
+    "scrub",
     "local_file",
     "default_url",
     "shareable_url",
@@ -40,14 +43,34 @@ def _journal_url(path: Path) -> str:
     return JOURNAL_PREFIX + str(path.resolve()).lstrip("/")
 
 
-def hide_password(url: str) -> str:
-    """A storage URL fit for messages: the password replaced by ***."""
-    try:
-        from sqlalchemy.engine import make_url
+# "scheme://user:" then the password, which runs to the LAST "@": an unencoded "@" or "/" in a password
+# cannot hide it, and a URL that is otherwise broken (a non-numeric port, a bad host) is still masked.
+_USERINFO_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][\w+.-]*://[^:/@?#]*:)(?P<password>.*)@")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&][\w.-]*password=)(?P<password>[^&#]*)", re.IGNORECASE)
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+
+def _passwords(url: str) -> list[str]:
+    """Every password ``url`` carries: in its query string (``?password=``) and in its user info."""
+    found = [m["password"] for m in _QUERY_PASSWORD.finditer(url)]
+    if (match := _USERINFO_PASSWORD.match(_QUERY_PASSWORD.sub(r"\g<head>***", url))) is not None:
+        found.append(match["password"])
+    return [p for p in found if p]
+
+
+def hide_password(url: str) -> str:
+    """A storage URL fit for messages: every password in it replaced by ***, whether or not it parses."""
+    return _USERINFO_PASSWORD.sub(r"\g<head>***@", _QUERY_PASSWORD.sub(r"\g<head>***", url), count=1)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a driver's error message, say) with ``url``'s passwords replaced by ***.
+
+    Drivers echo the URL, or the password alone, raw or percent-decoded; each form is replaced.
+    """
+    for password in _passwords(url):
+        for form in sorted({password, unquote(password), unquote_plus(password)}, key=len, reverse=True):
+            text = text.replace(form, "***")
+    return text
 
 
 def local_file(url: str) -> Path | None:
@@ -118,6 +141,7 @@ def open_storage(url: str, heartbeat_grace_s: int = HEARTBEAT_GRACE_S) -> optuna
     """
     import optuna
 
+    given = url
     try:
         if url.startswith(JOURNAL_PREFIX):
             backend = optuna.storages.journal.JournalFileBackend(str(local_file(url)))
@@ -134,4 +158,4 @@ def open_storage(url: str, heartbeat_grace_s: int = HEARTBEAT_GRACE_S) -> optuna
                     raise
                 time.sleep(0.5 * (attempt + 1))
     except Exception as err:
-        raise KdnasError(f"cannot open storage {hide_password(url)}: {first_line(err)}") from None
+        raise KdnasError(f"cannot open storage {hide_password(given)}: {scrub(first_line(err), given)}") from None
