@@ -1,14 +1,17 @@
 """The fixed teacher: loaded or trained once per study, and its soft targets computed once.
 
-``runs/<study>/teacher.pt`` holds the weights with the architecture, dataset, accuracies and a
-fingerprint of everything they depend on (the study's teacher section and the data). A later run
-reuses the file only when the fingerprint matches; a changed teacher section retrains, and a file
-that cannot be read is reported and never used.
+``runs/<study>/teacher.pt`` holds the weights with the architecture, dataset, accuracies, the SHA-256
+of the weights and a fingerprint of everything they depend on (the study's teacher section and the
+data; for a checkpoint, also the file's bytes). A later run reuses the file only when the fingerprint
+matches; a changed teacher section retrains, and a file that cannot be read, or whose weights do not
+match their recorded hash, is reported and never used.
 
 ``runs/<study>/soft_targets.pt`` holds the teacher's logits (fp16) for the view of every training
-image in every epoch a student trains. Views are a pure function of (seed, image, epoch), so a
-trial that reads the cache sees what a live teacher would have produced (bit for bit on the CPU; on
-CUDA up to rare last-bit fp16 differences between kernels chosen for different batch shapes).
+image in every epoch a student trains. It is keyed by the teacher's weights, not its config: the same
+``[teacher]`` section can yield other weights (retrained, trained in another precision, a checkpoint
+replaced in place). Views are a pure function of (seed, image, epoch), so a trial that reads the
+cache sees what a live teacher would have produced (bit for bit on the CPU; on CUDA up to rare
+last-bit fp16 differences between kernels chosen for different batch shapes).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import dataclasses
 import hashlib
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdnas.config import StudyConfig, section_hash
+from kdnas.config import StudyConfig, TeacherConfig, section_hash
 from kdnas.data import AugmentedViews, ImageData
 from kdnas.errors import KdnasError
 from kdnas.files import atomic_write
@@ -37,6 +40,8 @@ __all__ = [
     "obtain_teacher",
     "load_stored_teacher",
     "teacher_spec",
+    "teacher_fingerprint",
+    "weights_sha256",
     "CachedSoftTargets",
     "LiveTeacher",
     "soft_targets_for",
@@ -47,8 +52,21 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TEACHER_FORMAT = "kdnas-teacher/1"
-SOFT_TARGETS_FORMAT = "kdnas-soft-targets/1"
+SOFT_TARGETS_FORMAT = "kdnas-soft-targets/2"  # /2: keyed by the teacher's weights
 StepHook = Callable[[int, int], None]
+
+
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict: every tensor's name, dtype, shape and bytes, in name order, as on the CPU.
+
+    Memory format and device do not change it (tensors are hashed contiguous, on the CPU).
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -57,8 +75,12 @@ class Teacher:
     spec: ArchSpec
     val_accuracy: float
     test_accuracy: float
-    fingerprint: str
+    fingerprint: str  # of what the teacher was made from (see teacher_fingerprint)
     path: Path | None  # where it is stored (None for a checkpoint used as it is)
+    weights_sha256: str = dataclasses.field(init=False)  # of the model's weights: what derived artefacts key on
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights_sha256", weights_sha256(self.model.state_dict()))
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -67,6 +89,7 @@ class Teacher:
             "val_accuracy": self.val_accuracy,
             "test_accuracy": self.test_accuracy,
             "fingerprint": self.fingerprint,
+            "weights_sha256": self.weights_sha256,
             "path": str(self.path) if self.path else None,
         }
 
@@ -74,6 +97,21 @@ class Teacher:
 def teacher_spec(cfg: StudyConfig, data: ImageData) -> ArchSpec:
     t = cfg.teacher
     return ArchSpec(t.arch, data.info.in_channels, data.info.num_classes, t.base_width, t.blocks)
+
+
+def teacher_fingerprint(section: TeacherConfig, data_fingerprint: str, checkpoint_sha256: str | None = None) -> str:
+    """What a teacher is made from: its ``[teacher]`` section, the data and, for a checkpoint, the file's SHA-256."""
+    fingerprint = section_hash(section, data_fingerprint)
+    return fingerprint if checkpoint_sha256 is None else section_hash(fingerprint, checkpoint_sha256)
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (a checkpoint may not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -108,21 +146,22 @@ def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step:
     """
     spec = teacher_spec(cfg, data)
     device = data.train.images.device
-    fingerprint = section_hash(cfg.teacher, data.fingerprint)
     if cfg.teacher.checkpoint:
         checkpoint = Path(cfg.teacher.checkpoint)
         model = _load_checkpoint(checkpoint, spec).to(device)
-        # New weights saved under the same path must invalidate everything derived from the old ones.
-        fingerprint = section_hash(fingerprint, hashlib.sha256(checkpoint.read_bytes()).hexdigest())
+        fingerprint = teacher_fingerprint(cfg.teacher, data.fingerprint, _file_sha256(checkpoint))
         return _finish(model, spec, data, fingerprint, None, cfg.teacher.train.eval_batch_size)
 
+    fingerprint = teacher_fingerprint(cfg.teacher, data.fingerprint)
     path = out_dir / "teacher.pt"
     if path.exists():
         blob = _read(path, TEACHER_FORMAT)
         if blob is not None and blob.get("fingerprint") == fingerprint:
-            log.info("teacher: reusing %s (test accuracy %.2f%%)", path, 100 * blob["test_accuracy"])
-            return load_stored_teacher(path, device, blob)
-        if blob is not None:
+            teacher = _from_blob(path, device, blob)
+            if teacher is not None:
+                log.info("teacher: reusing %s (test accuracy %.2f%%)", path, 100 * teacher.test_accuracy)
+                return teacher
+        elif blob is not None:
             log.warning("teacher: the [teacher] section or the data changed since %s was trained; retraining", path)
 
     log.info(
@@ -147,6 +186,7 @@ def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step:
         {
             "format": TEACHER_FORMAT,
             "fingerprint": fingerprint,
+            "weights_sha256": teacher.weights_sha256,
             "spec": dataclasses.asdict(spec),
             "dataset": data.info.name,
             "val_accuracy": teacher.val_accuracy,
@@ -166,16 +206,28 @@ def load_stored_teacher(path: Path, device: torch.device | str, blob: dict[str, 
     """Load a ``teacher.pt`` written by ``obtain_teacher`` (its fingerprint is the caller's to check).
 
     Raises:
-        KdnasError: the file is missing, unreadable or not a kdnas teacher.
+        KdnasError: the file is missing, unreadable, not a kdnas teacher, or its weights are not the
+            ones it records the hash of.
     """
     blob = blob if blob is not None else _read(path, TEACHER_FORMAT) if path.is_file() else None
-    if blob is None:
+    teacher = None if blob is None else _from_blob(path, device, blob)
+    if teacher is None:
         raise KdnasError(f"no usable teacher at {path}; run the search again to train it")
+    return teacher
+
+
+def _from_blob(path: Path, device: torch.device | str, blob: dict[str, Any]) -> Teacher | None:
+    """The teacher a ``teacher.pt`` holds, or None (with a warning) if its weights are not what it records."""
     spec = ArchSpec(**{**blob["spec"], "blocks": tuple(blob["spec"]["blocks"])})
     model = build_model(spec)
     model.load_state_dict(blob["state_dict"])
     model.to(device=device, memory_format=torch.channels_last).eval()
-    return Teacher(model, spec, blob["val_accuracy"], blob["test_accuracy"], blob["fingerprint"], path)
+    teacher = Teacher(model, spec, blob["val_accuracy"], blob["test_accuracy"], blob["fingerprint"], path)
+    recorded = blob.get("weights_sha256")  # absent in files written before the hash was recorded
+    if recorded is not None and recorded != teacher.weights_sha256:
+        log.warning("%s is corrupt (its weights do not match the SHA-256 it records); it will be rebuilt", path)
+        return None
+    return teacher
 
 
 def _finish(
@@ -272,17 +324,24 @@ def soft_targets_for(
 ) -> CachedSoftTargets:
     """Load the soft-target cache for ``epochs`` epochs of ``views``, computing it if needed.
 
-    ``precision``: the teacher's, as for ``LiveTeacher``.
+    The cache is keyed by what its logits depend on: the teacher's weights (not its config), the
+    data and its views, the epochs and ``precision`` (the teacher's, as for ``LiveTeacher``).
     """
     path = out_dir / "soft_targets.pt"
-    key = section_hash(teacher.fingerprint, views.data.fingerprint, epochs, precision)
+    depends_on = {
+        "teacher_weights_sha256": teacher.weights_sha256,
+        "data_fingerprint": views.data.fingerprint,
+        "epochs": epochs,
+        "precision": precision,
+    }
+    key = section_hash(depends_on)
     device = views.data.train.images.device
     if path.exists():
         blob = _read(path, SOFT_TARGETS_FORMAT)
         if blob is not None and blob.get("key") == key:
             return CachedSoftTargets(blob["logits"].to(device))
         if blob is not None:
-            log.info("soft targets: teacher, data or epochs changed since %s was written; rebuilding", path)
+            log.info("soft targets: %s; rebuilding", _why_stale(blob, depends_on))
 
     n, num_classes = len(views), views.data.info.num_classes
     ensure_disk_space(out_dir, soft_targets_bytes(n, num_classes, epochs), "the soft-target cache")
@@ -301,6 +360,15 @@ def soft_targets_for(
             step += 1
             if on_step is not None:
                 on_step(step, steps)
-    _atomic_save({"format": SOFT_TARGETS_FORMAT, "key": key, "logits": logits.cpu()}, path)
+    _atomic_save({"format": SOFT_TARGETS_FORMAT, "key": key, **depends_on, "logits": logits.cpu()}, path)
     return_freed_memory(device)  # the teacher's batches are done; the trials that follow size theirs differently
     return CachedSoftTargets(logits)
+
+
+def _why_stale(blob: dict[str, Any], depends_on: dict[str, Any]) -> str:
+    """Why a soft-target cache written for ``blob``'s inputs does not serve ``depends_on``."""
+    built, current = blob.get("teacher_weights_sha256"), depends_on["teacher_weights_sha256"]
+    if built != current:
+        return f"built for other teacher weights ({str(built)[:12]}) than the current teacher's ({current[:12]})"
+    changed = [name.replace("_", " ") for name, value in depends_on.items() if blob.get(name) != value]
+    return f"the {' and '.join(changed)} changed since it was built"

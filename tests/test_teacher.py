@@ -28,6 +28,7 @@ from kdnas.teacher import (
     obtain_teacher,
     soft_targets_for,
     teacher_spec,
+    weights_sha256,
 )
 
 TEACHER = TeacherConfig(base_width=4, blocks=(1,), train=TrainRecipe(epochs=1, batch_size=32, lr=0.2))
@@ -52,6 +53,36 @@ def stored(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def counting_forwards(model: torch.nn.Module) -> list[int]:
+    """A one-element list that counts the forward passes ``model`` runs from now on."""
+    count = [0]
+    model.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    return count
+
+
+def rebuilt_for_other_weights(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "other teacher weights" in r.getMessage()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The weights hash
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_weights_hash_ignores_memory_format_and_sees_every_value_and_dtype():
+    torch.manual_seed(0)
+    model = build_model(ArchSpec("resnet", 1, 4, 4, (1,)))
+    plain = weights_sha256(model.state_dict())
+    assert len(plain) == 64
+    assert weights_sha256(model.to(memory_format=torch.channels_last).state_dict()) == plain
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    name = sorted(state)[-1]
+    state[name].view(-1)[0] += 1
+    assert weights_sha256(state) != plain
+    halved = {k: v.bfloat16() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    assert weights_sha256(halved) != plain
+
+
 # ---------------------------------------------------------------------------------------------------
 # obtain_teacher
 # ---------------------------------------------------------------------------------------------------
@@ -65,6 +96,8 @@ def test_first_call_trains_and_saves(tiny_data, tmp_path):
     blob = stored(path)
     assert blob["format"] == TEACHER_FORMAT
     assert blob["fingerprint"] == teacher.fingerprint
+    assert blob["weights_sha256"] == teacher.weights_sha256 == weights_sha256(blob["state_dict"])
+    assert teacher.summary()["weights_sha256"] == teacher.weights_sha256
     assert blob["spec"] == dataclasses.asdict(teacher.spec)
     assert blob["teacher_config"] == dataclasses.asdict(TEACHER)
     assert (blob["val_accuracy"], blob["test_accuracy"]) == (teacher.val_accuracy, teacher.test_accuracy)
@@ -147,6 +180,25 @@ def test_truncated_teacher_file_is_rebuilt_not_used(tiny_data, tmp_path, caplog)
     assert stored(path)["fingerprint"] == teacher.fingerprint
 
 
+def test_stored_teacher_whose_weights_do_not_match_their_hash_is_corrupt(tiny_data, tmp_path, caplog):
+    first = obtain_teacher(study(), tiny_data, tmp_path)
+    path = tmp_path / "teacher.pt"
+    blob = stored(path)
+    name = sorted(blob["state_dict"])[0]
+    blob["state_dict"][name].view(-1)[0] += 1  # a flipped value, the recorded hash unchanged
+    torch.save(blob, path)
+    with pytest.raises(KdnasError, match=f"no usable teacher at {path}"):
+        load_stored_teacher(path, "cpu")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kdnas.teacher"):
+        again = obtain_teacher(study(), tiny_data, tmp_path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} is corrupt (its weights do not match the SHA-256 it records); it will be rebuilt"
+    ]
+    assert again.weights_sha256 == first.weights_sha256  # retrained from the same seed on the CPU
+    assert stored(path)["weights_sha256"] == weights_sha256(stored(path)["state_dict"])
+
+
 def test_checkpoint_is_loaded_instead_of_training(tiny_data, tmp_path):
     spec = teacher_spec(study(), tiny_data)
     torch.manual_seed(5)
@@ -158,6 +210,7 @@ def test_checkpoint_is_loaded_instead_of_training(tiny_data, tmp_path):
     teacher = obtain_teacher(study(dataclasses.replace(TEACHER, checkpoint=str(checkpoint))), tiny_data, out)
     assert teacher.path is None
     assert same_weights(teacher.model, source)
+    assert teacher.weights_sha256 == weights_sha256(source.state_dict())
     assert list(out.iterdir()) == []  # nothing trained, nothing stored
 
 
@@ -226,21 +279,51 @@ def test_soft_targets_are_the_teachers_fp16_logits_for_each_view(teacher, tiny_d
     assert blob["format"] == SOFT_TARGETS_FORMAT
 
 
-def test_soft_targets_are_reused_when_nothing_changed(teacher, tiny_data, tmp_path):
+def test_soft_targets_are_reused_for_the_same_weights_without_running_the_teacher(teacher, tiny_data, tmp_path):
     views = AugmentedViews(tiny_data)
     first = soft_targets_for(teacher, views, 2, tmp_path, batch_size=64)
     path = tmp_path / "soft_targets.pt"
     mtime = path.stat().st_mtime_ns
-    second = soft_targets_for(teacher, views, 2, tmp_path, batch_size=64)
+    reloaded = load_stored_teacher(tmp_path / "teacher.pt", "cpu")  # another process's teacher: same weights
+    forwards = counting_forwards(reloaded.model)
+    second = soft_targets_for(reloaded, views, 2, tmp_path, batch_size=64)
+    assert forwards == [0]
     assert path.stat().st_mtime_ns == mtime
     assert torch.equal(first.logits, second.logits)
 
 
-def test_soft_targets_are_rebuilt_when_the_epochs_change(teacher, tiny_data, tmp_path):
+def test_soft_targets_are_rebuilt_for_other_weights_under_the_same_config(teacher, tiny_data, tmp_path, caplog):
+    views = AugmentedViews(tiny_data)
+    old = soft_targets_for(teacher, views, 1, tmp_path, batch_size=64)
+    # teacher.pt replaced by one trained for the same [teacher] section elsewhere (another machine or
+    # precision): same fingerprint, other weights, a consistent file.
+    path = tmp_path / "teacher.pt"
+    torch.manual_seed(7)
+    state = build_model(teacher.spec).state_dict()
+    torch.save({**stored(path), "state_dict": state, "weights_sha256": weights_sha256(state)}, path)
+    current = obtain_teacher(study(), tiny_data, tmp_path)
+    assert current.fingerprint == teacher.fingerprint and current.weights_sha256 != teacher.weights_sha256
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="kdnas.teacher"):
+        new = soft_targets_for(current, views, 1, tmp_path, batch_size=64)
+    assert rebuilt_for_other_weights(caplog) == [
+        f"soft targets: built for other teacher weights ({teacher.weights_sha256[:12]}) than the current "
+        f"teacher's ({current.weights_sha256[:12]}); rebuilding"
+    ]
+    assert not torch.equal(new.logits, old.logits)
+    x = views.batch(torch.arange(8), views.epoch_params(0))
+    live = LiveTeacher(current.model)(0, torch.arange(8), x)
+    torch.testing.assert_close(new(0, torch.arange(8), x), live, rtol=2e-3, atol=1e-3)
+    assert stored(tmp_path / "soft_targets.pt")["teacher_weights_sha256"] == current.weights_sha256
+
+
+def test_soft_targets_are_rebuilt_when_the_epochs_change(teacher, tiny_data, tmp_path, caplog):
     views = AugmentedViews(tiny_data)
     one = soft_targets_for(teacher, views, 1, tmp_path, batch_size=64)
     key_one = stored(tmp_path / "soft_targets.pt")["key"]
-    three = soft_targets_for(teacher, views, 3, tmp_path, batch_size=64)
+    with caplog.at_level(logging.INFO, logger="kdnas.teacher"):
+        three = soft_targets_for(teacher, views, 3, tmp_path, batch_size=64)
+    assert "soft targets: the epochs changed since it was built; rebuilding" in caplog.messages
     assert three.logits.shape[0] == 3
     assert stored(tmp_path / "soft_targets.pt")["key"] != key_one
     assert torch.equal(three.logits[0], one.logits[0])  # the views of epoch 0 did not change
@@ -288,21 +371,30 @@ def test_cached_soft_targets_index_by_epoch_and_image():
     assert out.tolist() == [[10.0, 11.0], [6.0, 7.0]]
 
 
-def test_soft_targets_follow_new_weights_in_the_same_checkpoint_file(tiny_data, tmp_path):
+def test_soft_targets_follow_new_weights_in_the_same_checkpoint_file(tiny_data, tmp_path, caplog):
     # Replacing the weights behind [teacher] checkpoint (same path) must not reuse the old teacher's logits.
     spec = teacher_spec(study(), tiny_data)
     checkpoint = tmp_path / "weights.pt"
     cfg = study(dataclasses.replace(TEACHER, checkpoint=str(checkpoint)))
     views = AugmentedViews(tiny_data)
     out = subdir(tmp_path, "run")
+    teachers = []
     for seed in (1, 2):
         torch.manual_seed(seed)
         torch.save(build_model(spec).state_dict(), checkpoint)
-        teacher = obtain_teacher(cfg, tiny_data, out)
-        cache = soft_targets_for(teacher, views, 1, out, batch_size=64)
+        teachers.append(obtain_teacher(cfg, tiny_data, out))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="kdnas.teacher"):
+            cache = soft_targets_for(teachers[-1], views, 1, out, batch_size=64)
         x = views.batch(torch.arange(8), views.epoch_params(0))
-        live = LiveTeacher(teacher.model)(0, torch.arange(8), x)
+        live = LiveTeacher(teachers[-1].model)(0, torch.arange(8), x)
         torch.testing.assert_close(cache(0, torch.arange(8), x), live, rtol=2e-3, atol=1e-3)
+    first, second = teachers
+    assert first.fingerprint != second.fingerprint  # the checkpoint's bytes are part of what a teacher is
+    assert rebuilt_for_other_weights(caplog) == [
+        f"soft targets: built for other teacher weights ({first.weights_sha256[:12]}) than the current "
+        f"teacher's ({second.weights_sha256[:12]}); rebuilding"
+    ]
 
 
 def test_ensure_disk_space_refuses_more_than_is_free(tmp_path):
