@@ -15,55 +15,33 @@ Pick policies, among complete trials within ``--max-params`` / ``--max-latency-m
   where giving up parameters starts to cost the most accuracy. A front of one or two trials has no
   interior point: the knee is then its most accurate trial.
 
-The JSON (format ``kdnas-student/1``) holds the architecture, the KD hyperparameters and schedule,
-the objectives as measured, the teacher's path, fingerprint and file hash, and the whole study
-config, whose ``train`` section is the training recipe and whose ``data``/``teacher`` sections
-rebuild the data and check the teacher. ``python -m kdnas.train --config FILE`` trains it.
+The JSON is a student file (``kdnas.student_file``); ``python -m kdnas.train --config FILE`` trains it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
 import logging
 import math
-import typing
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdnas.cli import add_common_arguments, add_storage_argument, add_study_argument, run_cli
-from kdnas.config import StudyConfig, study_from_dict
 from kdnas.errors import KdnasError
 from kdnas.files import write_json
-from kdnas.report import StudyRun, load_run, pareto_front, trials_frame
+from kdnas.results import pareto_front, trials_frame
+from kdnas.rundir import load_run
+from kdnas.status import TrialStatus
+from kdnas.student_file import student_record
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from kdnas.distill import KDSpec
-    from kdnas.models import ArchSpec
-
-__all__ = [
-    "FORMAT",
-    "PICKS",
-    "StudentFile",
-    "pick_trial",
-    "knee",
-    "student_record",
-    "read_student",
-    "file_sha256",
-    "kdnas_version",
-    "build_parser",
-    "main",
-]
+__all__ = ["PICKS", "pick_trial", "knee", "build_parser", "main"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "kdnas-student/1"
 PICKS = ("knee", "max-accuracy", "smallest", "fastest")
 # Sort keys (and ascending flags) of the simple picks; later keys break ties.
 _ORDER = {
@@ -111,7 +89,7 @@ def pick_trial(
 
     if pick not in PICKS:
         raise KdnasError(f"unknown pick {pick!r}; known: {', '.join(PICKS)}")
-    complete = df[df["status"] == "complete"]
+    complete = df[df["status"] == TrialStatus.COMPLETE]
     # How far each trial is over the limits: the sum of its relative excesses, 0 within them.
     excess = pd.Series(0.0, index=complete.index)
     for column, limit in (("params", max_params), ("latency_ms", max_latency_ms)):
@@ -127,7 +105,7 @@ def pick_trial(
         if rows.empty:
             raise KdnasError(f"the study has no trial {trial}; its trials are 0..{df['trial'].max()}")
         row = rows.iloc[0]
-        if row["status"] != "complete":
+        if row["status"] != TrialStatus.COMPLETE:
             reason = f" ({row['reason']})" if row["reason"] else ""
             raise KdnasError(
                 f"trial {trial} is {row['status']}{reason}, not complete; "
@@ -146,200 +124,6 @@ def pick_trial(
         return knee(pareto_front(within, "params"))
     by, ascending = _ORDER[pick]
     return int(within.sort_values(by, ascending=ascending).iloc[0]["trial"])
-
-
-# ---------------------------------------------------------------------------------------------------
-# The file
-# ---------------------------------------------------------------------------------------------------
-
-
-def kdnas_version() -> str:
-    """The installed kdnas version ("unknown" when run from a source tree that is not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("kdnas")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes: tells a retrained teacher from the one a student was searched with."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _teacher_file(run: StudyRun) -> Path:
-    """Where the teacher the search used lies: a checkpoint, the path it recorded, or the run directory's."""
-    if run.cfg.teacher.checkpoint:
-        return Path(run.cfg.teacher.checkpoint).resolve()
-    recorded = (run.study.user_attrs.get("teacher") or {}).get("path")
-    if recorded and Path(recorded).is_file():
-        return Path(recorded).resolve()
-    return (run.out_dir / "teacher.pt").resolve()
-
-
-def student_record(run: StudyRun, trial_number: int, selection: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``kdnas-student/1`` dict of one complete trial of ``run``."""
-    from kdnas.data import DATASETS
-    from kdnas.space import specs_from_params
-
-    trial = run.study.trials[trial_number]
-    cfg, a = run.cfg, trial.user_attrs
-    info = DATASETS.get(cfg.data.dataset)
-    arch, kd = specs_from_params(trial.params, cfg, info.in_channels, info.num_classes)
-    if arch.describe() != a["arch"]:
-        raise KdnasError(
-            f"trial {trial_number} was {a['arch']!r} but its params rebuild {arch.describe()!r}; "
-            "the stored config does not match the study's trials"
-        )
-    teacher = run.study.user_attrs.get("teacher") or {}
-    path = _teacher_file(run)
-    if not path.is_file():
-        log.warning("the teacher file %s is missing; kdnas.train will need it", path)
-    return {
-        "format": FORMAT,
-        "kdnas_version": kdnas_version(),
-        "study": cfg.name,
-        "trial": trial_number,
-        "selection": dict(selection),
-        "arch": dataclasses.asdict(arch),
-        "kd": dataclasses.asdict(kd),
-        "measured": {
-            "val_accuracy": a["val_curve"][-1],
-            "val_curve": a["val_curve"],
-            "params": a["params"],
-            "macs": a["macs"],
-            "latency_ms": a["latency_ms"],
-            "latency_device": cfg.latency.device,
-            "train_seconds": a.get("train_seconds"),
-        },
-        "teacher": {
-            "path": str(path),
-            "fingerprint": teacher.get("fingerprint"),
-            "sha256": file_sha256(path) if path.is_file() else None,
-            "spec": teacher.get("spec"),
-            "params": teacher.get("params"),
-            "val_accuracy": teacher.get("val_accuracy"),
-            "test_accuracy": teacher.get("test_accuracy"),
-        },
-        "config": json.loads(json.dumps(cfg.to_dict(), default=list)),
-    }
-
-
-@dataclass(frozen=True)
-class StudentFile:
-    """A validated ``kdnas-student/1`` file."""
-
-    path: Path
-    record: dict[str, Any]  # the file's content, as read
-    cfg: StudyConfig  # the study config: recipe (cfg.train), seed, data and teacher sections
-    arch: ArchSpec
-    kd: KDSpec
-    trial: int
-    measured_params: int
-    measured_val_accuracy: float
-    teacher_path: Path
-    teacher_fingerprint: str
-    teacher_sha256: str | None
-
-
-def _typed(value: Any, hint: Any, where: str) -> Any:
-    """``value`` as the simple type ``hint`` (int, float, str, tuple[int, ...]), or a one-line error."""
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, list):
-            raise KdnasError(f"{where} must be a list, got {value!r}")
-        return tuple(_typed(v, typing.get_args(hint)[0], where) for v in value)
-    ok = isinstance(value, hint) and not isinstance(value, bool)
-    if hint is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok:
-        raise KdnasError(f"{where} must be of type {hint.__name__}, got {value!r}")
-    return hint(value)
-
-
-def _spec(cls: type, value: Any, where: str) -> Any:
-    """A frozen spec dataclass from a JSON object with exactly its fields."""
-    if not isinstance(value, Mapping):
-        raise KdnasError(f"{where} must be an object, got {value!r}")
-    hints = typing.get_type_hints(cls)
-    missing = [name for name in hints if name not in value]
-    unknown = [name for name in value if name not in hints]
-    if missing or unknown:
-        raise KdnasError(
-            f"{where} must have exactly the keys {', '.join(hints)}; "
-            f"missing: {', '.join(missing) or '-'}, unknown: {', '.join(unknown) or '-'}"
-        )
-    return cls(**{name: _typed(value[name], hint, f"{where}.{name}") for name, hint in hints.items()})
-
-
-def read_student(path: Path) -> StudentFile:
-    """Read and check a student file; no data, teacher or model is loaded.
-
-    Raises:
-        KdnasError: unreadable, not JSON, another format or version, or invalid contents.
-    """
-    from kdnas.distill import KDSpec
-    from kdnas.models import ArchSpec
-
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise KdnasError(f"cannot read {path}: {err.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise KdnasError(f"{path} is not valid JSON ({err}); export it again") from None
-    fmt = record.get("format") if isinstance(record, dict) else None
-    if not isinstance(fmt, str) or not fmt.startswith("kdnas-student/"):
-        raise KdnasError(
-            f'{path} is not a kdnas student file (no "format": "{FORMAT}"); write one with python -m kdnas.export'
-        )
-    if fmt != FORMAT:
-        raise KdnasError(
-            f"{path} has format {fmt!r}, but this kdnas reads {FORMAT!r}; export it again with this version"
-        )
-    try:
-        for key in ("config", "arch", "kd", "measured", "teacher", "trial"):
-            if key not in record:
-                raise KdnasError(f"missing key {key!r}")
-        cfg = study_from_dict(record["config"])
-        arch = _spec(ArchSpec, record["arch"], "arch")
-        kd = _spec(KDSpec, record["kd"], "kd")
-        measured, teacher = record["measured"], record["teacher"]
-        if not isinstance(measured, Mapping) or not isinstance(teacher, Mapping):
-            raise KdnasError("measured and teacher must be objects")
-        student = StudentFile(
-            path=Path(path),
-            record=record,
-            cfg=cfg,
-            arch=arch,
-            kd=kd,
-            trial=_typed(record["trial"], int, "trial"),
-            measured_params=_typed(measured.get("params"), int, "measured.params"),
-            measured_val_accuracy=_typed(measured.get("val_accuracy"), float, "measured.val_accuracy"),
-            teacher_path=Path(_typed(teacher.get("path"), str, "teacher.path")),
-            teacher_fingerprint=_typed(teacher.get("fingerprint"), str, "teacher.fingerprint"),
-            teacher_sha256=None if teacher.get("sha256") is None else _typed(teacher["sha256"], str, "teacher.sha256"),
-        )
-        _check_fits_dataset(student)
-    except KdnasError as err:
-        raise KdnasError(f"{path}: {err}") from None
-    return student
-
-
-def _check_fits_dataset(student: StudentFile) -> None:
-    from kdnas.data import DATASETS
-    from kdnas.models import ARCHITECTURES
-
-    ARCHITECTURES.get(student.arch.arch)
-    info = DATASETS.get(student.cfg.data.dataset)
-    if (student.arch.in_channels, student.arch.num_classes) != (info.in_channels, info.num_classes):
-        raise KdnasError(
-            f"arch has in_channels={student.arch.in_channels}, num_classes={student.arch.num_classes} "
-            f"but {info.name} has {info.in_channels} and {info.num_classes}"
-        )
 
 
 # ---------------------------------------------------------------------------------------------------

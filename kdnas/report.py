@@ -3,8 +3,8 @@
     python -m kdnas.report --study fashion             # runs/fashion/report.html, trials.csv, pareto.csv
     python -m kdnas.report --study smoke --out /tmp/smoke
 
-Everything starts from one pandas DataFrame, ``trials_frame(study)``: one row per trial with its
-parameters, measurements, status and Pareto flags. The CSV files are that frame; every figure is drawn
+Everything starts from one pandas DataFrame, ``kdnas.results.trials_frame(study)``: one row per trial
+with its parameters, measurements, status and Pareto flags. The CSV files are that frame; every figure is drawn
 from it afterwards (importances and the parallel-coordinates view come from Optuna's own functions).
 The report answers "which student, at what cost, and what did distillation buy?": accuracy against
 parameters and latency with the Pareto fronts joined, the front without distillation against the
@@ -18,60 +18,35 @@ import html
 import logging
 import math
 import warnings
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdnas.cli import add_common_arguments, add_storage_argument, add_study_argument, run_cli
-from kdnas.config import LATENCY_ROUND_RUNS, METRICS, NumParam, StudyConfig, load_study, study_from_dict
+from kdnas.config import LATENCY_ROUND_RUNS, METRICS, NumParam, StudyConfig
 from kdnas.errors import KdnasError
 from kdnas.files import write_text
+from kdnas.results import (
+    HYPERVOLUME_MARGIN,
+    NO_KD_ALPHA,
+    hypervolume_history,
+    largest_student_params,
+    pareto_front,
+    pareto_table,
+    trials_frame,
+)
+from kdnas.rundir import load_run
+from kdnas.status import TrialStatus, count_line
 
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
     import plotly.graph_objects as go
 
-__all__ = [
-    "NO_KD_ALPHA",
-    "HYPERVOLUME_MARGIN",
-    "StudyRun",
-    "load_run",
-    "trials_frame",
-    "pareto_front",
-    "kd_gain",
-    "largest_student_params",
-    "hypervolume_history",
-    "write_report",
-    "build_parser",
-    "main",
-]
+__all__ = ["kd_gain", "write_report", "build_parser", "main"]
 
 log = logging.getLogger(__name__)
 
-# The hypervolume's reference point lies this factor above the largest student's parameter count.
-HYPERVOLUME_MARGIN = 1.1
-# Below this initial alpha the soft term barely moves training: such trials are the no-distillation baseline.
-NO_KD_ALPHA = 0.05
-# The columns of trials.csv before and after the trial's own parameters.
-_LEAD_COLUMNS = ["trial", "status", "state", "reason", "arch"]
-_MEASURED_COLUMNS = [
-    "val_accuracy",
-    "params",
-    "macs",
-    "latency_ms",
-    "pareto",
-    "front_params",
-    "front_latency",
-    "distilled",
-    "epochs",
-    "train_seconds",
-    "duration_s",
-    "images_per_s",
-    "started",
-]
 _FAINT = "rgba(120, 120, 120, 0.35)"
 _FRONT = "#d62728"
 _KD = "#1f77b4"
@@ -79,134 +54,8 @@ _NO_KD = "#ff7f0e"
 
 
 # ---------------------------------------------------------------------------------------------------
-# Loading a stored study (shared by report, export and train)
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StudyRun:
-    """A stored study with the config it was run with and its run directory (teacher, reports)."""
-
-    study: optuna.Study
-    cfg: StudyConfig
-    out_dir: Path
-
-
-def load_run(study: str, out: Path | None = None, storage: str | None = None) -> StudyRun:
-    """Open the study that ``python -m kdnas.search --study STUDY [--out OUT] [--storage URL]`` wrote.
-
-    Nothing is created: a missing run directory or database is an error, not an empty study.
-
-    Raises:
-        KdnasError: unknown study file, nothing stored under that name, or no complete trial yet.
-    """
-    import optuna
-
-    from kdnas.storage import default_url, hide_password, local_file, open_storage
-
-    file_cfg = load_study(study)
-    name = file_cfg.name
-    out_dir = out if out is not None else Path("runs") / name
-    if storage is None:
-        storage = default_url(out_dir)
-        stored_file = local_file(storage)
-        if not stored_file.is_file():
-            raise KdnasError(
-                f"no stored study {name!r}: {stored_file} does not exist; run 'python -m kdnas.search "
-                f"--study {study}' first, or pass the --out (or --storage) the search used"
-            )
-    shown = hide_password(storage)
-    try:
-        stored = optuna.load_study(study_name=name, storage=open_storage(storage))
-    except KeyError:
-        raise KdnasError(f"no study named {name!r} in {shown}; run the search first or check --storage") from None
-    # The stored config is what the trials were run with (--seed and --trials included).
-    cfg = study_from_dict(stored.user_attrs["config"]) if "config" in stored.user_attrs else file_cfg
-    complete = [t for t in stored.get_trials(deepcopy=False) if t.user_attrs.get("status") == "complete"]
-    if not complete:
-        held = _count_line(_status(t) for t in stored.get_trials(deepcopy=False)) or "none"
-        raise KdnasError(
-            f"study {name!r} has no complete trial yet (trials: {held}); "
-            f"run 'python -m kdnas.search --study {study}' until one finishes"
-        )
-    return StudyRun(stored, cfg, out_dir)
-
-
-def _status(trial: optuna.trial.FrozenTrial) -> str:
-    return trial.user_attrs.get("status") or trial.state.name.lower()
-
-
-def _count_line(statuses: Iterable[str]) -> str:
-    """'6 complete, 1 diverged, 1 rejected': most frequent first, then by name."""
-    counts = Counter(statuses)
-    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-# ---------------------------------------------------------------------------------------------------
 # The data
 # ---------------------------------------------------------------------------------------------------
-
-
-def pareto_front(rows: pd.DataFrame, size: str) -> pd.DataFrame:
-    """The rows no other row beats on both small ``size`` and high ``val_accuracy``, smallest first.
-
-    Rows missing either value are never on it; of equal rows only the first is kept.
-    """
-    ranked = rows.dropna(subset=[size, "val_accuracy"])
-    ranked = ranked.sort_values([size, "val_accuracy"], ascending=[True, False], kind="stable")
-    best_so_far = ranked["val_accuracy"].cummax().shift(fill_value=-math.inf)
-    return ranked[ranked["val_accuracy"] > best_so_far]
-
-
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: parameters, measurements, status, reason, durations and Pareto flags.
-
-    Columns: ``trial``, ``status`` (complete, rejected, diverged, interrupted, stopped, duplicate, or
-    Optuna's state for a trial that never said), ``state``, ``reason``, ``arch``, every searched
-    parameter, ``val_accuracy`` (0..1, last epoch), ``params``, ``macs``, ``latency_ms``, ``pareto``
-    (optimal in all the study's objectives; never a duplicate, which reuses an earlier trial's
-    result), ``front_params`` / ``front_latency`` (optimal for accuracy against that one cost, among
-    complete trials), ``distilled`` (alpha >= NO_KD_ALPHA), ``epochs``, ``train_seconds``,
-    ``duration_s`` (wall time of the trial), ``images_per_s``, ``started``.
-    """
-    import pandas as pd
-
-    trials = study.get_trials(deepcopy=False)
-    optimal = {t.number for t in study.best_trials}
-    param_names = list(dict.fromkeys(name for t in trials for name in t.params))
-    rows = []
-    for t in trials:
-        a = t.user_attrs
-        curve = a.get("val_curve") or []
-        ended = t.datetime_complete
-        rows.append(
-            {
-                "trial": t.number,
-                "status": _status(t),
-                "state": t.state.name.lower(),
-                "reason": a.get("reason", t.system_attrs.get("fail_reason", "")),
-                "arch": a.get("arch", ""),
-                **{name: t.params.get(name) for name in param_names},
-                "val_accuracy": curve[-1] if curve else math.nan,
-                "params": a.get("params", math.nan),
-                "macs": a.get("macs", math.nan),
-                "latency_ms": a.get("latency_ms", math.nan),
-                "pareto": t.number in optimal and _status(t) == "complete",
-                "front_params": False,
-                "front_latency": False,
-                "distilled": t.params.get("alpha", 0.0) >= NO_KD_ALPHA,
-                "epochs": len(curve),
-                "train_seconds": a.get("train_seconds", math.nan),
-                "duration_s": (ended - t.datetime_start).total_seconds() if ended and t.datetime_start else math.nan,
-                "images_per_s": a.get("images_per_s", math.nan),
-                "started": t.datetime_start,
-            }
-        )
-    df = pd.DataFrame(rows, columns=[*_LEAD_COLUMNS, *param_names, *_MEASURED_COLUMNS])
-    done = df[df["status"] == "complete"]
-    for size, flag in (("params", "front_params"), ("latency_ms", "front_latency")):
-        df.loc[pareto_front(done, size).index, flag] = True
-    return df
 
 
 def kd_gain(df: pd.DataFrame) -> pd.DataFrame:
@@ -219,7 +68,7 @@ def kd_gain(df: pd.DataFrame) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
-    done = df[df["status"] == "complete"]
+    done = df[df["status"] == TrialStatus.COMPLETE]
     fronts = {}
     for column, distilled in (("no_kd", False), ("kd", True)):
         fronts[column] = pareto_front(done[done["distilled"] == distilled], "params")
@@ -232,42 +81,6 @@ def kd_gain(df: pd.DataFrame) -> pd.DataFrame:
         table[column] = [accuracy[i - 1] if i > 0 else math.nan for i in at]
     table["gain"] = table["kd"] - table["no_kd"]
     return table
-
-
-def largest_student_params(cfg: StudyConfig) -> int:
-    """Parameters of the largest student the search space allows (the hypervolume reference derives from it)."""
-    from kdnas.data import DATASETS
-    from kdnas.models import ArchSpec, build_model, count_params
-
-    info = DATASETS.get(cfg.data.dataset)
-    space = cfg.student
-    widest = ArchSpec(
-        space.arch,
-        info.in_channels,
-        info.num_classes,
-        int(space.base_width.bounds[1]),
-        (int(space.blocks.bounds[1]),) * space.stages,
-    )
-    return count_params(build_model(widest))
-
-
-def hypervolume_history(df: pd.DataFrame, reference_params: int) -> pd.Series:
-    """Hypervolume of (accuracy, parameters) after each trial, normalised to [0, 1].
-
-    The reference point is 0% accuracy at ``reference_params`` parameters; 1.0 would be a perfect
-    student with no parameters. Points are (1 - accuracy, params / reference_params), minimised.
-    """
-    import numpy as np
-    import pandas as pd
-    from optuna._hypervolume import compute_hypervolume  # Optuna's WFG algorithm; not (yet) public API
-
-    points: list[tuple[float, float]] = []
-    history = []
-    for row in df.sort_values("trial").itertuples():
-        if row.status == "complete" and row.params <= reference_params:
-            points.append((1.0 - row.val_accuracy, row.params / reference_params))
-        history.append(compute_hypervolume(np.array(points), np.ones(2)) if points else 0.0)
-    return pd.Series(history, index=df.sort_values("trial")["trial"].to_numpy(), name="hypervolume")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -321,9 +134,10 @@ def _tradeoff_figure(df: pd.DataFrame, size: str, teacher: dict[str, Any] | None
     faint = dict(color=_FAINT, size=8)
     top = dict(row=1, col=1)
     fig.add_trace(
-        _scatter(others[others["status"] == "complete"], size, "dominated", mode="markers", marker=faint), **top
+        _scatter(others[others["status"] == TrialStatus.COMPLETE], size, "dominated", mode="markers", marker=faint),
+        **top,
     )
-    stopped = others[others["status"] != "complete"]
+    stopped = others[others["status"] != TrialStatus.COMPLETE]
     if len(stopped):
         marker = dict(faint, symbol="triangle-down")
         fig.add_trace(_scatter(stopped, size, "stopped early", mode="markers", marker=marker), **top)
@@ -371,7 +185,7 @@ def _kd_figure(df: pd.DataFrame, gain: pd.DataFrame) -> go.Figure:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    done = df[df["status"] == "complete"]
+    done = df[df["status"] == TrialStatus.COMPLETE]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.06)
     for distilled, name, color in (
         (False, f"no distillation (alpha < {NO_KD_ALPHA})", _NO_KD),
@@ -483,7 +297,7 @@ def _importance_figure(study: optuna.Study, accuracy_index: int, complete: int) 
 def _parallel_figure(study: optuna.Study, df: pd.DataFrame, accuracy_index: int) -> tuple[go.Figure | None, str]:
     import optuna
 
-    done = df[df["status"] == "complete"]
+    done = df[df["status"] == TrialStatus.COMPLETE]
     params = [p for p in ("temperature", "alpha", "alpha_decay", "decay_rate") if p in df and done[p].notna().any()]
     if not params:
         return None, "No parallel coordinates: no complete trial has distillation parameters."
@@ -569,7 +383,7 @@ def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[t
             f"training on {study.user_attrs.get('train_device', 'a device not recorded')}; latency on "
             f"{lat.device}, batch {lat.batch_size}, {lat.threads} thread(s), {lat.repeats} timed runs",
         ),
-        ("trials", _count_line(df["status"])),
+        ("trials", count_line(df["status"])),
         (
             "compute",
             f"{_duration(df['duration_s'].sum())} in trials "
@@ -577,11 +391,6 @@ def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[t
         ),
     ]
     return rows
-
-
-def _pareto_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The Pareto-optimal trials as shown (and saved): most accurate first."""
-    return df[df["pareto"]].sort_values(["val_accuracy", "params"], ascending=[False, True])
 
 
 def _pareto_html(pareto: pd.DataFrame) -> str:
@@ -640,19 +449,19 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
     """The whole report as one HTML string, plotly.js included (opens with no network)."""
     from plotly.offline import get_plotlyjs
 
-    complete = int((df["status"] == "complete").sum())
+    complete = int((df["status"] == TrialStatus.COMPLETE).sum())
     accuracy_index = cfg.objectives.metrics.index("val_accuracy")
     teacher = study.user_attrs.get("teacher")
     # 10% above the largest student, so that the largest students still add area.
     reference = math.ceil(HYPERVOLUME_MARGIN * largest_student_params(cfg))
     gain = kd_gain(df)
     kd_note = ""
-    if not (~df["distilled"] & (df["status"] == "complete")).any():
+    if not (~df["distilled"] & (df["status"] == TrialStatus.COMPLETE)).any():
         kd_note = (
             f"No complete trial without distillation (alpha < {NO_KD_ALPHA}): the gain cannot be measured. "
             "Keep 0 in the [kd] alpha range (the default does) and run more trials."
         )
-    elif not (df["distilled"] & (df["status"] == "complete")).any():
+    elif not (df["distilled"] & (df["status"] == TrialStatus.COMPLETE)).any():
         kd_note = f"No complete trial with distillation: every trial had alpha < {NO_KD_ALPHA}."
     importance, importance_note = _importance_figure(study, accuracy_index, complete)
     parallel, parallel_note = _parallel_figure(study, df, accuracy_index)
@@ -722,28 +531,30 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
 <h2>Pareto-optimal students</h2>
 <p class="why">Optimal in all objectives ({html.escape(", ".join(cfg.objectives.metrics))}); pick one with
 <code>python -m kdnas.export --study {html.escape(cfg.name)} --trial N</code>. Every trial is in trials.csv.</p>
-{_pareto_html(_pareto_table(df))}
+{_pareto_html(pareto_table(df))}
 {"".join(sections)}
 </body></html>
 """
 
 
-def write_report(study: optuna.Study, cfg: StudyConfig, out_dir: Path) -> Path:
+def write_report(study: optuna.Study, cfg: StudyConfig, out_dir: Path, df: pd.DataFrame | None = None) -> Path:
     """Write ``report.html``, ``trials.csv`` and ``pareto.csv`` into ``out_dir``; returns the report's path.
+
+    ``df`` is the study's ``trials_frame``, when the caller has it already.
 
     Raises:
         KdnasError: the study has no complete trial (an empty report would say nothing), or
             ``out_dir`` is not writable.
     """
-    df = trials_frame(study)
-    if not (df["status"] == "complete").any():
+    df = trials_frame(study) if df is None else df
+    if not (df["status"] == TrialStatus.COMPLETE).any():
         raise KdnasError(f"study {cfg.name!r} has no complete trial yet; no report written")
     page = _page(study, cfg, df)
     path = out_dir / "report.html"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "trials.csv", df.to_csv(index=False))
-        write_text(out_dir / "pareto.csv", _pareto_table(df).to_csv(index=False))
+        write_text(out_dir / "pareto.csv", pareto_table(df).to_csv(index=False))
         write_text(path, page)
     except OSError as err:
         raise KdnasError(f"cannot write the report to {out_dir} ({err.strerror}); pass a writable --out") from None

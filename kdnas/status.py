@@ -7,9 +7,15 @@ and compared as the plain names they always were.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-__all__ = ["TrialStatus", "BUDGET_STATUSES", "TRAINED_STATUSES"]
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["TrialStatus", "BUDGET_STATUSES", "TRAINED_STATUSES", "status_of", "count_line"]
 
 
 class TrialStatus(StrEnum):
@@ -26,3 +32,14 @@ class TrialStatus(StrEnum):
 BUDGET_STATUSES = frozenset({TrialStatus.COMPLETE, TrialStatus.DIVERGED, TrialStatus.STOPPED})
 # A trial whose result another trial of the same candidate may reuse.
 TRAINED_STATUSES = frozenset({TrialStatus.COMPLETE, TrialStatus.STOPPED})
+
+
+def status_of(trial: optuna.trial.FrozenTrial) -> str:
+    """What became of ``trial``: its kdnas status, or Optuna's state for a trial that never said."""
+    return trial.user_attrs.get("status") or trial.state.name.lower()
+
+
+def count_line(statuses: Iterable[str]) -> str:
+    """'6 complete, 1 diverged, 1 rejected': most frequent first, then by name."""
+    counts = Counter(statuses)
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from kdnas.cli import add_common_arguments, add_training_arguments, run_cli
 from kdnas.config import section_hash
 from kdnas.errors import KdnasError
-from kdnas.export import StudentFile, file_sha256, kdnas_version, read_student
+from kdnas.student_file import StudentFile, file_sha256, kdnas_version, read_student
 
 if TYPE_CHECKING:
     import torch

@@ -12,7 +12,7 @@ import pytest
 
 from kdnas.config import EarlyStopConfig
 from kdnas.pruning import EarlyStopper
-from kdnas.report import trials_frame
+from kdnas.results import trials_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))

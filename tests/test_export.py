@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from _study_fixture import TEACHER, synthetic_study
 
-from kdnas import export
+from kdnas import export, student_file
 from kdnas.config import load_study
 
 
@@ -114,7 +114,7 @@ def test_exported_file_holds_everything_needed_to_retrain(study_dir, out):
     assert record["teacher"]["fingerprint"] == TEACHER["fingerprint"]
     assert record["teacher"]["sha256"] is None  # the hand-made study has no teacher file
     assert record["config"] == json.loads(json.dumps(load_study("smoke").to_dict(), default=list))
-    student = export.read_student(out)
+    student = student_file.read_student(out)
     assert (student.arch.base_width, student.arch.blocks, student.kd.alpha_decay) == (4, (1, 1, 1), "cosine")
     assert student.cfg == load_study("smoke") and student.trial == 3
 

@@ -166,7 +166,7 @@ def test_search_records_stopped_trials_as_pruned_with_their_partial_curve(tmp_pa
 
 
 def test_the_stopper_sees_each_training_once_finished_or_running_and_no_duplicate() -> None:
-    from kdnas.search import _curves
+    from kdnas.objective import trained_curves
 
     def trial(status: str, state: str, curve: list[float]) -> optuna.trial.FrozenTrial:
         return optuna.trial.create_trial(
@@ -182,5 +182,5 @@ def test_the_stopper_sees_each_training_once_finished_or_running_and_no_duplicat
     study.add_trial(trial("rejected", "PRUNED", []))  # never trained
     study.add_trial(trial("running", "RUNNING", [0.6]))
     study.add_trial(trial("running", "RUNNING", [0.65]))  # the trial being judged
-    seen = {c.number: c.finished for c in _curves(study, exclude=5)}
+    seen = {c.number: c.finished for c in trained_curves(study, exclude=5)}
     assert seen == {0: True, 2: True, 4: False}

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 from _study_fixture import SYNTHETIC_TRIALS, synthetic_study
 
-from kdnas import report
+from kdnas import report, results
 from kdnas.config import load_study
 
 
 @pytest.fixture
 def synthetic_frame(tmp_path) -> pd.DataFrame:
-    return report.trials_frame(synthetic_study(tmp_path / "run"))
+    return results.trials_frame(synthetic_study(tmp_path / "run"))
 
 
 def _trials(df: pd.DataFrame, column: str) -> set[int]:
@@ -68,7 +68,7 @@ def test_trials_frame_pareto_flags(synthetic_frame):
 
 def test_pareto_front_keeps_one_of_equal_points_and_skips_missing():
     rows = pd.DataFrame({"trial": [0, 1, 2, 3], "params": [10, 10, 20, math.nan], "val_accuracy": [0.5, 0.5, 0.4, 0.9]})
-    assert report.pareto_front(rows, "params")["trial"].tolist() == [0]
+    assert results.pareto_front(rows, "params")["trial"].tolist() == [0]
 
 
 def test_kd_gain_compares_best_accuracy_within_each_size(synthetic_frame):
@@ -79,7 +79,7 @@ def test_kd_gain_compares_best_accuracy_within_each_size(synthetic_frame):
 
 
 def test_hypervolume_history_is_cumulative_and_normalised(synthetic_frame):
-    history = report.hypervolume_history(synthetic_frame, reference_params=40_000)
+    history = results.hypervolume_history(synthetic_frame, reference_params=40_000)
     assert list(history.index) == list(SYNTHETIC_TRIALS)
     assert history.is_monotonic_increasing
     # Trial 0 alone: (1 - 0.8) error at 20k of 40k params dominates 0.8 * 0.5 of the unit square.
@@ -89,7 +89,7 @@ def test_hypervolume_history_is_cumulative_and_normalised(synthetic_frame):
 
 def test_largest_student_params_is_the_widest_deepest_student():
     cfg = load_study("smoke")
-    assert report.largest_student_params(cfg) == 19_810  # resnet w8 b1-1-1, as the smoke search measures it
+    assert results.largest_student_params(cfg) == 19_810  # resnet w8 b1-1-1, as the smoke search measures it
 
 
 def test_report_cli_writes_report_and_tables(tmp_path, capsys):

@@ -214,7 +214,7 @@ def test_unwritable_out_is_a_one_line_error_before_any_training(tmp_path: Path, 
 def test_a_new_tpe_study_queues_its_random_startup_trials_smallest_first(tmp_path: Path) -> None:
     from kdnas.config import load_study
     from kdnas.models import build_model, count_params
-    from kdnas.search import open_study
+    from kdnas.study import open_study
     from kdnas.space import specs_from_params, suggest
 
     cfg = load_study("fashion")
@@ -239,7 +239,7 @@ def test_a_new_tpe_study_queues_its_random_startup_trials_smallest_first(tmp_pat
 
 def test_only_the_process_that_creates_a_study_queues_its_startup_trials(tmp_path: Path) -> None:
     from kdnas.config import load_study
-    from kdnas.search import open_study
+    from kdnas.study import open_study
 
     cfg = load_study("fashion")
     url = f"sqlite:///{tmp_path / 'study.db'}"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from _study_fixture import finished_smoke_study, synthetic_study  # noqa: F401  (a fixture)
 
-from kdnas import export, train
+from kdnas import export, student_file, train
 from kdnas.data import load_data
 from kdnas.models import ArchSpec, build_model, count_params
 
@@ -184,7 +184,7 @@ def test_train_refuses_a_teacher_file_trained_for_other_settings(exported, tmp_p
     blob = torch.load(record["teacher"]["path"], weights_only=True)
     other = tmp_path / "teacher.pt"
     torch.save({**blob, "fingerprint": "fedcba9876543210"}, other)
-    record["teacher"].update(path=str(other), sha256=export.file_sha256(other))
+    record["teacher"].update(path=str(other), sha256=student_file.file_sha256(other))
     config = tmp_path / "student.json"
     config.write_text(json.dumps(record))
     assert train.main(["--config", str(config), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
@@ -196,7 +196,7 @@ def test_train_refuses_a_teacher_file_trained_for_other_settings(exported, tmp_p
 def test_allow_teacher_mismatch_warns_and_uses_the_teacher(exported, tmp_path, caplog):
     config = tmp_path / "student.json"
     config.write_text(json.dumps(_edited(json.loads(exported.read_text()), "teacher.sha256", "0" * 64)))
-    student = export.read_student(config)
+    student = student_file.read_student(config)
     data = load_data(student.cfg.data, Path("data"))
     with caplog.at_level(logging.WARNING):
         teacher = train.check_teacher(student, data, torch.device("cpu"), allow_mismatch=True)

@@ -1,0 +1,87 @@
+"""Before the first trial: the teacher and its soft targets (built once, or loaded), and the latency of
+every network of the space, timed side by side."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kdnas.config import StudyConfig
+from kdnas.objective import Objective
+from kdnas.progress import step_bar
+
+if TYPE_CHECKING:
+    import optuna
+    import torch
+
+    from kdnas.data import ImageData
+
+__all__ = ["prepare_objective", "time_space"]
+
+log = logging.getLogger(__name__)
+
+# At most this many networks are timed before the first trial: each costs warm-up + repeats forward
+# passes of the latency batch (milliseconds each for Fashion-MNIST students, more for CIFAR ones).
+_MAX_TIMED_AHEAD = 500
+
+
+def prepare_objective(
+    cfg: StudyConfig, data: ImageData, out_dir: Path, study: optuna.Study, train_device: torch.device, progress: bool
+) -> Objective:
+    """The teacher and its soft targets (built, or loaded from ``out_dir``), as a trial objective.
+
+    The teacher's summary and the training device are recorded on the study (the report shows them).
+    """
+    from kdnas.data import AugmentedViews
+    from kdnas.files import exclusive
+    from kdnas.teacher import obtain_teacher, soft_targets_for
+
+    # Workers sharing --out (on one host or many) build the teacher and its cache once: the first
+    # holds the lock while it builds, the others wait and then load what it saved.
+    with exclusive(out_dir / ".teacher.lock", "teacher: another worker is building it; waiting"):
+        with step_bar("teacher", progress) as hook:
+            teacher = obtain_teacher(cfg, data, out_dir, on_step=hook)
+        views = AugmentedViews(data)
+        soft_targets = None
+        if cfg.kd.may_distill:
+            with step_bar("soft targets", progress) as hook:
+                recipe = cfg.teacher.train
+                soft_targets = soft_targets_for(
+                    teacher,
+                    views,
+                    cfg.train.epochs,
+                    out_dir,
+                    recipe.eval_batch_size,
+                    precision=recipe.precision,
+                    on_step=hook,
+                )
+    log.info(
+        "teacher: %s, test accuracy %.2f%%, val accuracy %.2f%%",
+        teacher.spec.describe(),
+        100 * teacher.test_accuracy,
+        100 * teacher.val_accuracy,
+    )
+    study.set_user_attr("teacher", teacher.summary())
+    study.set_user_attr("train_device", str(train_device))
+    return Objective(cfg, views, soft_targets, train_device, out_dir)
+
+
+def time_space(cfg: StudyConfig, objective: Objective) -> None:
+    """Time every network of the space, side by side, before the first trial.
+
+    Timed one by one as they are sampled, networks are timed in different states of the machine, and
+    beside other workers' training when several share it: noise would reorder them.
+    """
+    from kdnas.space import architectures
+
+    info = objective.views.data.info
+    archs = architectures(cfg, info.in_channels, info.num_classes)
+    if len(archs) > _MAX_TIMED_AHEAD:
+        log.info("latency: %d networks in the space, too many to time together; each is timed when sampled", len(archs))
+        return
+    start = time.perf_counter()
+    timed = objective.latencies.time_all(archs, cfg.constraints.max_params)
+    if timed:
+        log.info("latency: timed %d networks of the space side by side (%.0f s)", timed, time.perf_counter() - start)

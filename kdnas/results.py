@@ -1,0 +1,198 @@
+"""What a study holds, as data: one row per trial, the Pareto fronts, and the hypervolume over trials.
+
+The table printed at the end of a search, the report, its CSV files, the export's picks and the
+benchmarks all read these, so a front is computed one way everywhere. A duplicate trial (a candidate
+trained before, carrying its twin's values) is never on a front: its twin is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from kdnas.config import METRICS, StudyConfig
+from kdnas.status import TrialStatus, status_of
+
+if TYPE_CHECKING:
+    import numpy as np
+    import optuna
+    import pandas as pd
+
+__all__ = [
+    "NO_KD_ALPHA",
+    "HYPERVOLUME_MARGIN",
+    "trials_frame",
+    "pareto_mask",
+    "pareto_front",
+    "pareto_table",
+    "largest_student_params",
+    "hypervolume_2d",
+    "hypervolume_history",
+]
+
+# The hypervolume's reference point lies this factor above the largest student's parameter count.
+HYPERVOLUME_MARGIN = 1.1
+# Below this initial alpha the soft term barely moves training: such trials are the no-distillation baseline.
+NO_KD_ALPHA = 0.05
+# The columns of trials.csv before and after the trial's own parameters.
+_LEAD_COLUMNS = ["trial", "status", "state", "reason", "arch"]
+_MEASURED_COLUMNS = [
+    "val_accuracy",
+    "params",
+    "macs",
+    "latency_ms",
+    "pareto",
+    "front_params",
+    "front_latency",
+    "distilled",
+    "epochs",
+    "train_seconds",
+    "duration_s",
+    "images_per_s",
+    "started",
+]
+
+
+def pareto_mask(costs: np.ndarray) -> np.ndarray:
+    """For each row of ``costs`` (N, M), all minimised: True where no other row dominates it.
+
+    A row dominates another when it is no worse in every column and better in at least one; equal
+    rows do not dominate each other.
+    """
+    import numpy as np
+
+    costs = np.asarray(costs, dtype=float)
+    no_worse = (costs[:, None, :] <= costs[None, :, :]).all(axis=2)  # [j, i]: j no worse than i everywhere
+    better = (costs[:, None, :] < costs[None, :, :]).any(axis=2)
+    return ~(no_worse & better).any(axis=0)
+
+
+def _costs(rows: pd.DataFrame, metrics: Sequence[str]) -> np.ndarray:
+    """The rows' measurements as costs to minimise (a maximised metric is negated)."""
+    import numpy as np
+
+    return np.column_stack([rows[m] if METRICS[m] == "minimize" else -rows[m] for m in metrics])
+
+
+def pareto_front(rows: pd.DataFrame, size: str) -> pd.DataFrame:
+    """The rows no other row beats on both small ``size`` and high ``val_accuracy``, smallest first.
+
+    Rows missing either value are never on it; of equal rows only the first is kept.
+    """
+    ranked = rows.dropna(subset=[size, "val_accuracy"])
+    ranked = ranked.sort_values([size, "val_accuracy"], ascending=[True, False], kind="stable")
+    ranked = ranked.drop_duplicates([size, "val_accuracy"])
+    return ranked[pareto_mask(_costs(ranked, [size, "val_accuracy"]))]
+
+
+def _study_metrics(study: optuna.Study) -> tuple[str, ...]:
+    """The objectives the study was run with (all of them for a study stored without its config)."""
+    stored = study.user_attrs.get("config", {}).get("objectives", {}).get("metrics")
+    return tuple(stored) if stored else tuple(METRICS)
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: parameters, measurements, status, reason, durations and Pareto flags.
+
+    Columns: ``trial``, ``status`` (complete, rejected, diverged, interrupted, stopped, duplicate, or
+    Optuna's state for a trial that never said), ``state``, ``reason``, ``arch``, every searched
+    parameter, ``val_accuracy`` (0..1, last epoch), ``params``, ``macs``, ``latency_ms``, ``pareto``
+    (optimal in all the study's objectives among complete trials; never a duplicate, which reuses an
+    earlier trial's result), ``front_params`` / ``front_latency`` (optimal for accuracy against that one
+    cost, among complete trials), ``distilled`` (alpha >= NO_KD_ALPHA), ``epochs``, ``train_seconds``,
+    ``duration_s`` (wall time of the trial), ``images_per_s``, ``started``.
+    """
+    import pandas as pd
+
+    trials = study.get_trials(deepcopy=False)
+    param_names = list(dict.fromkeys(name for t in trials for name in t.params))
+    rows = []
+    for t in trials:
+        a = t.user_attrs
+        curve = a.get("val_curve") or []
+        ended = t.datetime_complete
+        rows.append(
+            {
+                "trial": t.number,
+                "status": status_of(t),
+                "state": t.state.name.lower(),
+                "reason": a.get("reason", t.system_attrs.get("fail_reason", "")),
+                "arch": a.get("arch", ""),
+                **{name: t.params.get(name) for name in param_names},
+                "val_accuracy": curve[-1] if curve else math.nan,
+                "params": a.get("params", math.nan),
+                "macs": a.get("macs", math.nan),
+                "latency_ms": a.get("latency_ms", math.nan),
+                "pareto": False,
+                "front_params": False,
+                "front_latency": False,
+                "distilled": t.params.get("alpha", 0.0) >= NO_KD_ALPHA,
+                "epochs": len(curve),
+                "train_seconds": a.get("train_seconds", math.nan),
+                "duration_s": (ended - t.datetime_start).total_seconds() if ended and t.datetime_start else math.nan,
+                "images_per_s": a.get("images_per_s", math.nan),
+                "started": t.datetime_start,
+            }
+        )
+    df = pd.DataFrame(rows, columns=[*_LEAD_COLUMNS, *param_names, *_MEASURED_COLUMNS])
+    done = df[df["status"] == TrialStatus.COMPLETE]
+    df.loc[done.index[pareto_mask(_costs(done, _study_metrics(study)))], "pareto"] = True
+    for size, flag in (("params", "front_params"), ("latency_ms", "front_latency")):
+        df.loc[pareto_front(done, size).index, flag] = True
+    return df
+
+
+def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The Pareto-optimal trials of ``trials_frame`` rows, most accurate first (the search's last table,
+    the report's table and ``pareto.csv``)."""
+    return df[df["pareto"]].sort_values(["val_accuracy", "params"], ascending=[False, True])
+
+
+def largest_student_params(cfg: StudyConfig) -> int:
+    """Parameters of the largest student the search space allows (the hypervolume reference derives from it)."""
+    from kdnas.data import DATASETS
+    from kdnas.models import ArchSpec, build_model, count_params
+
+    info = DATASETS.get(cfg.data.dataset)
+    space = cfg.student
+    widest = ArchSpec(
+        space.arch,
+        info.in_channels,
+        info.num_classes,
+        int(space.base_width.bounds[1]),
+        (int(space.blocks.bounds[1]),) * space.stages,
+    )
+    return count_params(build_model(widest))
+
+
+def hypervolume_2d(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """The area dominated by ``points`` (both coordinates minimised) and bounded by ``reference``.
+
+    Swept in order of the first coordinate: each point that lowers the best second coordinate so far
+    adds the strip between the two, from its first coordinate to the reference's.
+    """
+    area, best = 0.0, reference[1]
+    for x, y in sorted(points):
+        if x < reference[0] and y < best:
+            area += (reference[0] - x) * (best - y)
+            best = y
+    return area
+
+
+def hypervolume_history(df: pd.DataFrame, reference_params: int) -> pd.Series:
+    """Hypervolume of (accuracy, parameters) after each trial, normalised to [0, 1].
+
+    The reference point is 0% accuracy at ``reference_params`` parameters; 1.0 would be a perfect
+    student with no parameters. Points are (1 - accuracy, params / reference_params), minimised.
+    """
+    import pandas as pd
+
+    ordered = df.sort_values("trial")
+    points: list[tuple[float, float]] = []
+    history = []
+    for row in ordered.itertuples():
+        if row.status == TrialStatus.COMPLETE and row.params <= reference_params:
+            points.append((1.0 - row.val_accuracy, row.params / reference_params))
+        history.append(hypervolume_2d(points, (1.0, 1.0)))
+    return pd.Series(history, index=ordered["trial"].to_numpy(), name="hypervolume")

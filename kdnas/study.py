@@ -1,0 +1,120 @@
+"""Opening a study: storage, the check that stored trials are comparable, the sampler, the start-up queue.
+
+Everything a worker needs to join a study comes from the study file and the storage URL, so workers on
+many hosts open the same study the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from kdnas.config import StudyConfig, section_hash
+from kdnas.errors import KdnasError, first_line
+from kdnas.status import BUDGET_STATUSES
+from kdnas.storage import hide_password
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["search_space_hash", "open_study", "budget_trials"]
+
+log = logging.getLogger(__name__)
+
+
+def search_space_hash(cfg: StudyConfig) -> str:
+    """What makes two runs' trials comparable: data, teacher, space, recipe, objectives, measurement."""
+    return section_hash(
+        cfg.data, cfg.teacher, cfg.student, cfg.kd, cfg.train, cfg.objectives, cfg.constraints, cfg.latency
+    )
+
+
+def _sampler_seed(cfg: StudyConfig, stored_trials: int, worker: int) -> int:
+    """The sampler's seed: (study seed, trials already stored, worker).
+
+    A resumed study must not replay the random sequence of its first run (that would train the same
+    candidates again), and the same study file, seed and history still give the same proposals.
+    """
+    return cfg.seed + 1_000_003 * stored_trials + 7_919 * worker
+
+
+def open_study(
+    cfg: StudyConfig, storage_url: str, *, fresh: bool = False, worker: int = 0, heartbeat_grace_s: int | None = None
+) -> optuna.Study:
+    """Create or load the study named ``cfg.name`` in ``storage_url``; refuse to mix incompatible trials.
+
+    ``worker`` tells concurrent workers' samplers apart (each gets its own random stream);
+    ``heartbeat_grace_s`` is how long an RDB trial may go without a heartbeat before it is retried.
+
+    Raises:
+        KdnasError: the storage cannot be opened, or it holds this study run with other settings.
+    """
+    import optuna
+
+    from kdnas.samplers import build_sampler
+    from kdnas.storage import HEARTBEAT_GRACE_S, open_storage
+
+    shown = hide_password(storage_url)
+    storage = open_storage(storage_url, heartbeat_grace_s or HEARTBEAT_GRACE_S)
+    try:
+        if fresh and cfg.name in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
+            optuna.delete_study(study_name=cfg.name, storage=storage)
+            log.info("deleted the stored study %r (--fresh)", cfg.name)
+        # Only the process that creates the study queues its start-up trials: hosts starting at the same
+        # instant would otherwise queue them twice and train each candidate twice.
+        created = True
+        try:
+            study = optuna.create_study(storage=storage, study_name=cfg.name, directions=cfg.objectives.directions)
+        except optuna.exceptions.DuplicatedStudyError:
+            created = False
+            study = optuna.create_study(
+                storage=storage, study_name=cfg.name, directions=cfg.objectives.directions, load_if_exists=True
+            )
+    except Exception as err:  # server gone, permissions, a study of other directions: all one line
+        raise KdnasError(f"cannot open study {cfg.name!r} in {shown}: {first_line(err)}") from None
+    space_hash = search_space_hash(cfg)
+    stored = study.user_attrs.get("space_hash")
+    if stored is not None and stored != space_hash:
+        raise KdnasError(
+            f"study {cfg.name!r} in {shown} was run with a different data/teacher/space/recipe; "
+            "rerun with --fresh to start over, or give the study another name"
+        )
+    if stored is None:
+        study.set_user_attr("space_hash", space_hash)
+        if created and cfg.sampler.name == "tpe":
+            _queue_startup_smallest_first(study, cfg)
+    seed = _sampler_seed(cfg, len(study.get_trials(deepcopy=False)), worker)
+    study.sampler = build_sampler(cfg.sampler, seed)
+    study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict(), default=list)))
+    return study
+
+
+def _queue_startup_smallest_first(study: optuna.Study, cfg: StudyConfig) -> None:
+    """Queue the random start-up trials, drawn with the study's seed, smallest student first.
+
+    Early stopping judges a trial only against finished trials that are no larger. In the sampler's
+    random order, the start-up trials that end off the front tend to come before the trials that beat
+    them, and nothing could stop them; smallest first, every trial that could beat one has finished
+    before it starts.
+    """
+    import optuna
+
+    from kdnas.data import DATASETS
+    from kdnas.models import build_model, count_params
+    from kdnas.space import suggest
+
+    info = DATASETS.get(cfg.data.dataset)
+    draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
+    candidates = []
+    for _ in range(min(cfg.sampler.startup_trials, cfg.budget.trials)):  # none left queued by a small budget
+        trial = draws.ask()
+        arch, _ = suggest(trial, cfg, info.in_channels, info.num_classes)
+        candidates.append((count_params(build_model(arch)), trial.params))
+    for _, params in sorted(candidates, key=lambda c: c[0]):  # stable: equal sizes keep their draw order
+        study.enqueue_trial(params)
+
+
+def budget_trials(study: optuna.Study) -> int:
+    """Trials that count against the budget (those that cost training)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") in BUDGET_STATUSES)
