@@ -48,18 +48,26 @@ WEIGHTS_FORMAT = "kdnas-student-weights/1"
 def check_teacher(student: StudentFile, data: ImageData, device: torch.device, *, allow_mismatch: bool) -> Teacher:
     """Load the exported teacher and make sure it is the one the student was searched with.
 
+    Its file must have the bytes the export recorded (a checkpoint replaced in place, or a retrained
+    ``teacher.pt``, is another teacher), and its ``[teacher]`` section and the data here must give the
+    fingerprint the export recorded.
+
     Raises:
         KdnasError: the teacher is missing, or differs (unless ``allow_mismatch``, which logs a warning).
     """
-    from kdnas.teacher import load_stored_teacher, obtain_teacher
+    from kdnas.teacher import load_stored_teacher, obtain_teacher, teacher_fingerprint
 
     cfg, path = student.cfg, student.teacher_path
-    if cfg.teacher.checkpoint:  # obtain_teacher only loads a checkpoint, fingerprinting its bytes too
-        teacher = obtain_teacher(cfg, data, path.parent)
-        recomputed = teacher.fingerprint
+    recorded_sha256 = student.teacher_sha256
+    replaced = recorded_sha256 is not None and file_sha256(path) != recorded_sha256
+    if cfg.teacher.checkpoint:
+        teacher = obtain_teacher(cfg, data, path.parent)  # loads the checkpoint, trains nothing
+        # A checkpoint's fingerprint covers its bytes: recompute it for the exported bytes, so that a
+        # replaced file is reported as replaced, not as a changed section or data.
+        recomputed = teacher_fingerprint(cfg.teacher, data.fingerprint, recorded_sha256 or file_sha256(path))
     else:
         teacher = load_stored_teacher(path, device)
-        recomputed = section_hash(cfg.teacher, data.fingerprint)  # as obtain_teacher computes it
+        recomputed = teacher_fingerprint(cfg.teacher, data.fingerprint)
     problems = []
     expected = student.teacher_fingerprint
     if recomputed != expected:
@@ -67,10 +75,10 @@ def check_teacher(student: StudentFile, data: ImageData, device: torch.device, *
             f"the [teacher] section and the data here give fingerprint {recomputed}, the export recorded "
             f"{expected} (the dataset files, the split or the teacher changed)"
         )
-    if teacher.fingerprint != recomputed:
+    if not cfg.teacher.checkpoint and teacher.fingerprint != recomputed:
         problems.append(f"{path} holds a teacher with fingerprint {teacher.fingerprint}, trained for other settings")
-    if student.teacher_sha256 is not None and file_sha256(path) != student.teacher_sha256:
-        problems.append(f"{path} was rewritten since the export (its SHA-256 differs): a retrained teacher")
+    if replaced:
+        problems.append(f"{path} was rewritten since the export (its SHA-256 differs): a retrained or replaced teacher")
     if problems:
         message = (
             f"teacher mismatch: {'; '.join(problems)}. The student would learn from other soft targets "

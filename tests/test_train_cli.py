@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from _study_fixture import finished_smoke_study, synthetic_study  # noqa: F401  
 from kdnas import export, student_file, train
 from kdnas.data import load_data
 from kdnas.models import ArchSpec, build_model, count_params
+from kdnas.teacher import teacher_fingerprint
 
 # ---------------------------------------------------------------------------------------------------
 # Bad input: nothing is loaded or written
@@ -191,6 +193,50 @@ def test_train_refuses_a_teacher_file_trained_for_other_settings(exported, tmp_p
     err = capsys.readouterr().err
     assert f"{other} holds a teacher with fingerprint fedcba9876543210, trained for other settings" in err
     assert not (tmp_path / "out").exists()
+
+
+def checkpoint_export(exported: Path, folder: Path) -> tuple[Path, Path]:
+    """The export of a study whose ``[teacher] checkpoint`` is a copy of ``exported``'s teacher, as the search
+    and export would have written it; returns (student file, checkpoint)."""
+    record = json.loads(exported.read_text())
+    checkpoint = folder / "checkpoint.pt"
+    shutil.copyfile(record["teacher"]["path"], checkpoint)
+    record["config"]["teacher"]["checkpoint"] = str(checkpoint)
+    config = folder / "student.json"
+    config.write_text(json.dumps(record))
+    cfg = student_file.read_student(config).cfg
+    sha256 = student_file.file_sha256(checkpoint)
+    fingerprint = teacher_fingerprint(cfg.teacher, load_data(cfg.data, Path("data")).fingerprint, sha256)
+    record["teacher"].update(path=str(checkpoint), sha256=sha256, fingerprint=fingerprint)
+    config.write_text(json.dumps(record))
+    return config, checkpoint
+
+
+def test_check_teacher_accepts_the_exported_checkpoint(exported, tmp_path):
+    config, checkpoint = checkpoint_export(exported, tmp_path)
+    student = student_file.read_student(config)
+    data = load_data(student.cfg.data, Path("data"))
+    teacher = train.check_teacher(student, data, torch.device("cpu"), allow_mismatch=False)
+    assert teacher.path is None  # used as it is, not trained
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, state[k]) for k, v in teacher.model.state_dict().items())
+
+
+def test_train_refuses_a_teacher_checkpoint_replaced_in_place(exported, tmp_path, capsys):
+    config, checkpoint = checkpoint_export(exported, tmp_path)
+    recorded = json.loads(config.read_text())["teacher"]["spec"]
+    spec = ArchSpec(**{**recorded, "blocks": tuple(recorded["blocks"])})
+    torch.manual_seed(1)
+    torch.save(build_model(spec).state_dict(), checkpoint)  # same path and architecture, other weights
+    out = tmp_path / "out"
+    assert train.main(["--config", str(config), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: teacher mismatch: {checkpoint} was rewritten since the export (its SHA-256 differs): a retrained "
+        "or replaced teacher. The student would learn from other soft targets than in the search; search and "
+        "export again, or pass --allow-teacher-mismatch\n"
+    )
+    assert not out.exists()
 
 
 def test_allow_teacher_mismatch_warns_and_uses_the_teacher(exported, tmp_path, caplog):
