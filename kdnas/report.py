@@ -126,7 +126,9 @@ def _tradeoff_figure(df: pd.DataFrame, size: str, teacher: dict[str, Any] | None
     front_col = {"params": "front_params", "latency_ms": "front_latency"}[size]
     label = {"params": "parameters", "latency_ms": "latency (ms)"}[size]
     has_size = df[size].notna()
-    trained = df[has_size & df["val_accuracy"].notna() & (df["status"] != "duplicate")]  # a duplicate is its twin
+    trained = df[
+        has_size & df["val_accuracy"].notna() & (df["status"] != TrialStatus.DUPLICATE)
+    ]  # a duplicate is its twin
     untrained = df[has_size & df["val_accuracy"].isna()]
     rows = 2 if len(untrained) else 1
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, row_heights=[0.88, 0.12][:rows], vertical_spacing=0.03)

@@ -9,7 +9,6 @@ training recipe and whose ``data``/``teacher`` sections rebuild the data and che
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -19,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from kdnas.config import StudyConfig, dataclass_from_dict, study_from_dict
 from kdnas.errors import KdnasError
+from kdnas.files import file_sha256
 
 if TYPE_CHECKING:
     from kdnas.distill import KDSpec
     from kdnas.models import ArchSpec
     from kdnas.rundir import StudyRun
 
-__all__ = ["FORMAT", "StudentFile", "student_record", "read_student", "file_sha256", "kdnas_version"]
+__all__ = ["FORMAT", "StudentFile", "student_record", "read_student", "kdnas_version"]
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,6 @@ def kdnas_version() -> str:
         return version("kdnas")
     except PackageNotFoundError:
         return "unknown"
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes: tells a retrained teacher from the one a student was searched with."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def student_record(run: StudyRun, trial_number: int, selection: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from torch import nn
 from kdnas.config import StudyConfig, TeacherConfig, section_hash
 from kdnas.data import AugmentedViews, ImageData
 from kdnas.errors import KdnasError
-from kdnas.files import atomic_write
+from kdnas.files import atomic_write, file_sha256
 from kdnas.models import ArchSpec, build_model, count_params
 from kdnas.trainer import autocast, evaluate, fit, keep_freed_memory, return_freed_memory
 
@@ -105,15 +105,6 @@ def teacher_fingerprint(section: TeacherConfig, data_fingerprint: str, checkpoin
     return fingerprint if checkpoint_sha256 is None else section_hash(fingerprint, checkpoint_sha256)
 
 
-def _file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks (a checkpoint may not fit in memory twice)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` completely or not at all (a crash leaves the old file or none)."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
@@ -149,7 +140,7 @@ def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step:
     if cfg.teacher.checkpoint:
         checkpoint = Path(cfg.teacher.checkpoint)
         model = _load_checkpoint(checkpoint, spec).to(device)
-        fingerprint = teacher_fingerprint(cfg.teacher, data.fingerprint, _file_sha256(checkpoint))
+        fingerprint = teacher_fingerprint(cfg.teacher, data.fingerprint, file_sha256(checkpoint))
         return _finish(model, spec, data, fingerprint, None, cfg.teacher.train.eval_batch_size)
 
     fingerprint = teacher_fingerprint(cfg.teacher, data.fingerprint)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -27,9 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdnas.cli import add_common_arguments, add_training_arguments, run_cli
-from kdnas.config import section_hash
 from kdnas.errors import KdnasError
-from kdnas.student_file import StudentFile, file_sha256, kdnas_version, read_student
+from kdnas.files import atomic_write, file_sha256, write_json
+from kdnas.progress import step_bar
+from kdnas.student_file import StudentFile, kdnas_version, read_student
 
 if TYPE_CHECKING:
     import torch
@@ -117,36 +117,37 @@ def _save(model: nn.Module, student: StudentFile, info: DatasetInfo, out_dir: Pa
     import torch
 
     cpu_model = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()
-    torch.save(
-        {
-            "format": WEIGHTS_FORMAT,
-            "arch": dataclasses.asdict(student.arch),
-            "state_dict": cpu_model.state_dict(),
-            "input": {"mean": list(info.mean), "std": list(info.std), "scale": "(pixel / 255 - mean) / std"},
-            "student": student.record,
-            **{k: summary[k] for k in ("val_accuracy", "test_accuracy", "epochs")},
-        },
-        out_dir / "student.pt",
-    )
+    weights = {
+        "format": WEIGHTS_FORMAT,
+        "arch": dataclasses.asdict(student.arch),
+        "state_dict": cpu_model.state_dict(),
+        "input": {"mean": list(info.mean), "std": list(info.std), "scale": "(pixel / 255 - mean) / std"},
+        "student": student.record,
+        **{k: summary[k] for k in ("val_accuracy", "test_accuracy", "epochs")},
+    }
+    atomic_write(out_dir / "student.pt", lambda tmp: torch.save(weights, tmp))
     deployable = _with_normalisation(cpu_model, info)
     example = torch.rand(2, info.in_channels, info.image_size, info.image_size) * 255
     batch = {0: torch.export.Dim("batch", min=1, max=65536)}
     program = torch.export.export(deployable, (example,), dynamic_shapes=(batch,))
-    torch.export.save(program, out_dir / "student.pt2")
+    atomic_write(out_dir / "student.pt2", lambda tmp: torch.export.save(program, tmp))
     # The ONNX exporter's optimiser logs every pass at INFO: keep the user's log to our lines.
     for name in ("onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    torch.onnx.export(
-        deployable,
-        (example,),
-        str(out_dir / "student.onnx"),
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_shapes=(batch,),
-        external_data=False,
-        verbose=False,
+    atomic_write(
+        out_dir / "student.onnx",
+        lambda tmp: torch.onnx.export(
+            deployable,
+            (example,),
+            str(tmp),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=(batch,),
+            external_data=False,
+            verbose=False,
+        ),
     )
-    (out_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / "result.json", summary)  # last: its presence says the other files are whole
 
 
 def _require_onnx() -> None:
@@ -175,7 +176,6 @@ def train_student(
             mismatches, or the data is missing.
     """
     import torch
-    from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from kdnas.data import AugmentedViews, load_data
@@ -213,18 +213,12 @@ def train_student(
         train_device,
     )
 
-    bar = tqdm(desc="training", unit="step", disable=not progress, dynamic_ncols=True, leave=False)
-
-    def on_step(step: int, total: int) -> None:
-        bar.total = total
-        bar.update(step - bar.n)
-
     def on_epoch(epoch: int, accuracy: float) -> None:
         log.info("epoch %d/%d: val accuracy %.2f%%", epoch + 1, recipe.epochs, 100 * accuracy)
 
     views = AugmentedViews(data)
     try:
-        with logging_redirect_tqdm(), bar:
+        with logging_redirect_tqdm(), step_bar("training", progress) as on_step:
             result = fit(
                 model.to(train_device),
                 views,
