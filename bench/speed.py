@@ -42,12 +42,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdnas.cli import setup_logging
-from kdnas.config import EARLY_STOP_POLICIES, DataConfig, EarlyStopConfig, StudyConfig, TrainRecipe, load_study
+from kdnas.config import DataConfig, EarlyStopConfig, StudyConfig, TrainRecipe, load_study
 from kdnas.data import AugmentedViews, ImageData, load_data
 from kdnas.distill import KDSpec, kd_loss
 from kdnas.measure import count_macs
 from kdnas.models import ArchSpec, build_model, count_params
-from kdnas.pruning import Curve, EarlyStopper
+from kdnas.pruning import EARLY_STOP_POLICIES, Curve, EarlyStopper
 from kdnas.teacher import Teacher, soft_targets_for
 from kdnas.trainer import autocast, fit, native_bfloat16, resolve_precision
 
@@ -105,7 +105,7 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--es-policy",
-        choices=[p for p in EARLY_STOP_POLICIES if p != "none"],  # "none" is the run compared against
+        choices=[p for p in EARLY_STOP_POLICIES.names() if p != "none"],  # "none" is the run compared against
         help="early stopping's policy (default: the study's)",
     )
     parser.add_argument("--es-sigmas", type=float, help="early stopping's sigmas (default: the study's)")

@@ -15,7 +15,7 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,12 +52,9 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
     "params": "minimize",
     "latency_ms": "minimize",
 }
-ALPHA_DECAYS = ("none", "linear", "cosine", "exponential")
-SAMPLERS = ("tpe", "nsga2", "random")
-EARLY_STOP_POLICIES = ("none", "pareto", "forecast", "halving")
-# "auto": bfloat16 autocast where the hardware computes in it natively (CUDA, CPUs with AVX512-BF16 or
-# AMX), float32 elsewhere; the others force one.
-PRECISIONS = ("auto", "float32", "bfloat16")
+# The names a study file gives (dataset, architecture, alpha schedule, precision, device, sampler, early-stop
+# policy) are checked against the registry that builds each, imported inside __post_init__: those modules
+# import torch or optuna, and this one, so `import kdnas.config` (and every --help) stays light.
 
 
 def _check(ok: bool, message: str) -> None:
@@ -141,11 +138,6 @@ class ChoiceParam:
     def __post_init__(self) -> None:
         _check(len(self.choices) > 0, "the list of choices is empty; give at least one value")
 
-    def require_in(self, known: Sequence[str]) -> None:
-        """Raise unless every choice is one of ``known``."""
-        for choice in self.choices:
-            _check(choice in known, f"unknown choice {choice!r}; known: {', '.join(known)}")
-
 
 # ---------------------------------------------------------------------------------------------------
 # Sections
@@ -164,6 +156,9 @@ class DataConfig:
     flip: bool | None = None  # random horizontal flip; None: the dataset's default
 
     def __post_init__(self) -> None:
+        from kdnas.data import DATASETS
+
+        _prefixed("dataset", DATASETS.check, self.dataset)
         _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         _at_least("limit_train", self.limit_train, 10)
         _at_least("crop_padding", self.crop_padding, 0)
@@ -185,7 +180,9 @@ class TrainRecipe:
     average_epochs: float = 0.25  # validation sees the weights averaged over about this many epochs; 0: raw
 
     def __post_init__(self) -> None:
-        _check(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        from kdnas.trainer import PRECISIONS
+
+        _prefixed("precision", PRECISIONS.check, self.precision)
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("eval_batch_size", self.eval_batch_size, 1)
@@ -211,6 +208,9 @@ class TeacherConfig:
     train: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10))
 
     def __post_init__(self) -> None:
+        from kdnas.models import ARCHITECTURES
+
+        _prefixed("arch", ARCHITECTURES.check, self.arch)
         _at_least("base_width", self.base_width, 1)
         _check(len(self.blocks) >= 1, "blocks is empty; give the number of blocks of each stage")
         _check(all(b >= 1 for b in self.blocks), f"every stage needs at least 1 block, got {list(self.blocks)}")
@@ -226,9 +226,18 @@ class StudentSpace:
     blocks: NumParam = NumParam("int", 1, 3)  # searched separately for every stage
 
     def __post_init__(self) -> None:
+        from kdnas.models import ARCHITECTURES
+
+        _prefixed("arch", ARCHITECTURES.check, self.arch)
         _at_least("stages", self.stages, 1)
         _prefixed("base_width", lambda: self.base_width.require(1))
         _prefixed("blocks", lambda: self.blocks.require(1))
+
+
+def _every_alpha_schedule() -> ChoiceParam:
+    from kdnas.distill import ALPHA_SCHEDULES
+
+    return ChoiceParam(tuple(ALPHA_SCHEDULES.names()))
 
 
 @dataclass(frozen=True)
@@ -237,7 +246,7 @@ class KDSpace:
 
     temperature: NumParam = NumParam("float", 1.0, 8.0, log=True)
     alpha: NumParam = NumParam("float", 0.0, 1.0, step=0.1)  # 0 is the no-distillation baseline
-    alpha_decay: ChoiceParam = ChoiceParam(ALPHA_DECAYS)
+    alpha_decay: ChoiceParam = field(default_factory=_every_alpha_schedule)
     decay_rate: NumParam = NumParam("float", 0.5, 3.0)  # only used when alpha_decay is not "none"
 
     @property
@@ -248,7 +257,10 @@ class KDSpace:
     def __post_init__(self) -> None:
         _prefixed("temperature", lambda: self.temperature.require(0, open_low=True))
         _prefixed("alpha", lambda: self.alpha.require(0, 1))
-        _prefixed("alpha_decay", lambda: self.alpha_decay.require_in(ALPHA_DECAYS))
+        from kdnas.distill import ALPHA_SCHEDULES
+
+        for choice in self.alpha_decay.choices:
+            _prefixed("alpha_decay", ALPHA_SCHEDULES.check, choice)
         _prefixed("decay_rate", lambda: self.decay_rate.require(0, open_low=True))
 
 
@@ -297,6 +309,9 @@ class LatencyConfig:
     repeats: int = 50  # timed runs, in rounds of LATENCY_ROUND_RUNS: the lowest round median is the latency
 
     def __post_init__(self) -> None:
+        from kdnas.measure import check_device_name
+
+        _prefixed("device", check_device_name, self.device)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("threads", self.threads, 1)
         _at_least("warmup", self.warmup, 0)
@@ -323,7 +338,9 @@ class SamplerConfig:
     startup_trials: int = 10  # random trials before the model-based sampler takes over
 
     def __post_init__(self) -> None:
-        _check(self.name in SAMPLERS, f"unknown sampler {self.name!r}; known: {', '.join(SAMPLERS)}")
+        from kdnas.samplers import SAMPLERS
+
+        _prefixed("name", SAMPLERS.check, self.name)
         _at_least("startup_trials", self.startup_trials, 0)
 
 
@@ -349,10 +366,9 @@ class EarlyStopConfig:
     reduction_factor: int = 3
 
     def __post_init__(self) -> None:
-        _check(
-            self.policy in EARLY_STOP_POLICIES,
-            f"unknown policy {self.policy!r}; known: {', '.join(EARLY_STOP_POLICIES)}",
-        )
+        from kdnas.pruning import EARLY_STOP_POLICIES
+
+        _prefixed("policy", EARLY_STOP_POLICIES.check, self.policy)
         _check(0 <= self.margin < 1, f"margin must be in [0, 1), got {self.margin}")
         _at_least("sigmas", self.sigmas, 0)
         _at_least("min_epochs", self.min_epochs, 1)
@@ -435,9 +451,10 @@ def study_from_dict(table: Mapping[str, Any]) -> StudyConfig:
     return _build(StudyConfig, table, "")
 
 
-def _prefixed(where: str, check: Any) -> None:
+def _prefixed(where: str, check: Callable[..., Any], *args: Any) -> None:
+    """``check(*args)``, its KdnasError prefixed by ``where`` (the key it is about)."""
     try:
-        check()
+        check(*args)
     except KdnasError as err:
         raise KdnasError(f"{where}: {err}") from None
 

@@ -53,7 +53,7 @@ class KDSpec:
             raise KdnasError(f"alpha must be in [0, 1], got {self.alpha}")
         if not self.decay_rate > 0:
             raise KdnasError(f"decay_rate must be > 0, got {self.decay_rate}")
-        ALPHA_SCHEDULES.get(self.alpha_decay)
+        ALPHA_SCHEDULES.check(self.alpha_decay)
 
     def alpha_at(self, progress: float) -> float:
         """alpha after ``progress`` (0 = first step, 1 = end) of training."""

@@ -20,9 +20,11 @@ from kdnas.config import LATENCY_ROUND_RUNS, LatencyConfig
 from kdnas.errors import KdnasError
 from kdnas.files import exclusive, write_json
 from kdnas.models import ArchSpec, build_model, count_params
+from kdnas.registry import unknown_name
 
 __all__ = [
     "Cost",
+    "check_device_name",
     "LatencyTable",
     "count_macs",
     "measure_latency",
@@ -44,18 +46,34 @@ class Cost:
     latency_ms: float
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; anything else must exist on this machine."""
+# The device types kdnas trains and times on; "auto" picks one of them on the machine that runs.
+_DEVICE_TYPES = ("cpu", "cuda")
+_DEVICE_SYNTAX = "use cpu, cuda, cuda:N or auto"
+
+
+def check_device_name(name: str) -> None:
+    """Raise a KdnasError unless ``name`` is a device kdnas can use somewhere ("cpu", "cuda:1", "auto").
+
+    Whether the device is present is a question for the machine that runs (``resolve_device``).
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise KdnasError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+        raise unknown_name("device", name, ("auto", *_DEVICE_TYPES), fix=_DEVICE_SYNTAX) from None
+    if device.type not in _DEVICE_TYPES:
+        raise KdnasError(f"device {name!r} is not supported; {_DEVICE_SYNTAX}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available else cpu; anything else must exist on this machine."""
+    check_device_name(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise KdnasError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise KdnasError(f"device {name!r} is not supported; use cpu, cuda, cuda:N or auto")
     return device
 
 

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from kdnas.config import EarlyStopConfig
+from kdnas.registry import Registry
 
-__all__ = ["Curve", "EarlyStopper", "pareto_ranks", "rung_epochs"]
+__all__ = ["EARLY_STOP_POLICIES", "Curve", "EarlyStopper", "pareto_ranks", "rung_epochs"]
 
 # The measurements known before training, all minimised; accuracy is the one that moves.
 SIZE_METRICS = ("params", "latency_ms")
@@ -94,13 +95,9 @@ class EarlyStopper:
         ``others`` are the study's other trials (finished or running) with their curves so far.
         """
         done = len(me.val_accuracy)
-        if self.cfg.policy == "none" or done < self.cfg.min_epochs or done >= self.epochs:
+        if done < self.cfg.min_epochs or done >= self.epochs:
             return None
-        if self.cfg.policy == "pareto":
-            return self._dominated(me, others)
-        if self.cfg.policy == "forecast":
-            return self._outforecast(me, list(others))
-        return self._below_rung(me, others) if done in self.rungs else None
+        return EARLY_STOP_POLICIES.get(self.cfg.policy)(self, me, list(others))
 
     def complete(self, curve: Curve) -> bool:
         """Whether ``curve``'s trial trained to the end: finished, and not stopped early."""
@@ -110,7 +107,7 @@ class EarlyStopper:
         """Whether ``other`` is no larger and no slower than ``me`` in the study's size objectives."""
         return all(o <= m for o, m in zip(other.size(self.size_metrics), me.size(self.size_metrics), strict=True))
 
-    def _dominated(self, me: Curve, others: Iterable[Curve]) -> str | None:
+    def _dominated(self, me: Curve, others: list[Curve]) -> str | None:
         epoch, mine = len(me.val_accuracy), me.val_accuracy[-1]
         for other in others:
             if not other.finished or len(other.val_accuracy) < epoch:
@@ -147,8 +144,10 @@ class EarlyStopper:
                 )
         return None
 
-    def _below_rung(self, me: Curve, others: Iterable[Curve]) -> str | None:
+    def _below_rung(self, me: Curve, others: list[Curve]) -> str | None:
         epoch = len(me.val_accuracy)
+        if epoch not in self.rungs:
+            return None
         at_rung = [me] + [o for o in others if len(o.val_accuracy) >= epoch and o.number != me.number]
         points = [(-c.val_accuracy[epoch - 1], *c.size(self.size_metrics)) for c in at_rung]
         ranks = pareto_ranks(points)
@@ -164,3 +163,12 @@ class EarlyStopper:
             f"at rung epoch {epoch}: Pareto rank {ranks[0]}, place {position + 1} of {len(at_rung)}; "
             f"the best {keep} go on"
         )
+
+
+# A policy: (the stopper, the trial judged, at min_epochs or later and before its last epoch, the study's
+# other trials) -> why that trial stops, or None to go on.
+EARLY_STOP_POLICIES: Registry[Callable[[EarlyStopper, Curve, list[Curve]], str | None]] = Registry("early-stop policy")
+EARLY_STOP_POLICIES.register("none")(lambda stopper, me, others: None)
+EARLY_STOP_POLICIES.register("pareto")(EarlyStopper._dominated)
+EARLY_STOP_POLICIES.register("forecast")(EarlyStopper._outforecast)
+EARLY_STOP_POLICIES.register("halving")(EarlyStopper._below_rung)

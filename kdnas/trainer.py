@@ -23,8 +23,10 @@ from torch import nn
 from kdnas.config import TrainRecipe
 from kdnas.data import AugmentedViews, DatasetInfo, Split, normalize
 from kdnas.distill import KDSpec, kd_loss
+from kdnas.registry import Registry
 
 __all__ = [
+    "PRECISIONS",
     "SoftTargets",
     "FitResult",
     "WeightAverage",
@@ -91,11 +93,17 @@ def native_bfloat16(device: torch.device) -> bool:
     )
 
 
+# A TrainRecipe.precision -> what it means on a device: "float32" or "bfloat16". "auto": bfloat16 autocast where
+# the hardware computes in it natively (CUDA, CPUs with AVX512-BF16 or AMX), float32 elsewhere.
+PRECISIONS: Registry[Callable[[torch.device], str]] = Registry("precision")
+PRECISIONS.register("auto")(lambda device: "bfloat16" if native_bfloat16(device) else "float32")
+PRECISIONS.register("float32")(lambda device: "float32")
+PRECISIONS.register("bfloat16")(lambda device: "bfloat16")
+
+
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:
     """``float32`` or ``bfloat16``: what ``precision`` (a ``TrainRecipe.precision``) means on ``device``."""
-    if precision != "auto":
-        return precision
-    return "bfloat16" if native_bfloat16(device) else "float32"
+    return PRECISIONS.get(precision)(device)
 
 
 def warn_if_emulated(device: torch.device, *precisions: str) -> None:

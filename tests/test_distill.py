@@ -241,6 +241,9 @@ def test_alpha_zero_stays_zero_under_every_schedule(schedule):
             "unknown alpha schedule 'step'; known: cosine, exponential, linear, none",
             id="unknown-schedule",
         ),
+        pytest.param(
+            {"alpha_decay": "cosin"}, r"unknown alpha schedule 'cosin' \(did you mean 'cosine'\?\)", id="misspelled"
+        ),
     ],
 )
 def test_kdspec_rejects_bad_values(kwargs, expected):

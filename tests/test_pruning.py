@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from kdnas.config import EarlyStopConfig
-from kdnas.pruning import Curve, EarlyStopper, pareto_ranks, rung_epochs
+from kdnas.pruning import EARLY_STOP_POLICIES, Curve, EarlyStopper, pareto_ranks, rung_epochs
 
 METRICS = ("val_accuracy", "params", "latency_ms")
 
@@ -61,11 +61,21 @@ def test_pareto_compares_at_the_same_epoch_not_the_final_one() -> None:
     assert _stopper().reason_to_stop(_curve(9, 50_000, 1.0, 0.75, 0.82, 0.85), [leader]) is not None
 
 
-def test_no_stop_before_min_epochs_or_after_the_last_epoch_or_with_policy_none() -> None:
-    leader = _curve(1, 1, 0.1, 0.9, 0.9, 0.9, 0.9)
-    assert _stopper(min_epochs=2).reason_to_stop(_curve(9, 2, 1, 0.1), [leader]) is None
-    assert _stopper().reason_to_stop(_curve(9, 2, 1, 0.1, 0.1, 0.1, 0.1), [leader]) is None  # training is over
-    assert _stopper("none").reason_to_stop(_curve(9, 2, 1, 0.1), [leader]) is None
+# Five complete trials, smaller, faster and far more accurate than any trial judged against them: enough
+# evidence for every policy (forecast needs FORECAST_MIN_TRIALS complete trials, halving a rung at epoch 1).
+LEADERS = [_curve(n, 1, 0.1, 0.9, 0.9, 0.9, 0.9) for n in range(5)]
+
+
+@pytest.mark.parametrize("policy", EARLY_STOP_POLICIES.names())
+def test_every_policy_but_none_stops_a_hopeless_trial(policy: str) -> None:
+    reason = _stopper(policy).reason_to_stop(_curve(9, 2, 1, 0.1, finished=False), LEADERS)
+    assert (reason is None) == (policy == "none")
+
+
+@pytest.mark.parametrize("policy", EARLY_STOP_POLICIES.names())
+def test_no_policy_stops_before_min_epochs_or_after_the_last_epoch(policy: str) -> None:
+    assert _stopper(policy, min_epochs=2).reason_to_stop(_curve(9, 2, 1, 0.1), LEADERS) is None
+    assert _stopper(policy).reason_to_stop(_curve(9, 2, 1, 0.1, 0.1, 0.1, 0.1), LEADERS) is None  # training is over
 
 
 def test_latency_is_ignored_when_it_is_not_an_objective() -> None:

@@ -7,7 +7,7 @@ import math
 import optuna
 
 from kdnas.config import StudyConfig, study_from_dict
-from kdnas.distill import KDSpec
+from kdnas.distill import ALPHA_SCHEDULES, KDSpec
 from kdnas.models import ArchSpec
 from kdnas.space import architectures, specs_from_params, suggest
 
@@ -40,7 +40,7 @@ def sampled_trials(cfg: StudyConfig, n: int, seed: int = 0):
         trial = study.ask()
         arch, kd = suggest(trial, cfg, 3, 10)
         study.tell(trial, 0.0)
-        out.append((study.trials[-1], arch, kd))
+        out.append((study.get_trials(deepcopy=False)[-1], arch, kd))
     return out
 
 
@@ -92,6 +92,12 @@ def test_sampler_explores_the_space():
     results = sampled_trials(config(), 40)
     assert len({arch.base_width for _, arch, _ in results}) > 3
     assert {kd.alpha_decay for _, _, kd in results} == {"none", "linear", "cosine", "exponential"}
+
+
+def test_default_space_samples_every_registered_schedule():
+    kd = {key: value for key, value in SPACE["kd"].items() if key != "alpha_decay"}
+    cfg = study_from_dict({"name": "space", "student": SPACE["student"], "kd": kd})
+    assert {kd.alpha_decay for _, _, kd in sampled_trials(cfg, 40)} == set(ALPHA_SCHEDULES.names())
 
 
 def test_decay_rate_exists_only_for_a_decaying_alpha():
