@@ -42,6 +42,7 @@ __all__ = [
     "load_study",
     "resolve_study_path",
     "study_from_dict",
+    "dataclass_from_dict",
     "section_hash",
 ]
 
@@ -459,7 +460,18 @@ def _prefixed(where: str, check: Callable[..., Any], *args: Any) -> None:
         raise KdnasError(f"{where}: {err}") from None
 
 
-def _build(cls: type, table: Any, where: str) -> Any:
+def dataclass_from_dict(cls: type, table: Any, where: str, *, exact: bool = False) -> Any:
+    """An instance of the dataclass ``cls`` from plain data (TOML or JSON), each value checked against the
+    field's type; ``where`` names the table in messages. With ``exact``, every field must be given (a
+    file that records a whole object); otherwise a missing one takes its default.
+
+    Raises:
+        KdnasError: not a table, an unknown or missing key, a value of the wrong type or out of range.
+    """
+    return _build(cls, table, where, exact=exact)
+
+
+def _build(cls: type, table: Any, where: str, *, exact: bool = False) -> Any:
     label = f"[{where}]" if where else "the top level"
     if not isinstance(table, Mapping):
         raise KdnasError(f"{label} must be a table, got {table!r}")
@@ -470,6 +482,14 @@ def _build(cls: type, table: Any, where: str) -> Any:
             hint = difflib.get_close_matches(key, list(fields), n=1)
             did_you_mean = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(fields)}"
             raise KdnasError(f"unknown key {key!r} in {label}{did_you_mean}")
+    required = [
+        name
+        for name, f in fields.items()
+        if exact or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    ]
+    missing = [name for name in required if name not in table]
+    if missing:
+        raise KdnasError(f"{label} lacks {', '.join(map(repr, missing))}; give every one of {', '.join(fields)}")
     kwargs = {}
     for key, value in table.items():
         path = f"{where}.{key}" if where else key

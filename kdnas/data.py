@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from kdnas.config import DataConfig
-from kdnas.errors import KdnasError, first_line
+from kdnas.errors import KdnasError
 from kdnas.registry import Registry
 
 __all__ = [
@@ -114,14 +114,14 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
 
 def _read_fashion_mnist(data_dir: Path, download: bool) -> RawSplits:
     candidates = [data_dir, data_dir / "FashionMNIST" / "raw", data_dir / "fashion-mnist", SYSTEM_FASHION_MNIST]
-    folder = _find_idx_dir(candidates)
+    folder, failed = _find_idx_dir(candidates), ""
     if folder is None and download:
-        _download(lambda: _torchvision().FashionMNIST(str(data_dir), train=True, download=True), "Fashion-MNIST")
+        failed = _download("FashionMNIST", data_dir, "Fashion-MNIST")
         folder = _find_idx_dir(candidates)
     if folder is None:
         looked = ", ".join(str(c) for c in candidates)
         raise KdnasError(
-            f"Fashion-MNIST not found (looked in {looked}); install it with "
+            f"Fashion-MNIST not found (looked in {looked}{failed}); install it with "
             "'apt-get install dataset-fashion-mnist', or put the four idx .gz files in --data-dir"
         )
     arrays = [read_idx(_idx_file(folder, stem)) for stem in _FASHION_FILES.values()]  # type: ignore[arg-type]
@@ -142,12 +142,13 @@ def _read_cifar(
 ) -> RawSplits:
     root = data_dir / folder
     files = [root / name for name in (*train, test)]
+    failed = ""
     if not all(f.is_file() for f in files) and download:
-        _download(lambda: getattr(_torchvision(), torchvision_name)(str(data_dir), train=True, download=True), title)
+        failed = _download(torchvision_name, data_dir, title)
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise KdnasError(
-            f"{title} not found: {missing[0]} is missing; download it (kdnas does so when online) or "
+            f"{title} not found: {missing[0]} is missing{failed}; download it (kdnas does so when online) or "
             f"point --data-dir at the folder that holds {folder}/"
         )
 
@@ -172,12 +173,16 @@ def _torchvision():  # imported lazily: only a download needs it
     return torchvision.datasets
 
 
-def _download(fetch: Callable[[], object], title: str) -> None:
+def _download(torchvision_name: str, data_dir: Path, title: str) -> str:
+    """Download with torchvision; why it failed, as a clause of the caller's one-line error ("" if it did not)."""
     log.info("downloading %s ...", title)
     try:
-        fetch()
+        getattr(_torchvision(), torchvision_name)(str(data_dir), train=True, download=True)
     except Exception as err:  # any network or disk failure: the caller reports what is missing
-        log.warning("could not download %s: %s", title, first_line(err))
+        # torchvision's message ends with the cause ("<urlopen error [Errno -2] Name or service not known>")
+        lines = str(err).strip().splitlines()
+        return f", and downloading it failed: {lines[-1] if lines else type(err).__name__}"
+    return ""
 
 
 DATASETS.register("fashion_mnist")(

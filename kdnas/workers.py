@@ -15,8 +15,11 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
+
+from kdnas.cli import handle_sigterm
+from kdnas.errors import Terminated
 
 if TYPE_CHECKING:
     import optuna
@@ -26,6 +29,9 @@ __all__ = ["worker_id", "run_workers", "recover_trials_of", "recover_dead_local_
 log = logging.getLogger("kdnas.search")
 
 _POLL_S = 1.0
+# How long stopped workers get to store their trials before they are killed: within the 30 s that Slurm
+# (KillWait) and Kubernetes (terminationGracePeriodSeconds) leave between SIGTERM and SIGKILL by default.
+_STOP_GRACE_S = 20.0
 
 
 def worker_id(pid: int | None = None) -> str:
@@ -106,7 +112,7 @@ def run_workers(
     replacements = 0
 
     def start(index: int) -> None:
-        process = context.Process(target=job, args=(index,), name=f"kdnas-worker-{index}")
+        process = context.Process(target=_run_job, args=(job, index), name=f"kdnas-worker-{index}")
         process.start()
         running[index] = process
 
@@ -135,12 +141,35 @@ def run_workers(
                 if budget_trials(study) < target and replacements < 2 * workers:
                     replacements += 1
                     start(index)
-    except KeyboardInterrupt:
-        # Ctrl-C reached every worker too: each marks its own trial interrupted and exits.
-        for process in running.values():
-            process.join(timeout=30)
-            if process.is_alive():
-                process.terminate()
+    except KeyboardInterrupt as err:
+        # Ctrl-C reached every worker from the terminal, SIGTERM only this process (Kubernetes signals
+        # PID 1), so it is passed on. Each worker marks its own trial interrupted and exits.
+        if isinstance(err, Terminated):
+            for process in running.values():
+                process.terminate()  # SIGTERM
+        for process in _stop(running.values(), _STOP_GRACE_S):
+            recover_trials_of(study, worker_id(process.pid))
         raise
     finally:
         bar.close()
+
+
+def _run_job(job: Callable[[int], None], index: int) -> None:
+    """A worker process: SIGTERM stops it as Ctrl-C would (see kdnas.cli.handle_sigterm), then ``job(index)``."""
+    handle_sigterm()
+    job(index)
+
+
+def _stop(
+    processes: Iterable[multiprocessing.process.BaseProcess], grace_s: float
+) -> list[multiprocessing.process.BaseProcess]:
+    """Wait up to ``grace_s`` in all for ``processes`` to end, kill the rest; the killed ones."""
+    deadline = time.monotonic() + grace_s
+    killed = []
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+            killed.append(process)
+    return killed

@@ -1,8 +1,8 @@
 """A real PostgreSQL server on loopback for the test session: started from Debian's binaries, stopped after.
 
 ``KDNAS_TEST_POSTGRES`` (``postgresql://user:password@host:port``, no database: the tests create their
-own) uses a server that is already running instead. Where no PostgreSQL is
-installed, the tests that need one skip and say so (``apt-get install postgresql`` to run them).
+own) uses a server that is already running instead. Where no PostgreSQL is installed, the tests that
+need one skip and say so, or fail in CI (``_needs``).
 """
 
 from __future__ import annotations
@@ -17,14 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _needs import postgres_bin_dir, require
 
 USER = PASSWORD = "kdnas"
 _databases = itertools.count()
-
-
-def _bin_dir() -> Path | None:
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
-    return versions[-1].parent if versions else None
 
 
 def _free_port() -> int:
@@ -36,12 +32,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """URL of a server (without a database name) where USER may create databases."""
+    require("postgresql")
     if os.environ.get("KDNAS_TEST_POSTGRES"):
         yield os.environ["KDNAS_TEST_POSTGRES"].rstrip("/")
         return
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql); skipping the server tests")
+    bin_dir = postgres_bin_dir()
     # initdb refuses to run as root: the server runs as Debian's postgres user then, in a folder it owns.
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     root = Path(tempfile.mkdtemp(prefix="kdnas-pg-"))
@@ -59,7 +54,7 @@ def postgres_server() -> Iterator[str]:
         run(bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", root / "server.log", "-w", "start")
     except subprocess.CalledProcessError as err:
         shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"could not start PostgreSQL: {err.stderr.decode().strip()[-300:]}")
+        pytest.fail(f"PostgreSQL is installed but did not start: {err.stderr.decode().strip()[-300:]}")
     try:
         yield f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}"
     finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _needs import require
 
 from kdnas import search
 from kdnas.config import load_study
@@ -118,6 +119,8 @@ _finished: list[FinishedStudy] = []  # each test module that imports the fixture
 def finished_smoke_study(tmp_path_factory: pytest.TempPathFactory) -> FinishedStudy:
     """The smoke study searched once per session (3 trials), with its report."""
     from kdnas import report
+
+    require("dataset-fashion-mnist")
 
     if not _finished:
         run_dir = tmp_path_factory.mktemp("smoke") / "run"

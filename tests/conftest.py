@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny synthetic ImageData, writers of small dataset files in the real formats, and a
-real PostgreSQL server (``_postgres``).
+"""Shared fixtures: a tiny synthetic ImageData, writers of small dataset files in the real formats, a
+real PostgreSQL server (``_postgres``), and the ``needs`` marker for tests that need a system part (``_needs``).
 
 Every writer puts files under a folder the test gives (always inside ``tmp_path``) and returns the arrays
 it wrote, so a test can check that a loader reads back exactly what is on disk. Image ``i`` of a written
@@ -17,9 +17,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _needs import require
 from _postgres import postgres_server, postgres_url  # noqa: F401  (fixtures: a real PostgreSQL server)
 
 from kdnas.data import DatasetInfo, ImageData, Split
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs(package): needs the system part that Debian package provides; skips without it, fails in CI"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures are set up: they may need the part too
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs"):
+        for package in mark.args:
+            require(package)
 
 
 @pytest.fixture(autouse=True, scope="session")

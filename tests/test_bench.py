@@ -20,6 +20,7 @@ from speed import Clairvoyant, replay_early_stopping, stopped_in_hindsight  # no
 
 
 @pytest.mark.slow
+@pytest.mark.needs("dataset-fashion-mnist")
 def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "speed.py"), "--tiny", "--threads", "2"],
@@ -41,6 +42,7 @@ def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.needs("dataset-fashion-mnist")
 def test_bench_replay_only_trains_no_study_with_early_stopping_and_reads_kept_runs_again(tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "bench" / "speed.py"), "--tiny", "--threads", "1"]
     command += ["--sections", "early-stopping", "--es-replay-only", "--es-dir", str(tmp_path / "es")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import socket
 
 import numpy as np
 import pytest
@@ -239,6 +240,19 @@ def test_missing_fashion_mnist_says_where_and_how(tmp_path, no_system_fashion_mn
     assert "\n" not in message
     assert f"looked in {tmp_path}, {tmp_path / 'FashionMNIST' / 'raw'}" in message
     assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message
+
+
+def test_failed_download_is_one_line_that_says_why_and_what_to_install(tmp_path, monkeypatch, no_system_fashion_mnist):
+    import torchvision
+
+    with socket.socket() as s:  # a port nothing listens on once closed: the download fails as offline
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [f"http://127.0.0.1:{s.getsockname()[1]}/"])
+    with pytest.raises(KdnasError) as info:
+        load_data(DataConfig(dataset="fashion_mnist"), tmp_path, download=True)
+    message = str(info.value)
+    assert "\n" not in message and "downloading it failed: <urlopen error" in message and "refused" in message
+    assert "apt-get install dataset-fashion-mnist" in message
 
 
 def test_fashion_mnist_with_one_file_missing_is_not_found(tmp_path, fashion_mnist_writer, no_system_fashion_mnist):

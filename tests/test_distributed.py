@@ -19,7 +19,7 @@ import pytest
 from kdnas.search import main
 from kdnas.storage import open_storage
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs("postgresql")]
 
 BUDGET_STATUSES = ("complete", "stopped", "diverged")
 
@@ -50,6 +50,7 @@ def _check_consistent(study: optuna.Study, budget: int) -> None:
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
+@pytest.mark.needs("dataset-fashion-mnist")
 def test_three_workers_on_postgres_build_the_teacher_once_and_share_the_study(postgres_url, tmp_path) -> None:
     out = tmp_path / "shared"
     workers = [_worker(postgres_url, out, 6) for _ in range(3)]
@@ -61,6 +62,7 @@ def test_three_workers_on_postgres_build_the_teacher_once_and_share_the_study(po
     assert len({t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}) >= 2
 
 
+@pytest.mark.needs("dataset-fashion-mnist")
 def test_a_worker_killed_mid_trial_is_retried_after_its_heartbeat_stops(postgres_url, tmp_path) -> None:
     out = tmp_path / "shared"
     grace = ("--heartbeat-grace", "6")

@@ -1,33 +1,32 @@
 """The report opened in a real browser (headless Chromium, no network): every figure draws, nothing errs.
 
-CI installs Debian's ``chromium``; without it these tests fail and say so, rather than skip.
+They need Debian's ``chromium``: without it they skip and say so, and fail in CI (``_needs``).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from _needs import chromium
 from _study_fixture import finished_smoke_study, synthetic_study  # noqa: F401  (a fixture)
 
 from kdnas import report
+
+pytestmark = pytest.mark.needs("chromium")
 
 FIGURES = ("fig-params", "fig-latency", "fig-kd", "fig-hypervolume", "fig-importance", "fig-parallel")
 
 
 def _chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary is None:
-        pytest.fail("chromium is not installed: apt-get install -y chromium (the report's browser test needs it)")
     flags = [
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--enable-logging=stderr", "--v=0",
     ]  # fmt: skip
-    return subprocess.run([binary, *flags, *args, page.as_uri()], capture_output=True, text=True, timeout=180)
+    return subprocess.run([chromium(), *flags, *args, page.as_uri()], capture_output=True, text=True, timeout=180)
 
 
 def _rendered_figures(dom: str) -> dict[str, bool]:

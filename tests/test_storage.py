@@ -80,6 +80,7 @@ def test_a_driver_error_is_one_line_without_the_password(url: str) -> None:
     ],
 )
 @pytest.mark.parametrize("verbosity", [[], ["-v"]], ids=["default", "verbose"])
+@pytest.mark.needs("dataset-fashion-mnist")  # the search reads its data before it opens the storage
 def test_search_with_a_bad_storage_url_never_prints_the_password(
     url: str, verbosity: list[str], tmp_path: Path, capsys
 ) -> None:

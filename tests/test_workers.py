@@ -39,6 +39,7 @@ def _check_consistent(study: optuna.Study, budget: int) -> list[optuna.trial.Fro
     return trained
 
 
+@pytest.mark.needs("dataset-fashion-mnist")
 def test_three_local_workers_share_a_journal_and_build_the_teacher_once(tmp_path: Path, capfd) -> None:
     out = tmp_path / "run"
     assert main(["--study", "smoke", "--out", str(out), "--workers", "3", "--trials", "5", "--no-progress"]) == 0
@@ -53,6 +54,7 @@ def test_three_local_workers_share_a_journal_and_build_the_teacher_once(tmp_path
     assert len({t.user_attrs["worker"] for t in trained}) >= 2  # the trials really ran in several processes
 
 
+@pytest.mark.needs("dataset-fashion-mnist")
 def test_a_study_in_sqlite_moves_to_the_journal_when_workers_join(tmp_path: Path, capfd) -> None:
     out = tmp_path / "run"
     assert main(["--study", "smoke", "--out", str(out), "--trials", "1", "--no-progress"]) == 0
@@ -65,6 +67,7 @@ def test_a_study_in_sqlite_moves_to_the_journal_when_workers_join(tmp_path: Path
     assert "moved study 'smoke'" in capfd.readouterr().err
 
 
+@pytest.mark.needs("dataset-fashion-mnist")
 def test_a_worker_killed_mid_trial_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "run"
     command = [sys.executable, "-m", "kdnas.search", "--study", "smoke", "--out", str(out), "--no-progress"]
@@ -88,6 +91,7 @@ def test_a_worker_killed_mid_trial_loses_nothing(tmp_path: Path) -> None:
     _check_consistent(study, 4)
 
 
+@pytest.mark.needs("dataset-fashion-mnist")
 def test_ctrl_c_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     # Trials long enough (smoke trains in seconds) that the signal surely lands inside the one watched.

@@ -1,0 +1,94 @@
+"""A search stopped by a scheduler (SIGTERM, as Slurm and Kubernetes send) ends like Ctrl-C: trial stored, one line."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from kdnas.config import STUDIES_DIR
+from kdnas.storage import default_url, local_file, open_storage
+
+pytestmark = [pytest.mark.slow, pytest.mark.needs("dataset-fashion-mnist")]
+
+# smoke, smaller (a fifth of its images, one teacher epoch, no soft targets to compute) and with long
+# trials: the signal lands inside one.
+_EDITS = {
+    "limit_train = 4000": "limit_train = 800",
+    "train = { epochs = 2,": "train = { epochs = 1,",
+    "alpha = { low = 0.0, high = 1.0, step = 0.1 }": "alpha = { low = 0.0, high = 0.0 }",
+    "[train]\nepochs = 2": "[train]\nepochs = 20",
+}
+TERMINATED = "terminated (SIGTERM): the study is consistent; run the same command to resume"
+
+
+def _study_file(tmp_path: Path) -> Path:
+    text = (STUDIES_DIR / "smoke.toml").read_text()
+    for old, new in _EDITS.items():
+        assert old in text, f"studies/smoke.toml changed: update _EDITS ({old!r})"
+        text = text.replace(old, new)
+    path = tmp_path / "smoke.toml"
+    path.write_text(text)
+    return path
+
+
+def _running_trials(out: Path) -> list[optuna.trial.FrozenTrial]:
+    if not local_file(default_url(out)).exists():
+        return []
+    try:
+        study = optuna.load_study(study_name="smoke", storage=open_storage(default_url(out)))
+    except KeyError:  # the file is there, the study not yet
+        return []
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    return [t for t in running if "latency_ms" in t.user_attrs]  # measured: training has begun
+
+
+def _terminate_during_a_trial(tmp_path: Path, *extra: str) -> tuple[str, list[optuna.trial.FrozenTrial], float]:
+    """Run the search, SIGTERM it once ``workers`` trials train; its stderr, those trials, seconds to exit."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "kdnas.search", "--study", str(_study_file(tmp_path)), "--out", str(out)]
+    search = subprocess.Popen([*command, "--no-progress", *extra], stderr=subprocess.PIPE, text=True)
+    workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
+    try:
+        deadline = time.monotonic() + 120
+        while len(running := _running_trials(out)) < workers:
+            assert search.poll() is None, f"the search exited first: {search.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, "no trial started within 120 s"
+            time.sleep(0.3)
+        search.send_signal(signal.SIGTERM)  # to the parent only, as Kubernetes signals PID 1
+        start = time.monotonic()
+        _, err = search.communicate(timeout=60)
+        seconds = time.monotonic() - start
+    finally:
+        search.kill()
+    assert search.returncode == 143, err
+    study = optuna.load_study(study_name="smoke", storage=open_storage(default_url(out)))
+    return err, [study.trials[t.number] for t in running], seconds
+
+
+def _assert_stopped_cleanly(err: str, trials: list[optuna.trial.FrozenTrial], seconds: float) -> None:
+    assert seconds < 15
+    assert err.rstrip().splitlines()[-1] == TERMINATED
+    assert err.count(TERMINATED) == 1
+    assert "Traceback" not in err
+    assert not re.search(r"Trial \d+ failed", err)  # Optuna's own lines: only kdnas's, unless -v
+    for trial in trials:
+        assert trial.state == optuna.trial.TrialState.FAIL
+        assert trial.user_attrs["status"] == "interrupted"
+        assert trial.user_attrs["reason"] == "terminated by SIGTERM"
+
+
+def test_sigterm_stores_the_running_trial_as_interrupted_and_exits_143(tmp_path: Path) -> None:
+    _assert_stopped_cleanly(*_terminate_during_a_trial(tmp_path))
+
+
+def test_sigterm_reaches_the_workers_through_the_parent(tmp_path: Path) -> None:
+    err, trials, seconds = _terminate_during_a_trial(tmp_path, "--workers", "2")
+    _assert_stopped_cleanly(err, trials, seconds)
+    assert "died" not in err  # the workers stopped, each storing its own trial; none was lost
