@@ -423,7 +423,7 @@ def _search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path):
     """Run the search quietly; the stored study."""
     import optuna
 
-    from kdnas.search import run_search
+    from kdnas.runner import run_search
 
     with contextlib.redirect_stdout(io.StringIO()):
         code = run_search(cfg, run_dir, storage=f"sqlite:///{storage}", device="auto", data_dir=data_dir)
@@ -434,7 +434,7 @@ def _search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path):
 
 def compute_curve(df, cfg: StudyConfig, train_images: int) -> tuple[list[float], list[float]]:
     """Cumulative training FLOPs and hypervolume after each trial of a trials frame, in trial order."""
-    from kdnas.report import hypervolume_history, largest_student_params
+    from kdnas.results import hypervolume_history, largest_student_params
 
     df = df.sort_values("trial")
     hv = hypervolume_history(df, largest_student_params(cfg)).tolist()
@@ -447,7 +447,7 @@ def replay_early_stopping(study, stopper: EarlyStopper | Clairvoyant):
     """The trials frame of a study run without early stopping, as if ``stopper`` had judged each trial
     after each epoch against the trials before it (one worker): the same candidates, so the figure is
     the rule's own saving, free of the sampler's different path through a study that really stops."""
-    from kdnas.report import trials_frame
+    from kdnas.results import trials_frame
 
     df = trials_frame(study).set_index("trial")
     judged: list[Curve] = []
@@ -515,7 +515,7 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
     """Per seed: the study without early stopping, then with it, grown by a quarter of the trials at a
     time until it reaches the first run's final hypervolume, spends as much compute, or holds
     ``es_extra`` x the trials; and the first run replayed with the rule applied in hindsight."""
-    from kdnas.report import trials_frame
+    from kdnas.results import trials_frame
 
     policy = cfg.early_stop if cfg.early_stop.policy != "none" else EarlyStopConfig(policy="pareto")
     overrides = {
@@ -613,7 +613,7 @@ def _grow_until_reached(
     """The study ``cfg`` (with early stopping) searched, then resumed with a quarter of its trials more
     at a time, until it reaches hypervolume ``hv0``, spends ``cost0`` or holds ``es_extra`` x its trials;
     the study, its compute and hypervolume curves, and the compute at which it reached ``hv0`` (or None)."""
-    from kdnas.report import trials_frame
+    from kdnas.results import trials_frame
 
     trials, budget = cfg.budget.trials, cfg.budget.trials
     while True:  # the same study, resumed with a larger budget: the same trials, then more

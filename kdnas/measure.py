@@ -58,6 +58,8 @@ def check_device_name(name: str) -> None:
     """
     if name == "auto":
         return
+    if name.partition(":")[0].lower() == "gpu":  # spelled like "cpu", meant as CUDA: suggest what was meant
+        raise KdnasError(f"unknown device {name!r} (did you mean 'cuda'?); {_DEVICE_SYNTAX}")
     try:
         device = torch.device(name)
     except RuntimeError:

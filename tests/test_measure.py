@@ -118,7 +118,7 @@ def test_resolve_cuda_without_cuda_is_an_error(name):
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        pytest.param("gpu", "unknown device 'gpu'; use cpu, cuda, cuda:N or auto", id="gpu"),
+        pytest.param("gpu", r"unknown device 'gpu' \(did you mean 'cuda'\?\); use cpu, cuda, cuda:N or auto", id="gpu"),
         pytest.param("cpuu", "unknown device 'cpuu'", id="typo"),
         pytest.param("", "unknown device ''", id="empty"),
         pytest.param("meta", "device 'meta' is not supported; use cpu, cuda, cuda:N or auto", id="meta"),
