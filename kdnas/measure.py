@@ -181,10 +181,9 @@ class LatencyTable:
         """Time, side by side, every network of ``archs`` the table lacks (those over ``max_params`` are
         never trained, so never timed); how many were timed.
 
-        A network timed when a search samples it is timed in whatever state the machine is in then. In
-        a `fashion` search on 2 cores, 10 networks timed that way ranked by latency with a rank
-        correlation of 0.46-0.61 against the same networks timed together (a 150k-parameter student
-        at 3.4 ms instead of 1.7), while four timings together agreed at 0.89-1.00.
+        A network timed when a search samples it is timed in whatever state the machine is in then (clock,
+        other tenants, other workers), which can reorder networks; timed together, in rounds that take
+        them in turn, they all see the same states (figures in docs/benchmarks.md).
         """
         known = self._read().get(self.setup, {})
         missing = {}

@@ -131,9 +131,8 @@ def keep_freed_memory(device: torch.device) -> None:
     """On CPU, ask glibc to reuse freed blocks of up to 512 MiB instead of returning them to the OS.
 
     CPU training and inference allocate and free activations of many MiB on every step; by default
-    glibc maps fresh pages for each (hundreds of thousands of page faults per epoch). Measured on 2
-    cores: 1.15M -> 0.2M page faults and +15-25% images/s training a 78k-parameter student in float32,
-    1,471 -> 2,156 views/s for the teacher's soft targets in batches of 1,024.
+    glibc maps fresh pages for each (hundreds of thousands of page faults per epoch), and the page
+    faults cost more time than the small networks' arithmetic (figures in docs/benchmarks.md).
     """
     libc = _glibc(device)
     if libc is not None:
@@ -146,9 +145,8 @@ def return_freed_memory(device: torch.device) -> None:
 
     The blocks one phase freed (training steps, evaluation, the teacher's batches) rarely fit the next
     phase's differently sized tensors (evaluation in batches of 1,024, the next epoch's steps, a trial
-    after the teacher), so without this each phase maps memory of its own beside the last one's.
-    Measured on 2 AVX2 cores, two epochs of `fashion`'s largest student on 20,000 images: peak RSS
-    2,243 -> 1,891 MiB, 170.7 -> 171.7 s (the pages mapped again: 336k -> 798k page faults).
+    after the teacher), so without this each phase maps memory of its own beside the last one's and the
+    peak grows by a phase's worth.
     """
     libc = _glibc(device)
     if libc is not None:
@@ -173,16 +171,14 @@ class WeightAverage:
     """An exponential moving average of a network's weights, with batch-norm statistics of its own.
 
     Validation accuracy of the raw weights swings by many points from epoch to epoch while the learning
-    rate is high (a 4-epoch Fashion-MNIST student: 60% after epoch 1, 90% at the end, where its average
-    had 81%), and early stopping compares trials by those numbers. The average over the last fraction
+    rate is high, and early stopping compares trials by those numbers. The average over the last fraction
     of an epoch follows where training is heading; once the learning rate has decayed to zero it equals
     the raw weights. Until ``horizon_steps`` steps have passed it is the plain mean of the steps so far,
     so the initial weights never linger in it.
 
     Batch-norm statistics gathered for the raw weights do not fit the averaged ones (as in SWA,
-    Izmailov et al. 2018): ``refresh_batch_norm`` recomputes them before the average is evaluated. On a
-    10,800-image Fashion-MNIST subset, four students' averages had 12-42% validation accuracy after
-    epoch 1 with the raw weights' statistics and 57-70% with their own, and 1.3-1.8 points more at the end.
+    Izmailov et al. 2018): ``refresh_batch_norm`` recomputes them before the average is evaluated
+    (without it, the average's accuracy after epoch 1 was tens of points lower; docs/benchmarks.md).
     """
 
     def __init__(self, model: nn.Module, horizon_steps: float) -> None:
