@@ -16,7 +16,8 @@ the study.
   this trial's forecast (its accuracy now plus the mean gain the study's complete trials made from this
   epoch to the end) by more than the margin and by more than ``sigmas`` standard deviations of those
   gains. Early epochs rank students loosely (students gain very different amounts after epoch 1): the
-  study's own spread of gains says how loosely, and the leader's final accuracy is known, not guessed. Nothing stops before ``FORECAST_MIN_TRIALS`` trials are complete.
+  study's own spread of gains says how loosely, and the leader's final accuracy is known, not guessed.
+  Nothing stops before ``FORECAST_MIN_TRIALS`` trials are complete.
 - ``halving``: asynchronous successive halving whose ranking is Pareto rank instead of a single value
   (in the spirit of MO-ASHA, Schmucker et al. 2021): at rung epochs min_epochs * r**k, a trial goes
   on when it is among the best 1/r of the trials that reached the rung, or on that rung's front.

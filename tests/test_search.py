@@ -214,8 +214,8 @@ def test_unwritable_out_is_a_one_line_error_before_any_training(tmp_path: Path, 
 def test_a_new_tpe_study_queues_its_random_startup_trials_smallest_first(tmp_path: Path) -> None:
     from kdnas.config import load_study
     from kdnas.models import build_model, count_params
-    from kdnas.study import open_study
     from kdnas.space import specs_from_params, suggest
+    from kdnas.study import open_study
 
     cfg = load_study("fashion")
     study = open_study(cfg, f"sqlite:///{tmp_path / 'study.db'}")
