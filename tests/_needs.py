@@ -58,13 +58,17 @@ def in_ci() -> bool:
     return os.environ.get("KDNAS_CI", "") not in ("", "0")
 
 
-def require(package: str) -> None:
-    """Skip the running test when ``package`` is missing, or fail it in CI."""
+def missing(package: str) -> str | None:
+    """Why a test that needs ``package`` cannot run here ("needs ...: apt-get install ..."); None if it can."""
     if package not in PARTS:
         raise ValueError(f"unknown system part {package!r}; known: {', '.join(sorted(PARTS))}")
-    if _present(package):
+    return None if _present(package) else f"needs {PARTS[package][0]}: apt-get install {package}"
+
+
+def require(package: str) -> None:
+    """For a fixture: skip the running test when ``package`` is missing, or fail it in CI."""
+    if (reason := missing(package)) is None:
         return
-    what = PARTS[package][0]
     if in_ci():
-        pytest.fail(f"{what} is missing (apt-get install {package}); KDNAS_CI is set, so this fails, not skips")
-    pytest.skip(f"needs {what}: apt-get install {package}")
+        pytest.fail(f"{reason} (KDNAS_CI is set: a missing part fails here instead of skipping)")
+    pytest.skip(reason)

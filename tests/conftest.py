@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _needs import require
+from _needs import in_ci, missing, require
 from _postgres import postgres_server, postgres_url  # noqa: F401  (fixtures: a real PostgreSQL server)
 
 from kdnas.data import DatasetInfo, ImageData, Split
@@ -29,11 +29,22 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.hookimpl(tryfirst=True)  # before the test's fixtures are set up: they may need the part too
+def _needed(item: pytest.Item) -> list[str]:
+    return [package for mark in item.iter_markers("needs") for package in mark.args]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Outside CI, a test whose part is missing skips, listed under its own name by ``pytest -ra``."""
+    if not in_ci():
+        for item in items:
+            for reason in filter(None, map(missing, _needed(item))):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    for mark in item.iter_markers("needs"):
-        for package in mark.args:
-            require(package)
+    """In CI, it fails, before the test's fixtures are set up (this conftest's hook runs before pytest's)."""
+    for package in _needed(item):
+        require(package)
 
 
 @pytest.fixture(autouse=True, scope="session")
