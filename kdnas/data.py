@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import logging
 import pickle
+import shutil
 import struct
 import zlib
 from collections.abc import Callable, Sequence
@@ -176,9 +177,12 @@ def _torchvision():  # imported lazily: only a download needs it
 def _download(torchvision_name: str, data_dir: Path, title: str) -> str:
     """Download with torchvision; why it failed, as a clause of the caller's one-line error ("" if it did not)."""
     log.info("downloading %s ...", title)
+    created = not data_dir.exists()
     try:
         getattr(_torchvision(), torchvision_name)(str(data_dir), train=True, download=True)
     except Exception as err:  # any network or disk failure: the caller reports what is missing
+        if created:  # what a failed download leaves (empty folders, a partial archive) is of no use
+            shutil.rmtree(data_dir, ignore_errors=True)
         # torchvision's message ends with the cause ("<urlopen error [Errno -2] Name or service not known>")
         lines = str(err).strip().splitlines()
         return f", and downloading it failed: {lines[-1] if lines else type(err).__name__}"

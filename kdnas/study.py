@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from kdnas.config import StudyConfig, section_hash
 from kdnas.errors import KdnasError, first_line
 from kdnas.status import BUDGET_STATUSES
-from kdnas.storage import hide_password
+from kdnas.storage import hide_password, scrub
 
 if TYPE_CHECKING:
     import optuna
@@ -72,7 +72,7 @@ def open_study(
                 storage=storage, study_name=cfg.name, directions=cfg.objectives.directions, load_if_exists=True
             )
     except Exception as err:  # server gone, permissions, a study of other directions: all one line
-        raise KdnasError(f"cannot open study {cfg.name!r} in {shown}: {first_line(err)}") from None
+        raise KdnasError(f"cannot open study {cfg.name!r} in {shown}: {scrub(first_line(err), storage_url)}") from None
     space_hash = search_space_hash(cfg)
     stored = study.user_attrs.get("space_hash")
     if stored is not None and stored != space_hash:

@@ -248,11 +248,13 @@ def test_failed_download_is_one_line_that_says_why_and_what_to_install(tmp_path,
     with socket.socket() as s:  # a port nothing listens on once closed: the download fails as offline
         s.bind(("127.0.0.1", 0))
         monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [f"http://127.0.0.1:{s.getsockname()[1]}/"])
+    data_dir = tmp_path / "data"
     with pytest.raises(KdnasError) as info:
-        load_data(DataConfig(dataset="fashion_mnist"), tmp_path, download=True)
+        load_data(DataConfig(dataset="fashion_mnist"), data_dir, download=True)
     message = str(info.value)
     assert "\n" not in message and "downloading it failed: <urlopen error" in message and "refused" in message
     assert "apt-get install dataset-fashion-mnist" in message
+    assert not data_dir.exists()  # the folder the download created is not left behind, empty
 
 
 def test_fashion_mnist_with_one_file_missing_is_not_found(tmp_path, fashion_mnist_writer, no_system_fashion_mnist):

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _needs import require
 
 from kdnas.config import STUDIES_DIR
 from kdnas.search import main
 
 pytestmark = pytest.mark.slow
+# The tests that run the search on the real data; the bad-input tests fail before any data is read.
+needs_data = pytest.mark.needs("dataset-fashion-mnist")
 
 
 def _load(out: Path, name: str = "smoke") -> optuna.Study:
@@ -27,6 +30,7 @@ def _write_study(tmp_path: Path, extra: str, name: str = "custom") -> Path:
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    require("dataset-fashion-mnist")
     out = tmp_path_factory.mktemp("smoke") / "run"
     code = main(["--study", "smoke", "--out", str(out), "--no-progress"])
     return out, code
@@ -99,6 +103,7 @@ def test_changed_space_refuses_to_mix_trials(smoke_run: tuple[Path, int], tmp_pa
     assert "different data/teacher/space" in err and "--fresh" in err
 
 
+@needs_data
 def test_constraints_reject_before_training(tmp_path: Path) -> None:
     path = _write_study(tmp_path, "[constraints]\nmax_params = 6_000\n")  # only width 4 fits
     out = tmp_path / "run"
@@ -111,6 +116,7 @@ def test_constraints_reject_before_training(tmp_path: Path) -> None:
     assert len(complete) == 2 and all(t.user_attrs["params"] <= 6_000 for t in complete)
 
 
+@needs_data
 def test_diverging_trial_is_failed_with_reason_and_study_goes_on(tmp_path: Path, capsys) -> None:
     text = (STUDIES_DIR / "smoke.toml").read_text().replace("lr = 0.1\n\n[latency]", "lr = 1e12\n\n[latency]")
     path = tmp_path / "diverge.toml"
@@ -165,6 +171,7 @@ def _offline():
     raise OSError("network is unreachable")
 
 
+@needs_data
 @pytest.mark.parametrize(
     ("url", "message"),
     [
@@ -181,6 +188,7 @@ def test_unreachable_storage_is_one_line_error(tmp_path: Path, capsys, url: str,
     assert not (out / "teacher.pt").exists()
 
 
+@needs_data
 def test_fresh_starts_over(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert main(["--study", "smoke", "--out", str(out), "--trials", "1", "--no-progress"]) == 0
@@ -191,6 +199,7 @@ def test_fresh_starts_over(tmp_path: Path) -> None:
         assert db.execute("select count(*) from studies").fetchone()[0] == 1
 
 
+@needs_data
 def test_no_room_for_the_soft_target_cache_stops_before_the_teacher_trains(tmp_path: Path, capsys) -> None:
     # 10^9 epochs of soft targets for 3,600 images is 72 TB: more than any disk this runs on has free.
     path = _write_study(tmp_path, "", name="huge_cache")
@@ -202,6 +211,7 @@ def test_no_room_for_the_soft_target_cache_stops_before_the_teacher_trains(tmp_p
     assert not (out / "teacher.pt").exists()
 
 
+@needs_data
 def test_unwritable_out_is_a_one_line_error_before_any_training(tmp_path: Path, capsys) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a regular file where a folder is needed: unwritable even for root

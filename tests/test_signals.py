@@ -49,8 +49,9 @@ def _running_trials(out: Path) -> list[optuna.trial.FrozenTrial]:
     return [t for t in running if "latency_ms" in t.user_attrs]  # measured: training has begun
 
 
-def _terminate_during_a_trial(tmp_path: Path, *extra: str) -> tuple[str, list[optuna.trial.FrozenTrial], float]:
-    """Run the search, SIGTERM it once ``workers`` trials train; its stderr, those trials, seconds to exit."""
+def _terminate_during_a_trial(tmp_path: Path, *extra: str) -> tuple[str, optuna.Study, list[int], float]:
+    """Run the search, SIGTERM it once ``workers`` trials train; its stderr, the study, the numbers of those
+    trials, seconds to exit."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "kdnas.search", "--study", str(_study_file(tmp_path)), "--out", str(out)]
     search = subprocess.Popen([*command, "--no-progress", *extra], stderr=subprocess.PIPE, text=True)
@@ -69,19 +70,23 @@ def _terminate_during_a_trial(tmp_path: Path, *extra: str) -> tuple[str, list[op
         search.kill()
     assert search.returncode == 143, err
     study = optuna.load_study(study_name="smoke", storage=open_storage(default_url(out)))
-    return err, [study.trials[t.number] for t in running], seconds
+    return err, study, [t.number for t in running], seconds
 
 
-def _assert_stopped_cleanly(err: str, trials: list[optuna.trial.FrozenTrial], seconds: float) -> None:
+def _assert_stopped_cleanly(err: str, study: optuna.Study, numbers: list[int], seconds: float) -> None:
     assert seconds < 15
     assert err.rstrip().splitlines()[-1] == TERMINATED
     assert err.count(TERMINATED) == 1
     assert "Traceback" not in err
     assert not re.search(r"Trial \d+ failed", err)  # Optuna's own lines: only kdnas's, unless -v
-    for trial in trials:
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    for trial in (study.trials[n] for n in numbers):
         assert trial.state == optuna.trial.TrialState.FAIL
         assert trial.user_attrs["status"] == "interrupted"
         assert trial.user_attrs["reason"] == "terminated by SIGTERM"
+        # Its candidate is queued again: the next run trains it first, instead of a new proposal.
+        (retry,) = [w for w in waiting if w.user_attrs.get("retry_of") == trial.number]
+        assert retry.system_attrs["fixed_params"] == trial.params
 
 
 def test_sigterm_stores_the_running_trial_as_interrupted_and_exits_143(tmp_path: Path) -> None:
@@ -89,6 +94,6 @@ def test_sigterm_stores_the_running_trial_as_interrupted_and_exits_143(tmp_path:
 
 
 def test_sigterm_reaches_the_workers_through_the_parent(tmp_path: Path) -> None:
-    err, trials, seconds = _terminate_during_a_trial(tmp_path, "--workers", "2")
-    _assert_stopped_cleanly(err, trials, seconds)
+    err, study, numbers, seconds = _terminate_during_a_trial(tmp_path, "--workers", "2")
+    _assert_stopped_cleanly(err, study, numbers, seconds)
     assert "died" not in err  # the workers stopped, each storing its own trial; none was lost
