@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from kdnas.cli import handle_sigterm
 from kdnas.errors import Terminated
+from kdnas.status import TrialStatus
 
 if TYPE_CHECKING:
     import optuna
@@ -55,7 +56,7 @@ def recover_trials_of(study: optuna.Study, worker: str) -> list[int]:
         if trial.user_attrs.get("worker") != worker:
             continue
         storage = study._storage  # as Optuna's own stale-trial handling does
-        storage.set_trial_user_attr(trial._trial_id, "status", "worker died")
+        storage.set_trial_user_attr(trial._trial_id, "status", TrialStatus.WORKER_DIED)
         storage.set_trial_user_attr(trial._trial_id, "reason", f"worker {worker} died during the trial")
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         retry(study, trial)  # from the snapshot taken before the death was recorded
