@@ -145,6 +145,7 @@ def test_halving_decides_only_at_rungs_and_counts_running_trials() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.needs("dataset-fashion-mnist")
 def test_search_records_stopped_trials_as_pruned_with_their_partial_curve(tmp_path) -> None:
     from kdnas.config import STUDIES_DIR
     from kdnas.search import main
