@@ -40,9 +40,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write ``path`` completely or not at all: ``write(tmp)`` fills a temporary file beside it, which
     then replaces ``path`` in one step (readers and a crash see the old file or the new, never half).
 
-    The temporary name carries the process id, so workers writing the same file do not collide.
+    The temporary name carries the process id, so workers writing the same file do not collide, and ends
+    in ``path``'s suffix, which some writers check (``torch.export.save`` warns unless it is ``.pt2``).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         write(tmp)
         os.replace(tmp, path)
