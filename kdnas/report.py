@@ -26,6 +26,7 @@ from kdnas.cli import add_common_arguments, add_storage_argument, add_study_argu
 from kdnas.config import LATENCY_ROUND_RUNS, METRICS, NumParam, StudyConfig
 from kdnas.errors import KdnasError
 from kdnas.files import write_text
+from kdnas.progress import duration
 from kdnas.results import (
     HYPERVOLUME_MARGIN,
     NO_KD_ALPHA,
@@ -331,12 +332,6 @@ def _range(p: NumParam) -> str:
     return f"{p.low:g}..{p.high:g}{extra}"
 
 
-def _duration(seconds: float) -> str:
-    minutes, s = divmod(round(seconds), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours} h {m:02d} min" if hours else f"{m} min {s:02d} s"
-
-
 def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[tuple[str, str]]:
     """The header's label/value pairs (values are plain text, escaped later)."""
     t, s, kd, r, lat = cfg.teacher, cfg.student, cfg.kd, cfg.train, cfg.latency
@@ -388,8 +383,8 @@ def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[t
         ("trials", count_line(df["status"])),
         (
             "compute",
-            f"{_duration(df['duration_s'].sum())} in trials "
-            f"({_duration(df['train_seconds'].sum())} of it training students)",
+            f"{duration(df['duration_s'].sum())} in trials "
+            f"({duration(df['train_seconds'].sum())} of it training students)",
         ),
     ]
     return rows
