@@ -30,6 +30,7 @@ __all__ = [
     "DataConfig",
     "TrainRecipe",
     "TeacherConfig",
+    "FinetuneRecipe",
     "StudentSpace",
     "KDSpace",
     "Objectives",
@@ -199,22 +200,90 @@ class TrainRecipe:
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
-    """The fixed teacher: an architecture, and a checkpoint to load or a recipe to train it."""
+class FinetuneRecipe(TrainRecipe):
+    """How a teacher from elsewhere is fine-tuned on the train split: a TrainRecipe with gentler defaults
+    (a trained network needs a small learning rate; one epoch fits a new head)."""
 
+    epochs: int = 1
+    lr: float = 0.01
+
+
+# Keys of [teacher] for every source, for every source but kdnas, and for each source alone: a key given
+# to a source it does not apply to is refused, never silently ignored.
+_TEACHER_ANY_SOURCE = ("source", "checkpoint", "train")
+_TEACHER_ELSEWHERE = ("state_dict_key", "input_size", "mean", "std", "finetune")
+_TEACHER_SOURCE_KEYS = {
+    "kdnas": ("arch", "base_width", "blocks"),
+    "torchvision": ("name", "weights", *_TEACHER_ELSEWHERE),
+    "timm": ("name", "pretrained", *_TEACHER_ELSEWHERE),
+    "import": ("factory", "kwargs", "head", *_TEACHER_ELSEWHERE),
+}
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The fixed teacher: where it comes from (``source``), a checkpoint to load, and how it is made to fit.
+
+    ``kdnas`` trains a network of kdnas's own family with ``train`` (or loads ``checkpoint`` into it).
+    ``torchvision``, ``timm`` and ``import`` build one elsewhere (kdnas.teacher_sources); it runs at its
+    own ``input_size`` and normalisation, and is fine-tuned with ``finetune`` (default: FinetuneRecipe())
+    when its classes differ from the data's, or whenever ``finetune`` is given.
+    """
+
+    source: str = "kdnas"
     arch: str = "resnet"
     base_width: int = 32
     blocks: tuple[int, ...] = (2, 2, 2)  # residual blocks per stage; width doubles each stage
-    checkpoint: str | None = None  # a state_dict to load instead of training
-    train: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10))
+    name: str | None = None  # torchvision / timm model name
+    weights: str | None = None  # torchvision weights: "DEFAULT", "IMAGENET1K_V1" or "ResNet18_Weights.IMAGENET1K_V1"
+    pretrained: bool = False  # timm: the model's pretrained weights
+    factory: str | None = None  # import: "package.module:function" returning an nn.Module
+    kwargs: dict = field(default_factory=dict)  # import: keyword arguments of the factory
+    head: str | None = None  # import: attribute holding the classifier; None: the last nn.Linear
+    checkpoint: str | None = None  # a state dict to load: instead of training (kdnas), over the built network
+    state_dict_key: str | None = None  # the state dict is the checkpoint's [state_dict_key]; None: guessed
+    input_size: int | None = None  # the teacher's input side in pixels; None: its weights' or the data's
+    mean: tuple[float, ...] | None = None  # the teacher's normalisation (0..1 scale); None: its weights' or the data's
+    std: tuple[float, ...] | None = None
+    finetune: FinetuneRecipe | None = None  # None: fine-tune with FinetuneRecipe() only if the classes differ
+    train: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10))  # any source: eval batch, precision
 
     def __post_init__(self) -> None:
         from kdnas.models import ARCHITECTURES
+        from kdnas.teacher_sources import TEACHER_SOURCES
 
+        _prefixed("source", TEACHER_SOURCES.check, self.source)
+        own = (*_TEACHER_ANY_SOURCE, *_TEACHER_SOURCE_KEYS[self.source])
+        for f in dataclasses.fields(self):
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            if f.name not in own and getattr(self, f.name) != default:
+                takes = " or ".join(repr(s) for s, keys in _TEACHER_SOURCE_KEYS.items() if f.name in keys)
+                raise KdnasError(f"{f.name} does not apply to source {self.source!r}; it is for source {takes}")
         _prefixed("arch", ARCHITECTURES.check, self.arch)
         _at_least("base_width", self.base_width, 1)
         _check(len(self.blocks) >= 1, "blocks is empty; give the number of blocks of each stage")
         _check(all(b >= 1 for b in self.blocks), f"every stage needs at least 1 block, got {list(self.blocks)}")
+        _at_least("input_size", self.input_size, 1)
+        _check((self.mean is None) == (self.std is None), "give mean and std together, or neither")
+        if self.mean is not None and self.std is not None:
+            _check(len(self.mean) == len(self.std), f"mean and std need as many values, got {self.mean=}, {self.std=}")
+            _check(min(self.std) > 0, f"std must be > 0 in every channel, got {self.std}")
+        TEACHER_SOURCES.get(self.source).check(self)
+
+    @property
+    def checkpoint_as_is(self) -> bool:
+        """Whether the teacher is a kdnas checkpoint used as it is (the only teacher not kept in teacher.pt)."""
+        return self.source == "kdnas" and self.checkpoint is not None
+
+    def applied(self) -> dict[str, Any]:
+        """The keys that apply to this source, with their values: what the teacher is made from.
+
+        A ``kdnas`` section gives what it gave before teacher sources existed, so fingerprints (and the
+        ``teacher.pt`` files they key) stay valid.
+        """
+        plain = dataclasses.asdict(self)
+        keys = (*_TEACHER_ANY_SOURCE, *_TEACHER_SOURCE_KEYS[self.source])
+        return {k: plain[k] for k in keys if not (k == "source" and self.source == "kdnas")}
 
 
 @dataclass(frozen=True)

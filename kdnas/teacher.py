@@ -1,10 +1,18 @@
 """The fixed teacher: loaded or trained once per study, and its soft targets computed once.
 
-``runs/<study>/teacher.pt`` holds the weights with the architecture, dataset, accuracies, the SHA-256
-of the weights and a fingerprint of everything they depend on (the study's teacher section and the
-data; for a checkpoint, also the file's bytes). A later run reuses the file only when the fingerprint
-matches; a changed teacher section retrains, and a file that cannot be read, or whose weights do not
-match their recorded hash, is reported and never used.
+``runs/<study>/teacher.pt`` holds the weights with what rebuilds the network (a kdnas architecture, or
+the ``[teacher]`` section of a source elsewhere, rebuilt through that source), dataset, accuracies, the
+SHA-256 of the weights and a fingerprint of everything they depend on (the study's teacher section and
+the data; for a checkpoint, also the file's bytes). A later run reuses the file only when the
+fingerprint matches; a changed teacher section retrains, and a file that cannot be read, or whose
+weights do not match their recorded hash, is reported and never used. Every teacher is kept there but
+a kdnas checkpoint, which is used as it is.
+
+A teacher from torchvision, timm or an import path (kdnas.teacher_sources) runs behind ``TeacherInput``
+at its own input size and normalisation. When its classes are not the data's, its classifier is
+replaced and the network fine-tuned on the train split (``[teacher] finetune``, by default
+``FinetuneRecipe()``: one epoch at lr 0.01, logged); ``finetune`` given fine-tunes it even when the
+classes agree (keeping its classifier).
 
 ``runs/<study>/soft_targets.pt`` holds the teacher's logits (fp16) for the view of every training
 image in every epoch a student trains. It is keyed by the teacher's weights, not its config: the same
@@ -16,6 +24,7 @@ last-bit fp16 differences between kernels chosen for different batch shapes).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -28,11 +37,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdnas.config import StudyConfig, TeacherConfig, section_hash
-from kdnas.data import AugmentedViews, ImageData
+from kdnas.config import FinetuneRecipe, StudyConfig, TeacherConfig, TrainRecipe, dataclass_from_dict, section_hash
+from kdnas.data import AugmentedViews, DatasetInfo, ImageData, normalize
 from kdnas.errors import KdnasError
 from kdnas.files import atomic_write, file_sha256
 from kdnas.models import ArchSpec, build_model, count_params
+from kdnas.teacher_sources import (
+    TEACHER_SOURCES,
+    TeacherInput,
+    TeacherSource,
+    load_checkpoint,
+    read_state_dict,
+    state_dict_mismatch,
+)
 from kdnas.trainer import autocast, evaluate, fit, keep_freed_memory, return_freed_memory
 
 __all__ = [
@@ -41,6 +58,7 @@ __all__ = [
     "load_stored_teacher",
     "teacher_spec",
     "teacher_fingerprint",
+    "checkpoint_sha256",
     "weights_sha256",
     "CachedSoftTargets",
     "LiveTeacher",
@@ -71,20 +89,28 @@ def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 @dataclass(frozen=True)
 class Teacher:
-    model: nn.Module  # in eval mode, on the training device
-    spec: ArchSpec
+    model: nn.Module  # in eval mode, on the training device; takes the data's normalised views
+    spec: ArchSpec | None  # None for a teacher from elsewhere
     val_accuracy: float
     test_accuracy: float
     fingerprint: str  # of what the teacher was made from (see teacher_fingerprint)
     path: Path | None  # where it is stored (None for a checkpoint used as it is)
+    source: str = "kdnas"  # the [teacher] source it came from
+    label: str = ""  # what it is, for people; "": the spec's
     weights_sha256: str = dataclasses.field(init=False)  # of the model's weights: what derived artefacts key on
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights_sha256", weights_sha256(self.model.state_dict()))
 
+    def describe(self) -> str:
+        """A short label: ``resnet w32 b2-2-2``, ``torchvision resnet18 (DEFAULT), fine-tuned, at 224 px``."""
+        return self.label or (self.spec.describe() if self.spec else self.source)
+
     def summary(self) -> dict[str, Any]:
         return {
-            "spec": dataclasses.asdict(self.spec),
+            "source": self.source,
+            "label": self.describe(),
+            "spec": dataclasses.asdict(self.spec) if self.spec else None,
             "params": count_params(self.model),
             "val_accuracy": self.val_accuracy,
             "test_accuracy": self.test_accuracy,
@@ -100,8 +126,8 @@ def teacher_spec(cfg: StudyConfig, data: ImageData) -> ArchSpec:
 
 
 def teacher_fingerprint(section: TeacherConfig, data_fingerprint: str, checkpoint_sha256: str | None = None) -> str:
-    """What a teacher is made from: its ``[teacher]`` section, the data and, for a checkpoint, the file's SHA-256."""
-    fingerprint = section_hash(section, data_fingerprint)
+    """What a teacher is made from: its ``[teacher]`` keys, the data and, for a checkpoint, the file's SHA-256."""
+    fingerprint = section_hash(section.applied(), data_fingerprint)
     return fingerprint if checkpoint_sha256 is None else section_hash(fingerprint, checkpoint_sha256)
 
 
@@ -123,27 +149,47 @@ def _read(path: Path, expected_format: str) -> dict[str, Any] | None:
     return blob
 
 
-def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step: StepHook | None = None) -> Teacher:
-    """Load the study's teacher, training it first if no valid stored one exists.
-
-    Args:
-        cfg: the study; its ``[teacher]`` section decides architecture and recipe.
-        data: the dataset, already on the training device.
-        out_dir: the study's run directory.
-        on_step: progress hook for teacher training, ``on_step(step, total_steps)``.
+def checkpoint_sha256(section: TeacherConfig) -> str | None:
+    """SHA-256 of the section's checkpoint file (None without one).
 
     Raises:
-        KdnasError: a checkpoint named in the study is missing or does not fit the architecture.
+        KdnasError: the file does not exist.
     """
-    spec = teacher_spec(cfg, data)
-    device = data.train.images.device
-    if cfg.teacher.checkpoint:
-        checkpoint = Path(cfg.teacher.checkpoint)
-        model = _load_checkpoint(checkpoint, spec).to(device)
-        fingerprint = teacher_fingerprint(cfg.teacher, data.fingerprint, file_sha256(checkpoint))
-        return _finish(model, spec, data, fingerprint, None, cfg.teacher.train.eval_batch_size)
+    if section.checkpoint is None:
+        return None
+    path = Path(section.checkpoint)
+    if not path.is_file():
+        raise KdnasError(f"teacher checkpoint {path} does not exist; fix [teacher] checkpoint or remove it")
+    return file_sha256(path)
 
-    fingerprint = teacher_fingerprint(cfg.teacher, data.fingerprint)
+
+def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step: StepHook | None = None) -> Teacher:
+    """Load the study's teacher, making it first (trained, or built and fine-tuned) if no valid stored one exists.
+
+    Args:
+        cfg: the study; its ``[teacher]`` section decides where the teacher comes from and how it is made.
+        data: the dataset, already on the training device.
+        out_dir: the study's run directory.
+        on_step: progress hook for teacher training or fine-tuning, ``on_step(step, total_steps)``.
+
+    Raises:
+        KdnasError: a checkpoint named in the study is missing or does not fit the network, a network from
+            elsewhere cannot be built (not importable, not downloadable offline) or given the data's classes.
+    """
+    section, device = cfg.teacher, data.train.images.device
+    fingerprint = teacher_fingerprint(section, data.fingerprint, checkpoint_sha256(section))
+    if section.checkpoint_as_is:
+        spec = teacher_spec(cfg, data)
+        model = build_model(spec)
+        load_checkpoint(
+            model,
+            Path(str(section.checkpoint)),
+            None,
+            f"the architecture {spec.describe()}",
+            "fix [teacher] arch/base_width/blocks",
+        )
+        return _finish(model.to(device), data, fingerprint, None, section, spec=spec)
+
     path = out_dir / "teacher.pt"
     if path.exists():
         blob = _read(path, TEACHER_FORMAT)
@@ -153,44 +199,153 @@ def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step:
                 log.info("teacher: reusing %s (test accuracy %.2f%%)", path, 100 * teacher.test_accuracy)
                 return teacher
         elif blob is not None:
-            log.warning("teacher: the [teacher] section or the data changed since %s was trained; retraining", path)
+            again = "retraining" if section.source == "kdnas" else "building it again"
+            log.warning("teacher: the [teacher] section or the data changed since %s was made; %s", path, again)
 
-    log.info(
-        "teacher: training %s (%s params) for %d epochs",
-        spec.describe(),
-        f"{count_params(build_model(spec)):,}",
-        cfg.teacher.train.epochs,
-    )
     torch.manual_seed(cfg.data.seed)
-    model = build_model(spec).to(device)
-    result = fit(
-        model,
-        AugmentedViews(data),
-        cfg.teacher.train,
-        on_step=on_step,
-        on_epoch=lambda e, acc: log.info(
-            "teacher: epoch %d/%d, val accuracy %.2f%%", e + 1, cfg.teacher.train.epochs, 100 * acc
-        ),
-    )
-    teacher = _finish(model, spec, data, fingerprint, path, cfg.teacher.train.eval_batch_size)
+    if section.source == "kdnas":
+        spec = teacher_spec(cfg, data)
+        model, head_classes, label = _trained(spec, data, section.train, on_step), None, ""
+    else:
+        spec = None
+        model, head_classes, label = _from_elsewhere(section, data, on_step)
+    teacher = _finish(model, data, fingerprint, path, section, spec=spec, label=label)
     _atomic_save(
         {
             "format": TEACHER_FORMAT,
             "fingerprint": fingerprint,
             "weights_sha256": teacher.weights_sha256,
-            "spec": dataclasses.asdict(spec),
+            "source": section.source,
+            "label": label,
+            "spec": dataclasses.asdict(spec) if spec else None,
+            "head_classes": head_classes,  # a replaced classifier's outputs, for rebuilding it
+            "input_size": model.input_size if isinstance(model, TeacherInput) else None,
             "dataset": data.info.name,
             "val_accuracy": teacher.val_accuracy,
             "test_accuracy": teacher.test_accuracy,
-            "train_seconds": result.seconds,
-            "teacher_config": dataclasses.asdict(cfg.teacher),
+            "teacher_config": dataclasses.asdict(section),
             "torch_version": str(torch.__version__),
             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         },
         path,
     )
-    log.info("teacher: saved %s (test accuracy %.2f%%, %.0f s)", path, 100 * teacher.test_accuracy, result.seconds)
+    log.info("teacher: saved %s (test accuracy %.2f%%)", path, 100 * teacher.test_accuracy)
     return teacher
+
+
+def _trained(spec: ArchSpec, data: ImageData, recipe: TrainRecipe, on_step: StepHook | None) -> nn.Module:
+    """A kdnas network trained from scratch with the ``[teacher] train`` recipe."""
+    model = build_model(spec).to(data.train.images.device)
+    log.info(
+        "teacher: training %s (%s params) for %d epochs", spec.describe(), f"{count_params(model):,}", recipe.epochs
+    )
+    result = fit(model, AugmentedViews(data), recipe, on_step=on_step, on_epoch=_epoch_logger("", recipe))
+    log.info("teacher: trained in %.0f s", result.seconds)
+    return model
+
+
+def _epoch_logger(what: str, recipe: TrainRecipe) -> Callable[[int, float], None]:
+    return lambda e, acc: log.info("teacher: %sepoch %d/%d, val accuracy %.2f%%", what, e + 1, recipe.epochs, 100 * acc)
+
+
+def _from_elsewhere(
+    section: TeacherConfig, data: ImageData, on_step: StepHook | None
+) -> tuple[TeacherInput, int | None, str]:
+    """A teacher from a source elsewhere, fitted to the data: (model, classes of a replaced head or None, label).
+
+    Built (pretrained weights downloaded if asked, else the checkpoint loaded), put behind its input
+    conversion, probed for its class count, and fine-tuned when that differs or ``finetune`` is given.
+    """
+    source = TEACHER_SOURCES.get(section.source)
+    built = source.build(section, download=True)
+    what = f"{section.source} {section.name or section.factory}"
+    info = data.info
+    head_classes = None if section.checkpoint is None else _load_checkpoint(source, built.module, section, info, what)
+    channels = _input_channels(built.module, info.in_channels, what)
+    mean, std = (section.mean, section.std) if section.mean is not None else (built.mean, built.std)
+    if mean is not None and len(mean) not in (1, channels):
+        raise KdnasError(
+            f"[teacher] mean/std have {len(mean)} values for a teacher of {channels} channels; give 1 or {channels}"
+        )
+    size = section.input_size or built.input_size
+    model = TeacherInput.converting(built.module, info, channels, mean, std, size).to(data.train.images.device)
+    classes = _output_classes(model, data, what)
+    label = f"{what}{f' ({section.weights})' if section.weights else ''}"
+    new_head = classes != info.num_classes
+    if new_head:
+        log.info(
+            "teacher: %s gives %d classes, the data has %d; replacing its classifier", what, classes, info.num_classes
+        )
+        source.replace_head(built.module, section, info.num_classes)
+        model.to(data.train.images.device)
+        if _output_classes(model, data, what) != info.num_classes:
+            raise KdnasError(
+                f"replacing {what}'s classifier did not give {info.num_classes} outputs; "
+                "name the classifier with [teacher] head = \"attribute\" (source 'import')"
+            )
+        head_classes = info.num_classes
+    if new_head or section.finetune is not None:
+        recipe = section.finetune or FinetuneRecipe()
+        if section.finetune is None:
+            log.info(
+                "teacher: fine-tuning with the default finetune = { epochs = %d, lr = %g }; [teacher] finetune sets it",
+                recipe.epochs,
+                recipe.lr,
+            )
+        result = fit(
+            model, AugmentedViews(data), recipe, on_step=on_step, on_epoch=_epoch_logger("fine-tuning ", recipe)
+        )
+        log.info("teacher: fine-tuned in %.0f s", result.seconds)
+        label += f", fine-tuned {recipe.epochs} epochs"
+    if model.input_size is not None:
+        label += f", at {model.input_size} px"
+    return model, head_classes, label
+
+
+def _load_checkpoint(
+    source: TeacherSource, module: nn.Module, section: TeacherConfig, info: DatasetInfo, what: str
+) -> int | None:
+    """Load the section's checkpoint into ``module``; returns the classes of a classifier replaced for it, or None.
+
+    A checkpoint already fine-tuned for the data's classes differs from the built network only in the
+    classifier's shapes: the classifier is replaced for the data's classes first.
+    """
+    path = Path(str(section.checkpoint))
+    state = read_state_dict(path, section.state_dict_key)
+    problems = state_dict_mismatch(module, state)
+    if not problems:
+        module.load_state_dict(state)
+        return None
+    if state.keys() == module.state_dict().keys():  # only shapes differ: perhaps just the classifier's
+        with contextlib.suppress(KdnasError):  # no classifier to replace: the shapes are the problem to report
+            source.replace_head(module, section, info.num_classes)
+            if not state_dict_mismatch(module, state):
+                module.load_state_dict(state)
+                return info.num_classes
+    fix = "fix [teacher] checkpoint, name or factory, or set state_dict_key"
+    raise KdnasError(f"teacher checkpoint {path} does not match {what} ({problems}); {fix}")
+
+
+def _input_channels(net: nn.Module, data_channels: int, what: str) -> int:
+    """The channels ``net`` takes (its first convolution's, else the data's): the data's, or more for grey data."""
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = data_channels if first is None else first.in_channels
+    if channels != data_channels and data_channels != 1:
+        raise KdnasError(
+            f"{what} takes {channels}-channel images, the data has {data_channels} channels; pick another teacher"
+        )
+    return channels
+
+
+def _output_classes(model: nn.Module, data: ImageData, what: str) -> int:
+    """The class count ``model`` gives: one forward pass on two validation images."""
+    model.eval()
+    with torch.inference_mode():
+        out = model(normalize(data.val.images[:2], data.info))
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise KdnasError(f"{what} returns {shape}, not logits of shape (N, classes); wrap it in a factory that does")
+    return out.shape[1]
 
 
 def load_stored_teacher(path: Path, device: torch.device | str, blob: dict[str, Any] | None = None) -> Teacher:
@@ -208,12 +363,29 @@ def load_stored_teacher(path: Path, device: torch.device | str, blob: dict[str, 
 
 
 def _from_blob(path: Path, device: torch.device | str, blob: dict[str, Any]) -> Teacher | None:
-    """The teacher a ``teacher.pt`` holds, or None (with a warning) if its weights are not what it records."""
-    spec = ArchSpec(**{**blob["spec"], "blocks": tuple(blob["spec"]["blocks"])})
-    model = build_model(spec)
+    """The teacher a ``teacher.pt`` holds, or None (with a warning) if its weights are not what it records.
+
+    Raises:
+        KdnasError: a teacher from elsewhere cannot be rebuilt here (its source says why).
+    """
+    source, spec = blob.get("source", "kdnas"), None  # files written before sources existed hold kdnas teachers
+    if source == "kdnas":
+        spec = ArchSpec(**{**blob["spec"], "blocks": tuple(blob["spec"]["blocks"])})
+        model = build_model(spec)
+    else:
+        model = _rebuilt(dataclass_from_dict(TeacherConfig, blob["teacher_config"], "teacher"), blob)
     model.load_state_dict(blob["state_dict"])
     model.to(device=device, memory_format=torch.channels_last).eval()
-    teacher = Teacher(model, spec, blob["val_accuracy"], blob["test_accuracy"], blob["fingerprint"], path)
+    teacher = Teacher(
+        model,
+        spec,
+        blob["val_accuracy"],
+        blob["test_accuracy"],
+        blob["fingerprint"],
+        path,
+        source,
+        blob.get("label", ""),
+    )
     recorded = blob.get("weights_sha256")  # absent in files written before the hash was recorded
     if recorded is not None and recorded != teacher.weights_sha256:
         log.warning("%s is corrupt (its weights do not match the SHA-256 it records); it will be rebuilt", path)
@@ -221,34 +393,31 @@ def _from_blob(path: Path, device: torch.device | str, blob: dict[str, Any]) -> 
     return teacher
 
 
+def _rebuilt(section: TeacherConfig, blob: dict[str, Any]) -> TeacherInput:
+    """The network of a stored teacher from elsewhere, rebuilt through its source (weights still to load)."""
+    source = TEACHER_SOURCES.get(section.source)
+    built = source.build(section, download=False)
+    if blob["head_classes"] is not None:
+        source.replace_head(built.module, section, blob["head_classes"])
+    channels = blob["state_dict"]["scale"].shape[1]
+    return TeacherInput(built.module, torch.ones(channels), torch.zeros(channels), blob["input_size"])
+
+
 def _finish(
-    model: nn.Module, spec: ArchSpec, data: ImageData, fingerprint: str, path: Path | None, batch_size: int
+    model: nn.Module,
+    data: ImageData,
+    fingerprint: str,
+    path: Path | None,
+    section: TeacherConfig,
+    *,
+    spec: ArchSpec | None,
+    label: str = "",
 ) -> Teacher:
+    """The teacher with its validation and test accuracy measured."""
     model.to(memory_format=torch.channels_last).eval()
-    val = evaluate(model, data.val, data.info, batch_size)
-    test = evaluate(model, data.test, data.info, batch_size)
-    return Teacher(model, spec, val, test, fingerprint, path)
-
-
-def _load_checkpoint(path: Path, spec: ArchSpec) -> nn.Module:
-    if not path.is_file():
-        raise KdnasError(
-            f"teacher checkpoint {path} does not exist; fix [teacher] checkpoint or remove it to train one"
-        )
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise KdnasError(f"teacher checkpoint {path} is unreadable ({type(err).__name__}); replace it") from None
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    model = build_model(spec)
-    try:
-        model.load_state_dict(state)  # type: ignore[arg-type]
-    except Exception:
-        raise KdnasError(
-            f"teacher checkpoint {path} does not match the architecture {spec.describe()}; "
-            "fix [teacher] arch/base_width/blocks"
-        ) from None
-    return model
+    val = evaluate(model, data.val, data.info, section.train.eval_batch_size)
+    test = evaluate(model, data.test, data.info, section.train.eval_batch_size)
+    return Teacher(model, spec, val, test, fingerprint, path, section.source, label)
 
 
 # ---------------------------------------------------------------------------------------------------

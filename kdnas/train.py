@@ -50,24 +50,27 @@ def check_teacher(student: StudentFile, data: ImageData, device: torch.device, *
 
     Its file must have the bytes the export recorded (a checkpoint replaced in place, or a retrained
     ``teacher.pt``, is another teacher), and its ``[teacher]`` section and the data here must give the
-    fingerprint the export recorded.
+    fingerprint the export recorded. A teacher from elsewhere is rebuilt from its ``teacher.pt`` through
+    its source (the same weights, so the same hash), which must work here: its factory importable, timm
+    installed.
 
     Raises:
-        KdnasError: the teacher is missing, or differs (unless ``allow_mismatch``, which logs a warning).
+        KdnasError: the teacher is missing, cannot be rebuilt here, or differs (unless ``allow_mismatch``,
+            which logs a warning).
     """
-    from kdnas.teacher import load_stored_teacher, obtain_teacher, teacher_fingerprint
+    from kdnas.teacher import checkpoint_sha256, load_stored_teacher, obtain_teacher, teacher_fingerprint
 
     cfg, path = student.cfg, student.teacher_path
     recorded_sha256 = student.teacher_sha256
     replaced = recorded_sha256 is not None and file_sha256(path) != recorded_sha256
-    if cfg.teacher.checkpoint:
+    if cfg.teacher.checkpoint_as_is:
         teacher = obtain_teacher(cfg, data, path.parent)  # loads the checkpoint, trains nothing
         # A checkpoint's fingerprint covers its bytes: recompute it for the exported bytes, so that a
         # replaced file is reported as replaced, not as a changed section or data.
         recomputed = teacher_fingerprint(cfg.teacher, data.fingerprint, recorded_sha256 or file_sha256(path))
     else:
         teacher = load_stored_teacher(path, device)
-        recomputed = teacher_fingerprint(cfg.teacher, data.fingerprint)
+        recomputed = teacher_fingerprint(cfg.teacher, data.fingerprint, checkpoint_sha256(cfg.teacher))
     problems = []
     expected = student.teacher_fingerprint
     if recomputed != expected:
@@ -75,7 +78,7 @@ def check_teacher(student: StudentFile, data: ImageData, device: torch.device, *
             f"the [teacher] section and the data here give fingerprint {recomputed}, the export recorded "
             f"{expected} (the dataset files, the split or the teacher changed)"
         )
-    if not cfg.teacher.checkpoint and teacher.fingerprint != recomputed:
+    if not cfg.teacher.checkpoint_as_is and teacher.fingerprint != recomputed:
         problems.append(f"{path} holds a teacher with fingerprint {teacher.fingerprint}, trained for other settings")
     if replaced:
         problems.append(f"{path} was rewritten since the export (its SHA-256 differs): a retrained or replaced teacher")
