@@ -527,7 +527,7 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
     policy = dataclasses.replace(policy, **{k: v for k, v in overrides.items() if v is not None})
     data_cfg = cfg.data
     if args.es_limit_train:
-        data_cfg = _fewer_training_images(cfg.data, args.es_limit_train, args.data_dir)
+        data_cfg = _fewer_training_images(cfg.data, args.es_limit_train)
     trials = args.es_trials or cfg.budget.trials
     base = dataclasses.replace(
         cfg, data=data_cfg, budget=dataclasses.replace(cfg.budget, trials=trials, timeout_min=None)
@@ -599,12 +599,10 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
             )
 
 
-def _fewer_training_images(cfg: DataConfig, train_images: int, data_dir: Path) -> DataConfig:
-    """``cfg`` limited to ``train_images`` training images with the study's validation set size kept:
-    early stopping compares validation accuracies, and a smaller set would make every lead noise."""
-    full = load_data(cfg, data_dir, download=False)
-    total = train_images + len(full.val)
-    return dataclasses.replace(cfg, limit_train=total, val_fraction=len(full.val) / total)
+def _fewer_training_images(cfg: DataConfig, train_images: int) -> DataConfig:
+    """``cfg`` limited to ``train_images`` training images; ``limit_train`` keeps the study's validation set
+    (early stopping compares validation accuracies, and a smaller set would make every lead noise)."""
+    return dataclasses.replace(cfg, limit_train=train_images)
 
 
 def _grow_until_reached(

@@ -148,21 +148,45 @@ class ChoiceParam:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which dataset, how the validation split is carved, how training images are augmented."""
+    """Which dataset, how the validation split is carved, how training images are augmented.
+
+    ``dataset`` is a built-in name, ``"imagefolder"`` (images in class folders at ``path``) or
+    ``"torchvision:<Class>"`` (a torchvision dataset whose files are in ``--data-dir``).
+    """
 
     dataset: str = "fashion_mnist"
+    path: str | None = None  # imagefolder: the folder, absolute or relative to --data-dir
+    image_size: int | None = None  # imagefolder/torchvision: resize to a square; None: the images' own size
+    skip_unreadable: bool = False  # imagefolder: skip files that are not images (counted) instead of stopping
     seed: int = 0  # of the validation split and the augmented views (the teacher depends on it)
-    val_fraction: float = 0.1  # carved from the training set, used for every selection
-    limit_train: int | None = None  # use only this many training images (quick studies)
+    val_fraction: float = 0.1  # carved from the training set when it has no validation folder
+    limit_train: int | None = None  # train on only this many images (quick studies); validation stays whole
+    limit_val: int | None = None  # validate on only this many images
     crop_padding: int | None = None  # random-crop padding in pixels; None: the dataset's default
     flip: bool | None = None  # random horizontal flip; None: the dataset's default
 
     def __post_init__(self) -> None:
-        from kdnas.data import DATASETS
+        from kdnas.data import DATASETS, check_dataset
 
-        _prefixed("dataset", DATASETS.check, self.dataset)
+        _prefixed("dataset", check_dataset, self.dataset)
+        folder = self.dataset == "imagefolder"
+        _check(
+            not folder or bool(self.path),
+            'dataset = "imagefolder" needs path, the folder of class folders (or of train/, val/, test/ folders)',
+        )
+        _check(folder or self.path is None, f'path is only for dataset = "imagefolder", not {self.dataset!r}')
+        _check(
+            folder or not self.skip_unreadable,
+            f'skip_unreadable is only for dataset = "imagefolder", not {self.dataset!r}',
+        )
+        _check(
+            self.image_size is None or self.dataset not in DATASETS,
+            f"image_size is only for imagefolder and torchvision:<Class> datasets; {self.dataset!r} has a fixed size",
+        )
+        _at_least("image_size", self.image_size, 8)
         _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         _at_least("limit_train", self.limit_train, 10)
+        _at_least("limit_val", self.limit_val, 10)
         _at_least("crop_padding", self.crop_padding, 0)
 
 

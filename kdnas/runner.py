@@ -77,7 +77,7 @@ def run_search(
     train_device = resolve_device(device)
     resolve_device(cfg.latency.device)
     warn_if_emulated(train_device, cfg.train.precision, cfg.teacher.train.precision)
-    data = load_data(cfg.data, data_dir)
+    data = load_data(cfg.data, data_dir, cache_dir=out_dir)
     _ensure_writable(out_dir)
     storage_url = storage or default_url(out_dir)
     if workers > 1:
@@ -173,7 +173,7 @@ class WorkerJob:
             if train_device.type == "cpu":  # share the cores instead of oversubscribing them
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers))
             study = open_study(self.cfg, self.storage_url, worker=index, heartbeat_grace_s=self.heartbeat_grace_s)
-            data = load_data(self.cfg.data, self.data_dir).to(train_device)
+            data = load_data(self.cfg.data, self.data_dir, cache_dir=self.out_dir).to(train_device)
             objective = prepare_objective(self.cfg, data, self.out_dir, study, train_device, progress=False)
             optimize(study, objective, self.cfg, progress=False)
         except KdnasError as err:

@@ -111,7 +111,7 @@ def test_file_that_is_not_utf8_is_reported(tmp_path):
         ),
         pytest.param(
             "[data]\nzzzz = 1\n",
-            "unknown key 'zzzz' in [data]; known keys: dataset, seed,",
+            "unknown key 'zzzz' in [data]; known keys: dataset, path, image_size,",
             id="no-close-match-lists-keys",
         ),
         pytest.param(
@@ -185,6 +185,33 @@ def test_unknown_keys_are_rejected_with_a_suggestion(tmp_path, text, expected):
         pytest.param("[kd]\nalpha = { low = 0.0 }\n", "range kd.alpha needs both low and high", id="range-no-high"),
         pytest.param("[data]\nval_fraction = 1.0\n", "val_fraction must be in (0, 1), got 1.0", id="val-fraction"),
         pytest.param("[data]\nlimit_train = 5\n", "limit_train must be at least 10, got 5", id="limit-train"),
+        pytest.param("[data]\nlimit_val = 5\n", "limit_val must be at least 10, got 5", id="limit-val"),
+        pytest.param('[data]\ndataset = "imagefolder"\n', 'dataset = "imagefolder" needs path', id="folder-no-path"),
+        pytest.param(
+            '[data]\npath = "pets"\n',
+            "path is only for dataset = \"imagefolder\", not 'fashion_mnist'",
+            id="path-builtin",
+        ),
+        pytest.param(
+            "[data]\nimage_size = 64\n",
+            "image_size is only for imagefolder and torchvision:<Class> datasets; 'fashion_mnist' has a fixed size",
+            id="image-size-builtin",
+        ),
+        pytest.param(
+            '[data]\ndataset = "imagefolder"\npath = "pets"\nimage_size = 4\n',
+            "image_size must be at least 8, got 4",
+            id="image-size-4",
+        ),
+        pytest.param(
+            '[data]\ndataset = "torchvision:MNIST"\nskip_unreadable = true\n',
+            "skip_unreadable is only for dataset = \"imagefolder\", not 'torchvision:MNIST'",
+            id="skip-unreadable-torchvision",
+        ),
+        pytest.param(
+            '[data]\ndataset = "torchvision:Cifar10"\n',
+            "unknown torchvision dataset 'Cifar10' (did you mean 'CIFAR10'?)",
+            id="torchvision-typo",
+        ),
         pytest.param("[train]\nepochs = 0\n", "epochs must be at least 1, got 0", id="epochs-0"),
         pytest.param("[train]\nlr = 0\n", "lr must be a finite number > 0, got 0.0", id="lr-0"),
         pytest.param("[train]\nmomentum = 1.0\n", "momentum must be in [0, 1), got 1.0", id="momentum-1"),
@@ -325,7 +352,6 @@ def test_every_registered_name_loads_where_it_is_named(tmp_path, key, name):
 @pytest.mark.parametrize(
     ("key", "typo", "where", "suggestion"),
     [
-        pytest.param("dataset", "fashoin_mnist", "[data] dataset", "fashion_mnist", id="dataset"),
         pytest.param("student-arch", "resnte", "[student] arch", "resnet", id="student-arch"),
         pytest.param("teacher-arch", "resnte", "[teacher] arch", "resnet", id="teacher-arch"),
         pytest.param("alpha-decay", "cosin", "[kd] alpha_decay", "cosine", id="alpha-decay"),
@@ -343,9 +369,21 @@ def test_misspelled_names_fail_at_load_with_a_suggestion(tmp_path, key, typo, wh
     )
 
 
-def test_a_name_without_a_close_match_lists_the_known_ones(tmp_path):
-    message = load_error(tmp_path, '[data]\ndataset = "imagenet"\n')
-    assert message.endswith("[data] dataset: unknown dataset 'imagenet'; known: cifar10, cifar100, fashion_mnist")
+DATASET_CHOICES = "known: cifar10, cifar100, fashion_mnist, imagefolder, or torchvision:<Class>"
+
+
+@pytest.mark.parametrize(
+    ("typo", "suggestion"),
+    [
+        pytest.param("fashoin_mnist", " (did you mean 'fashion_mnist'?)", id="builtin"),
+        pytest.param("imagefolders", " (did you mean 'imagefolder'?)", id="imagefolder"),
+        pytest.param("imagenet", " (did you mean 'torchvision:ImageNet'?)", id="torchvision-class-alone"),
+        pytest.param("qqqq", "", id="no-close-match"),
+    ],
+)
+def test_misspelled_dataset_names_the_sources(tmp_path, typo, suggestion):
+    message = load_error(tmp_path, f'[data]\ndataset = "{typo}"\n')
+    assert message.endswith(f"[data] dataset: unknown dataset {typo!r}{suggestion}; {DATASET_CHOICES}")
 
 
 def test_every_alpha_decay_choice_is_checked(tmp_path):

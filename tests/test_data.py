@@ -167,29 +167,47 @@ def test_cifar100_uses_the_fine_labels(tmp_path, cifar100_writer):
 
 
 @pytest.mark.parametrize(
-    ("val_fraction", "limit_train", "sizes"),
+    ("val_fraction", "limit_train", "limit_val", "sizes"),
     [
-        pytest.param(0.1, None, (45, 5), id="tenth"),
-        pytest.param(0.5, None, (25, 25), id="half"),
-        pytest.param(0.001, None, (49, 1), id="at-least-one-val"),
-        pytest.param(0.1, 20, (18, 2), id="limit-20"),
-        pytest.param(0.25, 40, (30, 10), id="limit-40-quarter"),
-        pytest.param(0.1, 500, (45, 5), id="limit-above-size"),
+        pytest.param(0.1, None, None, (45, 5), id="tenth"),
+        pytest.param(0.5, None, None, (25, 25), id="half"),
+        pytest.param(0.001, None, None, (49, 1), id="at-least-one-val"),
+        pytest.param(0.1, 20, None, (20, 5), id="limit-train-keeps-val-whole"),
+        pytest.param(0.5, 10, None, (10, 25), id="limit-train-below-val"),
+        pytest.param(0.4, None, 10, (30, 10), id="limit-val"),
+        pytest.param(0.4, 12, 10, (12, 10), id="both-limits"),
+        pytest.param(0.1, 500, 500, (45, 5), id="limits-above-size"),
     ],
 )
-def test_split_sizes(tmp_path, fashion_mnist_writer, no_system_fashion_mnist, val_fraction, limit_train, sizes):
+def test_split_sizes(
+    tmp_path, fashion_mnist_writer, no_system_fashion_mnist, val_fraction, limit_train, limit_val, sizes
+):
     fashion_mnist_writer(tmp_path, n_train=50, n_test=4)
-    cfg = DataConfig(dataset="fashion_mnist", val_fraction=val_fraction, limit_train=limit_train)
+    cfg = DataConfig(dataset="fashion_mnist", val_fraction=val_fraction, limit_train=limit_train, limit_val=limit_val)
     data = load_data(cfg, tmp_path, download=False)
     assert (len(data.train), len(data.val)) == sizes
     assert len(set(ids(data.train)) | set(ids(data.val))) == sum(sizes)  # disjoint
 
 
+def test_limits_shorten_the_splits_without_changing_which_images_they_start_with(
+    tmp_path, fashion_mnist_writer, no_system_fashion_mnist
+):
+    # The validation set is carved from the whole training set first: limit_train takes a prefix of the
+    # same training order and never moves an image into or out of validation; limit_val a prefix of it.
+    fashion_mnist_writer(tmp_path, n_train=100, n_test=4)
+    whole = load_data(DataConfig(dataset="fashion_mnist", val_fraction=0.3), tmp_path, download=False)
+    cfg = DataConfig(dataset="fashion_mnist", val_fraction=0.3, limit_train=20, limit_val=10)
+    limited = load_data(cfg, tmp_path, download=False)
+    assert list(ids(limited.train)) == list(ids(whole.train))[:20]
+    assert list(ids(limited.val)) == list(ids(whole.val))[:10]
+    assert limited.fingerprint != whole.fingerprint
+
+
 def test_split_that_leaves_no_training_image_is_a_user_error(tmp_path, cifar10_writer):
-    # 10 images with val_fraction 0.99: round(9.9) = 10 go to validation and nothing is left to train on.
+    # 20 images with val_fraction 0.99: round(19.8) = 20 go to validation and nothing is left to train on.
     cifar10_writer(tmp_path, n_per_batch=4, n_test=1)
-    with pytest.raises(KdnasError, match="val_fraction"):
-        load_data(DataConfig(dataset="cifar10", val_fraction=0.99, limit_train=10), tmp_path, download=False)
+    with pytest.raises(KdnasError, match="val_fraction=0.99 of 20 images leaves no training image; lower val_fraction"):
+        load_data(DataConfig(dataset="cifar10", val_fraction=0.99), tmp_path, download=False)
 
 
 def test_same_seed_gives_the_same_split(tmp_path, cifar100_writer):
@@ -280,9 +298,18 @@ def test_corrupted_cifar_batch_is_reported(tmp_path, cifar10_writer):
         load_data(DataConfig(dataset="cifar10"), tmp_path, download=False)
 
 
-def test_unknown_dataset_lists_the_known_ones(tmp_path):
-    with pytest.raises(KdnasError, match="unknown dataset 'mnist'; known: cifar10, cifar100, fashion_mnist"):
-        load_data(DataConfig(dataset="mnist"), tmp_path, download=False)
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(KdnasError) as info:
+        DataConfig(dataset="cifar11")
+    assert str(info.value) == (
+        "dataset: unknown dataset 'cifar11' (did you mean 'cifar10'?); "
+        "known: cifar10, cifar100, fashion_mnist, imagefolder, or torchvision:<Class>"
+    )
+
+
+def test_a_torchvision_class_named_alone_is_suggested_with_its_prefix():
+    with pytest.raises(KdnasError, match=r"unknown dataset 'mnist' \(did you mean 'torchvision:MNIST'\?\)"):
+        DataConfig(dataset="mnist")
 
 
 def test_normalize_uses_the_dataset_statistics():
