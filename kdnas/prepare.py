@@ -59,7 +59,7 @@ def prepare_objective(
                 )
     log.info(
         "teacher: %s, test accuracy %.2f%%, val accuracy %.2f%%",
-        teacher.spec.describe(),
+        teacher.describe(),
         100 * teacher.test_accuracy,
         100 * teacher.val_accuracy,
     )

@@ -390,7 +390,9 @@ def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[t
     return rows
 
 
-def _pareto_html(pareto: pd.DataFrame) -> str:
+def _pareto_html(pareto: pd.DataFrame, teacher: dict[str, Any] | None) -> str:
+    """The Pareto table; with a known teacher, each student's validation accuracy against the teacher's,
+    and a note naming the students that beat it (on the same validation images)."""
     import pandas as pd
 
     decay = [
@@ -410,7 +412,17 @@ def _pareto_html(pareto: pd.DataFrame) -> str:
             "train time": pareto["train_seconds"].map("{:.0f} s".format),
         }
     )
-    return shown.to_html(index=False, border=0, classes="pareto", escape=True)
+    note = ""
+    if teacher:
+        lead = 100 * (pareto["val_accuracy"] - teacher["val_accuracy"])
+        shown.insert(6, "vs teacher", lead.map("{:+.2f} pt".format))
+        beaten = pareto["trial"][lead > 0].tolist()
+        if beaten:
+            note = (
+                f'<p class="note">Trial(s) {", ".join(map(str, beaten))} beat the teacher '
+                f"({100 * teacher['val_accuracy']:.2f}% val): a stronger teacher could raise every student.</p>\n"
+            )
+    return note + shown.to_html(index=False, border=0, classes="pareto", escape=True)
 
 
 _CSS = """
@@ -528,7 +540,7 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
 <h2>Pareto-optimal students</h2>
 <p class="why">Optimal in all objectives ({html.escape(", ".join(cfg.objectives.metrics))}); pick one with
 <code>python -m kdnas.export --study {html.escape(cfg.name)} --trial N</code>. Every trial is in trials.csv.</p>
-{_pareto_html(pareto_table(df))}
+{_pareto_html(pareto_table(df), teacher)}
 {"".join(sections)}
 </body></html>
 """

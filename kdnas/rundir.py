@@ -41,7 +41,7 @@ class StudyRun:
 
     def teacher_file(self) -> Path:
         """Where the teacher the search used lies: a checkpoint, the path it recorded, or the run directory's."""
-        if self.cfg.teacher.checkpoint:
+        if self.cfg.teacher.checkpoint_as_is:
             return Path(self.cfg.teacher.checkpoint).resolve()
         recorded = (self.study.user_attrs.get("teacher") or {}).get("path")
         if recorded and Path(recorded).is_file():

@@ -108,6 +108,19 @@ def test_report_cli_writes_report_and_tables(tmp_path, capsys):
     assert "6 complete, 1 diverged, 1 duplicate, 1 rejected" in page
 
 
+def test_report_flags_the_students_that_beat_the_teacher(tmp_path):
+    run_dir = tmp_path / "run"
+    study = synthetic_study(run_dir)
+    assert report.main(["--study", "smoke", "--out", str(run_dir), "-q"]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert "<th>vs teacher</th>" in page and "beat the teacher" not in page  # 90% val: no student reaches it
+    study.set_user_attr("teacher", {**study.user_attrs["teacher"], "val_accuracy": 0.79})
+    assert report.main(["--study", "smoke", "--out", str(run_dir), "-q"]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert "Trial(s) 2, 0 beat the teacher (79.00% val)" in page  # 0.85 and 0.80; 0.78 does not
+    assert "<td>+6.00 pt</td>" in page
+
+
 def test_report_with_one_complete_trial_notes_missing_importances(tmp_path):
     run_dir = tmp_path / "run"
     synthetic_study(run_dir, trials=[2, 4])
