@@ -434,10 +434,12 @@ def _search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path):
 
 def compute_curve(df, cfg: StudyConfig, train_images: int) -> tuple[list[float], list[float]]:
     """Cumulative training FLOPs and hypervolume after each trial of a trials frame, in trial order."""
+    from kdnas.data import DATASETS
     from kdnas.results import hypervolume_history, largest_student_params
 
+    info = DATASETS.get(cfg.data.dataset)  # the bench's studies use built-in datasets
     df = df.sort_values("trial")
-    hv = hypervolume_history(df, largest_student_params(cfg)).tolist()
+    hv = hypervolume_history(df, largest_student_params(cfg, info.in_channels, info.num_classes)).tolist()
     # 6 FLOPs per MAC and image: a multiply-add is 2 FLOPs, backward costs about twice the forward.
     cost = (df["epochs"] * df["macs"].fillna(0) * 6 * train_images).where(df["status"] != "duplicate", 0)
     return cost.cumsum().tolist(), hv

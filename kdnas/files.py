@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -67,5 +68,18 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON to ``path`` completely or not at all."""
-    write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+    """Write ``payload`` as indented JSON to ``path`` completely or not at all.
+
+    A nan (the accuracy of an empty split) is written as null: JSON has no nan, and other tools reject it.
+    """
+    write_text(path, json.dumps(_nan_as_none(payload), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def _nan_as_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_as_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_as_none(v) for v in value]
+    return value

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from kdnas.config import StudyConfig
 from kdnas.objective import Objective
-from kdnas.progress import step_bar
+from kdnas.progress import percent, step_bar
 
 if TYPE_CHECKING:
     import optuna
@@ -58,10 +58,10 @@ def prepare_objective(
                     on_step=hook,
                 )
     log.info(
-        "teacher: %s, test accuracy %.2f%%, val accuracy %.2f%%",
+        "teacher: %s, test accuracy %s, val accuracy %s",
         teacher.describe(),
-        100 * teacher.test_accuracy,
-        100 * teacher.val_accuracy,
+        percent(teacher.test_accuracy),
+        percent(teacher.val_accuracy),
     )
     study.set_user_attr("teacher", teacher.summary())
     study.set_user_attr("train_device", str(train_device))

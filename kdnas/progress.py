@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["StepHook", "step_bar", "duration", "trial_line"]
+__all__ = ["StepHook", "step_bar", "duration", "percent", "trial_line"]
 
 log = logging.getLogger("kdnas.progress")
 
@@ -29,6 +29,13 @@ def duration(seconds: float) -> str:
     minutes, s = divmod(round(seconds), 60)
     hours, m = divmod(minutes, 60)
     return f"{hours} h {m:02d} min" if hours else f"{m} min {s:02d} s"
+
+
+def percent(accuracy: float | None) -> str:
+    """'88.36%', or 'unavailable (no test images)' for the nan (or None) of an empty split."""
+    if accuracy is None or accuracy != accuracy:
+        return "unavailable (no test images)"
+    return f"{100 * accuracy:.2f}%"
 
 
 class step_bar:

@@ -26,7 +26,7 @@ from kdnas.cli import add_common_arguments, add_storage_argument, add_study_argu
 from kdnas.config import LATENCY_ROUND_RUNS, METRICS, NumParam, StudyConfig
 from kdnas.errors import KdnasError
 from kdnas.files import write_text
-from kdnas.progress import duration
+from kdnas.progress import duration, percent
 from kdnas.results import (
     HYPERVOLUME_MARGIN,
     NO_KD_ALPHA,
@@ -38,6 +38,7 @@ from kdnas.results import (
 )
 from kdnas.rundir import load_run
 from kdnas.status import TrialStatus, count_line
+from kdnas.study import stored_data_info
 
 if TYPE_CHECKING:
     import optuna
@@ -347,12 +348,12 @@ def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[t
         ("dataset", f"{data.dataset}{subset}, {data.val_fraction:.0%} held out for validation (seed {data.seed})"),
         (
             "teacher",
-            f"{t.arch} w{t.base_width} b{'-'.join(map(str, t.blocks))}: "
-            + (
-                f"{teacher['params']:,} params, val {100 * teacher['val_accuracy']:.2f}%, "
-                f"test {100 * teacher['test_accuracy']:.2f}% (fingerprint {teacher['fingerprint']})"
+            (
+                f"{teacher.get('label') or t.source}: {teacher['params']:,} params, "
+                f"val {percent(teacher['val_accuracy'])}, test {percent(teacher['test_accuracy'])} "
+                f"(fingerprint {teacher['fingerprint']})"
                 if teacher
-                else "not recorded"
+                else f"{t.source}: not recorded"
             ),
         ),
         (
@@ -462,7 +463,8 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
     accuracy_index = cfg.objectives.metrics.index("val_accuracy")
     teacher = study.user_attrs.get("teacher")
     # 10% above the largest student, so that the largest students still add area.
-    reference = math.ceil(HYPERVOLUME_MARGIN * largest_student_params(cfg))
+    info = stored_data_info(study, cfg)
+    reference = math.ceil(HYPERVOLUME_MARGIN * largest_student_params(cfg, info.in_channels, info.num_classes))
     gain = kd_gain(df)
     kd_note = ""
     if not (~df["distilled"] & (df["status"] == TrialStatus.COMPLETE)).any():

@@ -149,17 +149,15 @@ def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["pareto"]].sort_values(["val_accuracy", "params"], ascending=[False, True])
 
 
-def largest_student_params(cfg: StudyConfig) -> int:
+def largest_student_params(cfg: StudyConfig, in_channels: int, num_classes: int) -> int:
     """Parameters of the largest student the search space allows (the hypervolume reference derives from it)."""
-    from kdnas.data import DATASETS
     from kdnas.models import ArchSpec, build_model, count_params
 
-    info = DATASETS.get(cfg.data.dataset)
     space = cfg.student
     widest = ArchSpec(
         space.arch,
-        info.in_channels,
-        info.num_classes,
+        in_channels,
+        num_classes,
         int(space.base_width.bounds[1]),
         (int(space.blocks.bounds[1]),) * space.stages,
     )

@@ -19,6 +19,7 @@ from kdnas.study import budget_trials, open_study
 if TYPE_CHECKING:
     import optuna
 
+    from kdnas.data import SoftTargetBytes
     from kdnas.objective import Objective
 
 __all__ = ["run_search", "print_pareto_table"]
@@ -37,6 +38,15 @@ def _ensure_writable(out_dir: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise KdnasError(f"cannot write to {out_dir} ({err.strerror}); pass a writable --out") from None
+
+
+def _soft_target_bytes(cfg: StudyConfig) -> SoftTargetBytes | None:
+    """The soft-target cache's size for a given training split, which the data's memory check adds."""
+    from kdnas.teacher import soft_targets_bytes
+
+    if not cfg.kd.may_distill:
+        return None
+    return lambda images, classes: soft_targets_bytes(images, classes, cfg.train.epochs)
 
 
 def run_search(
@@ -77,12 +87,12 @@ def run_search(
     train_device = resolve_device(device)
     resolve_device(cfg.latency.device)
     warn_if_emulated(train_device, cfg.train.precision, cfg.teacher.train.precision)
-    data = load_data(cfg.data, data_dir, cache_dir=out_dir)
+    data = load_data(cfg.data, data_dir, cache_dir=out_dir, soft_target_bytes=_soft_target_bytes(cfg))
     _ensure_writable(out_dir)
     storage_url = storage or default_url(out_dir)
     if workers > 1:
         storage_url = shareable_url(storage_url, cfg.name)
-    study = open_study(cfg, storage_url, fresh=fresh, heartbeat_grace_s=heartbeat_grace_s)
+    study = open_study(cfg, storage_url, data.info, fresh=fresh, heartbeat_grace_s=heartbeat_grace_s)
     write_json(out_dir / "config.json", cfg.to_dict())
     lost = recover_dead_local_trials(study)
     if lost:
@@ -172,8 +182,10 @@ class WorkerJob:
             train_device = resolve_device(device)
             if train_device.type == "cpu":  # share the cores instead of oversubscribing them
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers))
-            study = open_study(self.cfg, self.storage_url, worker=index, heartbeat_grace_s=self.heartbeat_grace_s)
             data = load_data(self.cfg.data, self.data_dir, cache_dir=self.out_dir).to(train_device)
+            study = open_study(
+                self.cfg, self.storage_url, data.info, worker=index, heartbeat_grace_s=self.heartbeat_grace_s
+            )
             objective = prepare_objective(self.cfg, data, self.out_dir, study, train_device, progress=False)
             optimize(study, objective, self.cfg, progress=False)
         except KdnasError as err:

@@ -44,12 +44,12 @@ def kdnas_version() -> str:
 
 def student_record(run: StudyRun, trial_number: int, selection: Mapping[str, Any]) -> dict[str, Any]:
     """The ``kdnas-student/1`` dict of one complete trial of ``run``."""
-    from kdnas.data import DATASETS
     from kdnas.space import specs_from_params
+    from kdnas.study import stored_data_info
 
     trial = run.study.trials[trial_number]
     cfg, a = run.cfg, trial.user_attrs
-    info = DATASETS.get(cfg.data.dataset)
+    info = stored_data_info(run.study, cfg)
     arch, kd = specs_from_params(trial.params, cfg, info.in_channels, info.num_classes)
     if arch.describe() != a["arch"]:
         raise KdnasError(
@@ -86,6 +86,7 @@ def student_record(run: StudyRun, trial_number: int, selection: Mapping[str, Any
             "val_accuracy": teacher.get("val_accuracy"),
             "test_accuracy": teacher.get("test_accuracy"),
         },
+        "data": json.loads(json.dumps(info.summary(), default=list)),
         "config": json.loads(json.dumps(cfg.to_dict(), default=list)),
     }
 
@@ -188,9 +189,12 @@ def _check_fits_dataset(student: StudentFile) -> None:
     from kdnas.models import ARCHITECTURES
 
     ARCHITECTURES.get(student.arch.arch)
-    info = DATASETS.get(student.cfg.data.dataset)
-    if (student.arch.in_channels, student.arch.num_classes) != (info.in_channels, info.num_classes):
+    # The data as the search loaded it; files written before it was recorded used built-in datasets only.
+    data = student.record.get("data") or DATASETS.get(student.cfg.data.dataset).summary()
+    if not isinstance(data, dict):
+        raise KdnasError(f"data must be an object, got {data!r}")
+    if (student.arch.in_channels, student.arch.num_classes) != (data.get("in_channels"), data.get("num_classes")):
         raise KdnasError(
             f"arch has in_channels={student.arch.in_channels}, num_classes={student.arch.num_classes} "
-            f"but {info.name} has {info.in_channels} and {info.num_classes}"
+            f"but {data.get('name')} has {data.get('in_channels')} and {data.get('num_classes')}"
         )

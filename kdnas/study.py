@@ -18,7 +18,9 @@ from kdnas.storage import hide_password, scrub
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["search_space_hash", "open_study", "budget_trials"]
+    from kdnas.data import DatasetInfo
+
+__all__ = ["search_space_hash", "open_study", "stored_data_info", "budget_trials"]
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,18 @@ def _sampler_seed(cfg: StudyConfig, stored_trials: int, worker: int) -> int:
 
 
 def open_study(
-    cfg: StudyConfig, storage_url: str, *, fresh: bool = False, worker: int = 0, heartbeat_grace_s: int | None = None
+    cfg: StudyConfig,
+    storage_url: str,
+    info: DatasetInfo,
+    *,
+    fresh: bool = False,
+    worker: int = 0,
+    heartbeat_grace_s: int | None = None,
 ) -> optuna.Study:
     """Create or load the study named ``cfg.name`` in ``storage_url``; refuse to mix incompatible trials.
 
+    ``info`` describes the loaded data; the study keeps it, so that reading the study back (report,
+    export, train) knows the students' channels and classes without decoding the data again.
     ``worker`` tells concurrent workers' samplers apart (each gets its own random stream);
     ``heartbeat_grace_s`` is how long an RDB trial may go without a heartbeat before it is retried.
 
@@ -83,14 +93,34 @@ def open_study(
     if stored is None:
         study.set_user_attr("space_hash", space_hash)
         if created and cfg.sampler.name == "tpe":
-            _queue_startup_smallest_first(study, cfg)
+            _queue_startup_smallest_first(study, cfg, info)
+    study.set_user_attr("data_info", json.loads(json.dumps(info.summary(), default=list)))
     seed = _sampler_seed(cfg, len(study.get_trials(deepcopy=False)), worker)
     study.sampler = build_sampler(cfg.sampler, seed)
     study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict(), default=list)))
     return study
 
 
-def _queue_startup_smallest_first(study: optuna.Study, cfg: StudyConfig) -> None:
+def stored_data_info(study: optuna.Study, cfg: StudyConfig) -> DatasetInfo:
+    """The data description ``open_study`` stored (a built-in dataset's own for studies older than that).
+
+    Raises:
+        KdnasError: the study predates the stored description and its dataset is not built in.
+    """
+    from kdnas.data import DATASETS, DatasetInfo
+
+    summary = study.user_attrs.get("data_info")
+    if summary is not None:
+        return DatasetInfo.from_summary(summary)
+    if cfg.data.dataset in DATASETS:
+        return DATASETS.get(cfg.data.dataset)
+    raise KdnasError(
+        f"study {cfg.name!r} does not record its data's channels and classes; run kdnas.search on it once "
+        "more (it records them, and trains nothing when the budget is reached)"
+    )
+
+
+def _queue_startup_smallest_first(study: optuna.Study, cfg: StudyConfig, info: DatasetInfo) -> None:
     """Queue the random start-up trials, drawn with the study's seed, smallest student first.
 
     Early stopping judges a trial only against finished trials that are no larger. In the sampler's
@@ -100,11 +130,9 @@ def _queue_startup_smallest_first(study: optuna.Study, cfg: StudyConfig) -> None
     """
     import optuna
 
-    from kdnas.data import DATASETS
     from kdnas.models import build_model, count_params
     from kdnas.space import suggest
 
-    info = DATASETS.get(cfg.data.dataset)
     draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
     candidates = []
     for _ in range(min(cfg.sampler.startup_trials, cfg.budget.trials)):  # none left queued by a small budget

@@ -42,6 +42,7 @@ from kdnas.data import AugmentedViews, DatasetInfo, ImageData, normalize
 from kdnas.errors import KdnasError
 from kdnas.files import atomic_write, file_sha256
 from kdnas.models import ArchSpec, build_model, count_params
+from kdnas.progress import percent
 from kdnas.teacher_sources import (
     TEACHER_SOURCES,
     TeacherInput,
@@ -196,7 +197,7 @@ def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step:
         if blob is not None and blob.get("fingerprint") == fingerprint:
             teacher = _from_blob(path, device, blob)
             if teacher is not None:
-                log.info("teacher: reusing %s (test accuracy %.2f%%)", path, 100 * teacher.test_accuracy)
+                log.info("teacher: reusing %s (test accuracy %s)", path, percent(teacher.test_accuracy))
                 return teacher
         elif blob is not None:
             again = "retraining" if section.source == "kdnas" else "building it again"
@@ -229,7 +230,7 @@ def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step:
         },
         path,
     )
-    log.info("teacher: saved %s (test accuracy %.2f%%)", path, 100 * teacher.test_accuracy)
+    log.info("teacher: saved %s (test accuracy %s)", path, percent(teacher.test_accuracy))
     return teacher
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from kdnas.cli import add_common_arguments, add_training_arguments, run_cli
 from kdnas.errors import KdnasError
 from kdnas.files import atomic_write, file_sha256, write_json
-from kdnas.progress import step_bar
+from kdnas.progress import percent, step_bar
 from kdnas.student_file import StudentFile, kdnas_version, read_student
 
 if TYPE_CHECKING:
@@ -297,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(
             f"trial {s['trial']} {s['arch']}: val accuracy {100 * s['val_accuracy']:.2f}% (searched "
-            f"{100 * s['searched_val_accuracy']:.2f}%), test accuracy {100 * s['test_accuracy']:.2f}%, "
+            f"{100 * s['searched_val_accuracy']:.2f}%), test accuracy {percent(s['test_accuracy'])}, "
             f"{s['params']:,} params, {s['epochs']} epochs; saved in {out_dir}"
         )
         return 0

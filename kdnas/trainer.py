@@ -340,6 +340,8 @@ def predict_logits(model: nn.Module, images: torch.Tensor, info: DatasetInfo, ba
 
 
 def evaluate(model: nn.Module, split: Split, info: DatasetInfo, batch_size: int) -> float:
-    """Top-1 accuracy (0..1) of ``model`` on ``split``."""
+    """Top-1 accuracy (0..1) of ``model`` on ``split``; nan for an empty split (a folder without test/)."""
+    if len(split.labels) == 0:
+        return math.nan
     logits = predict_logits(model, split.images, info, batch_size)
     return (logits.argmax(1) == split.labels.to(logits.device)).float().mean().item()
