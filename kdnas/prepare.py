@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kdnas.config import StudyConfig
+from kdnas.config import STUDIES_DIR, StudyConfig
 from kdnas.objective import Objective
-from kdnas.progress import percent, step_bar
+from kdnas.progress import StepHook, duration, percent, step_bar
 
 if TYPE_CHECKING:
     import optuna
@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 # At most this many networks are timed before the first trial: each costs warm-up + repeats forward
 # passes of the latency batch (milliseconds each for Fashion-MNIST students, more for CIFAR ones).
 _MAX_TIMED_AHEAD = 500
+# A teacher that would train longer than this on a CPU means the study was sized for a GPU: say so early.
+_SLOW_TEACHER_S = 3600.0
+_TIMED_STEPS = 5  # steps timed, after the first (which warms up), to estimate the teacher's training time
 
 
 def prepare_objective(
@@ -42,7 +45,7 @@ def prepare_objective(
     # holds the lock while it builds, the others wait and then load what it saved.
     with exclusive(out_dir / ".teacher.lock", "teacher: another worker is building it; waiting"):
         with step_bar("teacher", progress) as hook:
-            teacher = obtain_teacher(cfg, data, out_dir, on_step=hook)
+            teacher = obtain_teacher(cfg, data, out_dir, on_step=_warn_if_sized_for_a_gpu(hook, cfg, train_device))
         views = AugmentedViews(data)
         soft_targets = None
         if cfg.kd.may_distill:
@@ -66,6 +69,41 @@ def prepare_objective(
     study.set_user_attr("teacher", teacher.summary())
     study.set_user_attr("train_device", str(train_device))
     return Objective(cfg, views, soft_targets, train_device, out_dir)
+
+
+def _warn_if_sized_for_a_gpu(hook: StepHook, cfg: StudyConfig, device: torch.device) -> StepHook:
+    """``hook``, plus a warning after the teacher's first steps on a CPU when its training would take more
+    than ``_SLOW_TEACHER_S``: the estimate from the measured steps, and the way out (a CPU-sized study)."""
+    if device.type != "cpu":
+        return hook
+    start: float | None = None
+
+    def timed(step: int, total: int) -> None:
+        nonlocal start
+        hook(step, total)
+        if step == 1:
+            start = time.perf_counter()
+        elif start is not None and step == 1 + _TIMED_STEPS:
+            per_step = (time.perf_counter() - start) / _TIMED_STEPS
+            start = None
+            if per_step * total > _SLOW_TEACHER_S:
+                log.warning(
+                    "teacher: this study is sized for a GPU: on this CPU its teacher alone would train for about %s "
+                    "(%.2f s/step measured, %d steps), and every trial is as slow; %s",
+                    duration(per_step * total),
+                    per_step,
+                    total,
+                    _cpu_way_out(cfg),
+                )
+
+    return timed
+
+
+def _cpu_way_out(cfg: StudyConfig) -> str:
+    sized_for_cpu = f"{cfg.name}-cpu"
+    if (STUDIES_DIR / f"{sized_for_cpu}.toml").is_file():
+        return f"run --study {sized_for_cpu} (sized for a CPU), or pass --device cuda on a machine with a GPU"
+    return "pass --device cuda on a machine with a GPU, or give [teacher] fewer epochs or a smaller network"
 
 
 def time_space(cfg: StudyConfig, objective: Objective) -> None:

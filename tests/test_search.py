@@ -259,3 +259,37 @@ def test_only_the_process_that_creates_a_study_queues_its_startup_trials(tmp_pat
     # Another host created it an instant ago and has not queued its trials yet.
     optuna.create_study(storage=url, study_name=cfg.name, directions=cfg.objectives.directions)
     assert open_study(cfg, url, DATASETS.get("fashion_mnist")).get_trials(deepcopy=False) == []
+
+
+@pytest.mark.parametrize(
+    ("study", "way_out"),
+    [("cifar", "run --study cifar-cpu (sized for a CPU)"), ("fashion", "give [teacher] fewer epochs")],
+)
+def test_a_teacher_sized_for_a_gpu_is_named_on_a_cpu_with_the_time_it_would_take(study, way_out, caplog) -> None:
+    import time
+
+    import torch
+
+    from kdnas.config import load_study
+    from kdnas.prepare import _warn_if_sized_for_a_gpu
+
+    hook = _warn_if_sized_for_a_gpu(lambda step, total: None, load_study(study), torch.device("cpu"))
+    with caplog.at_level("WARNING", logger="kdnas.prepare"):
+        for step in range(1, 10):
+            time.sleep(0.01)
+            hook(step, 1_000_000)  # >= 10 ms a step for 10^6 steps: hours
+    [message] = [r.getMessage() for r in caplog.records]
+    assert "sized for a GPU" in message and " h " in message and way_out in message
+
+
+def test_a_teacher_that_trains_quickly_on_the_cpu_gets_no_warning(caplog) -> None:
+    import torch
+
+    from kdnas.config import load_study
+    from kdnas.prepare import _warn_if_sized_for_a_gpu
+
+    hook = _warn_if_sized_for_a_gpu(lambda step, total: None, load_study("cifar"), torch.device("cpu"))
+    with caplog.at_level("WARNING", logger="kdnas.prepare"):
+        for step in range(1, 10):
+            hook(step, 100)
+    assert caplog.records == []
