@@ -495,10 +495,31 @@ class StudyConfig:
 
 
 def section_hash(*sections: Any) -> str:
-    """A stable short hash of config sections (dataclasses or plain JSON values)."""
-    plain = [dataclasses.asdict(s) if dataclasses.is_dataclass(s) else s for s in sections]
+    """A stable short hash of config sections (dataclasses or plain JSON values).
+
+    A dataclass counts by the fields set away from their defaults, so a key added to a section later
+    (with a default that keeps today's behaviour) leaves the hashes of stored studies as they were. The
+    other side of that bargain: changing a default's behaviour must come with a new key or value.
+    """
+    plain = [_away_from_defaults(s) if dataclasses.is_dataclass(s) else s for s in sections]
     text = json.dumps(plain, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _away_from_defaults(section: Any) -> dict[str, Any]:
+    """The fields of dataclass ``section`` whose values differ from their defaults, as plain values."""
+    away = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING  # a required field always counts
+        if value != default:
+            away[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return away
 
 
 # ---------------------------------------------------------------------------------------------------

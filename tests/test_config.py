@@ -576,3 +576,36 @@ def test_full_study_values_arrive(tmp_path):
     assert cfg.objectives.directions == ["maximize", "minimize"]
     assert cfg.budget.timeout_min == 10.0
     assert cfg.kd.decay_rate == NumParam("float", 2.0, 2.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What makes stored trials comparable
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_a_key_set_to_its_default_hashes_as_the_key_left_out():
+    from kdnas.config import DataConfig, TeacherConfig, TrainRecipe, section_hash
+
+    assert section_hash(DataConfig(), TeacherConfig()) == section_hash(
+        DataConfig(val_fraction=0.1, limit_val=None), TeacherConfig(blocks=(2, 2, 2))
+    )
+    assert section_hash(DataConfig()) != section_hash(DataConfig(limit_val=500))
+    nested = TeacherConfig(train=TrainRecipe(epochs=11))
+    assert section_hash(TeacherConfig()) != section_hash(nested)
+
+
+def test_a_key_added_later_with_a_default_keeps_stored_hashes():
+
+    from kdnas.config import section_hash
+
+    @dataclasses.dataclass(frozen=True)
+    class Before:
+        epochs: int = 5
+
+    @dataclasses.dataclass(frozen=True)
+    class After:
+        epochs: int = 5
+        limit_val: int | None = None  # new, and None keeps the old behaviour
+
+    assert section_hash(Before(epochs=7)) == section_hash(After(epochs=7))
+    assert section_hash(Before(epochs=7)) != section_hash(After(epochs=7, limit_val=100))
