@@ -402,17 +402,27 @@ def _pixels(image: Any, size: int, channels: int) -> np.ndarray:
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
-def _in_threads(work: Callable[[int], Any], count: int) -> list[Any]:
-    """``[work(i) for i in range(count)]`` on one thread per core: PIL decodes and resizes without the GIL."""
+def _in_threads(work: Callable[[int], Any], count: int, done: Callable[[int], None] | None = None) -> list[Any]:
+    """``[work(i) for i in range(count)]`` on one thread per core: PIL decodes and resizes without the GIL.
+
+    ``done(n)`` is called in this thread after every chunk of ``n`` items (progress).
+    """
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if workers == 1 or count < 64:
-        return [work(i) for i in range(count)]
 
     def chunk(start: int) -> list[Any]:
-        return [work(i) for i in range(start, min(start + 256, count))]
+        return [work(i) for i in range(start, min(start + _CHUNK, count))]
 
+    starts = range(0, count, _CHUNK)
+    results: list[Any] = []
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        return [result for part in pool.map(chunk, range(0, count, 256)) for result in part]
+        for part in pool.map(chunk, starts) if workers > 1 and count >= 64 else map(chunk, starts):
+            results.extend(part)
+            if done is not None:
+                done(len(part))
+    return results
+
+
+_CHUNK = 256  # images a thread decodes at a time
 
 
 def _square_size(sizes: Sequence[tuple[int, int]], names: Sequence[str], image_size: int | None) -> int:
@@ -526,7 +536,11 @@ def _read_cache(path: Path, soft_targets: SoftTargetBytes | None) -> _Splits | N
 
 
 def _load_folder(
-    cfg: DataConfig, data_dir: Path, cache_dir: Path | None, soft_targets: SoftTargetBytes | None
+    cfg: DataConfig,
+    data_dir: Path,
+    cache_dir: Path | None,
+    soft_targets: SoftTargetBytes | None,
+    on_step: Callable[[int, int], None] | None,
 ) -> _Splits:
     """Choose the images of each split, then decode them (or read the arrays a previous start decoded)."""
     root = Path(data_dir) / Path(cfg.path or "").expanduser()
@@ -565,7 +579,15 @@ def _load_folder(
     ensure_memory(len(every), (channels, size, size), targets)
     kept_in = f" (once: kept in {cache})" if cache else ""
     log.info("data: decoding %d images of %s at %dx%d%s", len(every), root, size, size, kept_in)
-    splits = [_decode_split(root, chosen[split], size, channels, cfg.skip_unreadable) for split in FOLDER_SPLITS]
+    decoded_so_far = 0
+
+    def done(n: int) -> None:
+        nonlocal decoded_so_far
+        decoded_so_far += n
+        if on_step is not None:
+            on_step(decoded_so_far, len(every))
+
+    splits = [_decode_split(root, chosen[split], size, channels, cfg.skip_unreadable, done) for split in FOLDER_SPLITS]
     result = _Splits(*splits, classes=tuple(classes))
     decoded = sum(len(labels) for _, labels in splits)
     log.info("data: decoded %d images in %.1f s", decoded, time.perf_counter() - start)
@@ -599,7 +621,7 @@ def _kept(root: Path, files: Sequence[_File], results: Sequence[Any], skip: bool
 
 
 def _decode_split(
-    root: Path, files: Sequence[_File], size: int, channels: int, skip: bool
+    root: Path, files: Sequence[_File], size: int, channels: int, skip: bool, done: Callable[[int], None]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The files decoded into (N, channels, size, size) uint8, and their labels; unreadable ones dropped if ``skip``."""
     from PIL import Image
@@ -614,7 +636,7 @@ def _decode_split(
             return first_line(err)
         return None
 
-    kept = _kept(root, files, _in_threads(decode, len(files)), skip)
+    kept = _kept(root, files, _in_threads(decode, len(files), done), skip)
     labels = np.array([files[i].label for i in kept], dtype=np.int64)
     return (out if len(kept) == len(files) else out[kept]), labels
 
@@ -772,6 +794,7 @@ def load_data(
     download: bool = True,
     cache_dir: Path | None = None,
     soft_target_bytes: SoftTargetBytes | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> ImageData:
     """Read the dataset ``cfg`` names, carve the validation split and return it as CPU tensors.
 
@@ -788,13 +811,14 @@ def load_data(
             None: decode every time.
         soft_target_bytes: (training images, classes) -> bytes of the soft-target cache, counted with the
             images when checking that the data fits in memory.
+        on_step: progress of decoding an image folder, ``on_step(images decoded, images)``.
 
     Raises:
         KdnasError: the dataset is unknown, missing, unreadable or too large for the memory available.
     """
     data_dir = Path(data_dir)
     if cfg.dataset == IMAGEFOLDER:
-        splits = _load_folder(cfg, data_dir, cache_dir, soft_target_bytes)
+        splits = _load_folder(cfg, data_dir, cache_dir, soft_target_bytes, on_step)
     elif cfg.dataset.startswith(TORCHVISION_PREFIX):
         splits = _load_torchvision(cfg, data_dir, download, soft_target_bytes)
     else:

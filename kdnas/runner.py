@@ -74,6 +74,7 @@ def run_search(
     from kdnas.data import load_data
     from kdnas.measure import resolve_device
     from kdnas.prepare import prepare_objective, time_space
+    from kdnas.progress import step_bar
     from kdnas.storage import default_url, shareable_url
     from kdnas.teacher import ensure_disk_space, soft_targets_bytes
     from kdnas.trainer import warn_if_emulated
@@ -87,7 +88,8 @@ def run_search(
     train_device = resolve_device(device)
     resolve_device(cfg.latency.device)
     warn_if_emulated(train_device, cfg.train.precision, cfg.teacher.train.precision)
-    data = load_data(cfg.data, data_dir, cache_dir=out_dir, soft_target_bytes=_soft_target_bytes(cfg))
+    with step_bar("decoding", progress) as hook:
+        data = load_data(cfg.data, data_dir, cache_dir=out_dir, soft_target_bytes=_soft_target_bytes(cfg), on_step=hook)
     _ensure_writable(out_dir)
     storage_url = storage or default_url(out_dir)
     if workers > 1:

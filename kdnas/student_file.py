@@ -64,6 +64,7 @@ def student_record(run: StudyRun, trial_number: int, selection: Mapping[str, Any
         "format": FORMAT,
         "kdnas_version": kdnas_version(),
         "study": cfg.name,
+        "run_dir": str(run.out_dir.resolve()),
         "trial": trial_number,
         "selection": dict(selection),
         "arch": dataclasses.asdict(arch),
@@ -123,6 +124,12 @@ class StudentFile:
     teacher_path: Path
     teacher_fingerprint: str
     teacher_sha256: str | None
+
+    def data_cache_dir(self, fallback: Path) -> Path:
+        """Where the search kept the decoded images of an image folder (its run directory), if it still
+        exists: kdnas.train reads them instead of decoding again; otherwise ``fallback``."""
+        run_dir = self.record.get("run_dir")
+        return Path(run_dir) if isinstance(run_dir, str) and Path(run_dir).is_dir() else fallback
 
 
 def _fields_of(cls: type, table: Any) -> Any:

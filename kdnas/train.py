@@ -201,7 +201,7 @@ def train_student(
             f"measured {student.measured_params:,} for trial {student.trial}; the architecture was "
             "edited or the model code changed; export the trial again"
         )
-    data = load_data(cfg.data, data_dir, cache_dir=out_dir).to(train_device)
+    data = load_data(cfg.data, data_dir, cache_dir=student.data_cache_dir(out_dir)).to(train_device)
     soft_targets = None
     if student.kd.alpha > 0:
         teacher = check_teacher(student, data, train_device, allow_mismatch=allow_teacher_mismatch)

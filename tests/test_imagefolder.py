@@ -163,6 +163,14 @@ def test_a_changed_file_is_decoded_again_and_the_stale_arrays_removed(tmp_path, 
     assert new != old
 
 
+def test_decoding_reports_its_progress_to_the_last_image(tmp_path):
+    write_folder(tmp_path / "f", {"a": 300, "b": 300}, size=8)
+    steps = []
+    load_data(folder_cfg(tmp_path / "f"), tmp_path, on_step=lambda step, total: steps.append((step, total)))
+    assert steps[-1] == (600, 600) and len(steps) >= 3  # in chunks, train and validation
+    assert steps == sorted(steps)
+
+
 def test_split_settings_key_the_decoded_arrays(tmp_path):
     write_folder(tmp_path / "f", {"a": 10, "b": 10})
     cache_dir = tmp_path / "run"

@@ -88,8 +88,12 @@ def test_export_and_train_on_a_folder_without_test_images(folder_run, capsys) ->
         ["--config", str(out / "best_student.json"), "--data-dir", str(root), "--out", str(root / "student")]
     )
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "test accuracy unavailable (no test images)" in printed and "nan" not in printed
+    # The images the search decoded are read back from its run directory, not decoded again.
+    assert f"decoded images read from {out.resolve()}" in captured.err and "data: decoding" not in captured.err
+    assert not list((root / "student").glob("decoded-*"))
     assert json.loads((root / "student" / "result.json").read_text())["test_accuracy"] is None
 
 
