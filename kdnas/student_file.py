@@ -79,6 +79,8 @@ def student_record(run: StudyRun, trial_number: int, selection: Mapping[str, Any
             "train_seconds": a.get("train_seconds"),
         },
         "teacher": {
+            "source": teacher.get("source"),
+            "label": teacher.get("label"),
             "path": str(path),
             "fingerprint": teacher.get("fingerprint"),
             "sha256": file_sha256(path) if path.is_file() else None,

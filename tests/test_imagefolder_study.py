@@ -14,6 +14,7 @@ from test_imagefolder import write_folder
 from kdnas import export, search, train
 from kdnas.config import load_study
 from kdnas.errors import KdnasError
+from kdnas.rundir import load_run
 from kdnas.study import stored_data_info
 
 STUDY = """
@@ -54,22 +55,23 @@ policy = "none"
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, str]:
-    """A finished two-trial study on a 3-class colour folder with train/ and val/ but no test/."""
+    """A finished two-trial study on a 3-class colour folder with train/ and val/ but no test/, searched by
+    two worker processes (each reads the decoded images the parent kept)."""
     root = tmp_path_factory.mktemp("folder")
     write_folder(root / "shapes" / "train", {"circle": 40, "square": 40, "star": 40}, size=10)
     write_folder(root / "shapes" / "val", {"circle": 10, "square": 10, "star": 10}, size=10, seed=1)
     study = root / "shapes.toml"
     study.write_text(STUDY)
     out = root / "run"
-    code = search.main(["--study", str(study), "--out", str(out), "--data-dir", str(root), "--no-progress"])
+    argv = ["--study", str(study), "--out", str(out), "--data-dir", str(root), "--workers", "2", "--no-progress"]
+    code = search.main(argv)
     assert code == 0
     return root, study, out, "shapes"
 
 
 def test_the_study_keeps_the_folders_channels_and_classes(folder_run) -> None:
     root, study_file, out, name = folder_run
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
-    info = stored_data_info(study, load_study(str(study_file)))
+    info = stored_data_info(load_run(str(study_file), out).study, load_study(str(study_file)))
     assert (info.name, info.in_channels, info.num_classes) == ("imagefolder", 3, 3)
     assert (out / "report.html").is_file()  # the report's hypervolume reference needs the same description
 
@@ -83,6 +85,7 @@ def test_export_and_train_on_a_folder_without_test_images(folder_run, capsys) ->
     assert record["teacher"]["test_accuracy"] is None
     assert (record["data"]["in_channels"], record["data"]["num_classes"]) == (3, 3)
     assert record["arch"]["num_classes"] == 3
+    assert record["teacher"]["source"] == "kdnas" and record["config"]["data"]["path"] == "shapes"
     capsys.readouterr()
     code = train.main(
         ["--config", str(out / "best_student.json"), "--data-dir", str(root), "--out", str(root / "student")]
@@ -98,8 +101,8 @@ def test_export_and_train_on_a_folder_without_test_images(folder_run, capsys) ->
 
 
 def test_a_folder_study_from_before_the_data_was_recorded_says_how_to_fix_it(folder_run) -> None:
-    _, study_file, out, name = folder_run
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
-    copy = optuna.create_study(directions=study.directions)  # in memory: the stored study stays as it is
+    _, study_file, out, _ = folder_run
+    # A study without the record, in memory: the stored study stays as it is.
+    copy = optuna.create_study(directions=load_run(str(study_file), out).study.directions)
     with pytest.raises(KdnasError, match="run kdnas.search on it once more"):
         stored_data_info(copy, load_study(str(study_file)))
