@@ -105,3 +105,16 @@ def test_the_clairvoyant_rule_stops_at_once_exactly_the_trials_that_end_beaten_b
     replayed = replay_early_stopping(study, Clairvoyant(stopper, study)).set_index("trial")
     assert list(replayed["status"]) == ["complete", "stopped", "complete", "complete", "complete", "stopped"]
     assert list(replayed["epochs"]) == [4, 2, 4, 4, 4, 2]
+
+
+def test_decode_bench_prints_the_first_and_the_second_start(tmp_path: Path) -> None:
+    from test_imagefolder import SHARED_DATA
+
+    archive = SHARED_DATA / "cifar10-train.tar"
+    if not archive.is_file():
+        pytest.skip(f"{archive} is not there (../shared beside the repository)")
+    command = [sys.executable, str(ROOT / "bench" / "decode.py"), "--archive", str(archive), "--limit", "600"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"600 images: first start [\d.]+ s \(decoding\), second start [\d.]+ s", done.stdout)
+    assert list(tmp_path.iterdir()) == []
