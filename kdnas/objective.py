@@ -76,7 +76,7 @@ class Objective:
         trial.set_user_attr("worker", worker_id())  # a dead worker's trial is found by this
         if trial.user_attrs.get("val_curve"):  # a retry inherits the dead trial's partial curve
             trial.set_user_attr("val_curve", [])
-        arch, kd = suggest(trial, cfg, info.in_channels, info.num_classes)
+        arch, kd = suggest(trial, cfg, info.in_channels, info.num_classes, info.image_size)
         twin = _trained_twin(trial)
         if twin is not None:  # training is deterministic: the stored result is this candidate's result
             return _reuse(trial, twin)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdnas.cli import add_common_arguments, add_storage_argument, add_study_argument, run_cli
-from kdnas.config import LATENCY_ROUND_RUNS, METRICS, NumParam, StudyConfig
+from kdnas.config import LATENCY_ROUND_RUNS, METRICS, ChoiceParam, Knob, StudyConfig
 from kdnas.errors import KdnasError
 from kdnas.files import write_text
 from kdnas.progress import duration, percent
@@ -324,7 +324,12 @@ def _parallel_figure(study: optuna.Study, df: pd.DataFrame, accuracy_index: int)
 # ---------------------------------------------------------------------------------------------------
 
 
-def _range(p: NumParam) -> str:
+def _range(p: Knob) -> str:
+    """A knob or KD value as a study file would give it, shortly: ``8..32 step 4``, ``{3, 5}``, ``4``."""
+    if isinstance(p, int):
+        return str(p)
+    if isinstance(p, ChoiceParam):
+        return "{" + ", ".join(str(c).lower() if isinstance(c, bool) else c for c in p.choices) + "}"
     if p.choices is not None:
         return "{" + ", ".join(f"{c:g}" for c in p.choices) + "}"
     if p.low == p.high:
@@ -358,7 +363,7 @@ def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[t
         ),
         (
             "student space",
-            f"{s.arch}, {s.stages} stages, base width {_range(s.base_width)}, blocks per stage {_range(s.blocks)}",
+            f"{s.family}: " + ", ".join(f"{name} {_range(knob)}" for name, knob in s.knobs.items()),
         ),
         (
             "KD space",
@@ -464,7 +469,9 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
     teacher = study.user_attrs.get("teacher")
     # 10% above the largest student, so that the largest students still add area.
     info = stored_data_info(study, cfg)
-    reference = math.ceil(HYPERVOLUME_MARGIN * largest_student_params(cfg, info.in_channels, info.num_classes))
+    reference = math.ceil(
+        HYPERVOLUME_MARGIN * largest_student_params(cfg, info.in_channels, info.num_classes, info.image_size)
+    )
     gain = kd_gain(df)
     kd_note = ""
     if not (~df["distilled"] & (df["status"] == TrialStatus.COMPLETE)).any():

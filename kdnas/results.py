@@ -149,19 +149,14 @@ def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["pareto"]].sort_values(["val_accuracy", "params"], ascending=[False, True])
 
 
-def largest_student_params(cfg: StudyConfig, in_channels: int, num_classes: int) -> int:
+def largest_student_params(cfg: StudyConfig, in_channels: int, num_classes: int, image_size: int) -> int:
     """Parameters of the largest student the search space allows (the hypervolume reference derives from it)."""
+    from kdnas.families import get_family
     from kdnas.models import ArchSpec, build_model, count_params
 
     space = cfg.student
-    widest = ArchSpec(
-        space.arch,
-        in_channels,
-        num_classes,
-        int(space.base_width.bounds[1]),
-        (int(space.blocks.bounds[1]),) * space.stages,
-    )
-    return count_params(build_model(widest))
+    candidates = get_family(space.family).largest_candidates(space.knobs, image_size)
+    return max(count_params(build_model(ArchSpec(space.family, in_channels, num_classes, spec))) for spec in candidates)
 
 
 def hypervolume_2d(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:

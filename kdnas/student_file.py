@@ -50,7 +50,7 @@ def student_record(run: StudyRun, trial_number: int, selection: Mapping[str, Any
     trial = run.study.trials[trial_number]
     cfg, a = run.cfg, trial.user_attrs
     info = stored_data_info(run.study, cfg)
-    arch, kd = specs_from_params(trial.params, cfg, info.in_channels, info.num_classes)
+    arch, kd = specs_from_params(trial.params, cfg, info.in_channels, info.num_classes, info.image_size)
     if arch.describe() != a["arch"]:
         raise KdnasError(
             f"trial {trial_number} was {a['arch']!r} but its params rebuild {arch.describe()!r}; "
@@ -178,7 +178,7 @@ def read_student(path: Path) -> StudentFile:
             path=Path(path),
             record=record,
             cfg=study_from_dict(record["config"]),
-            arch=dataclass_from_dict(ArchSpec, record["arch"], "arch", exact=True),
+            arch=ArchSpec.from_dict(record["arch"], "arch"),
             kd=dataclass_from_dict(KDSpec, record["kd"], "kd", exact=True),
             trial=record["trial"],
             measured_params=measured.params,
@@ -195,9 +195,9 @@ def read_student(path: Path) -> StudentFile:
 
 def _check_fits_dataset(student: StudentFile) -> None:
     from kdnas.data import DATASETS
-    from kdnas.models import ARCHITECTURES
+    from kdnas.families import get_family
 
-    ARCHITECTURES.get(student.arch.arch)
+    get_family(student.arch.family)
     # The data as the search loaded it; files written before it was recorded used built-in datasets only.
     data = student.record.get("data") or DATASETS.get(student.cfg.data.dataset).summary()
     if not isinstance(data, dict):
