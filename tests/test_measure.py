@@ -44,7 +44,7 @@ def test_count_macs_of_strided_conv():
 
 def test_count_macs_of_smallest_resnet():
     # w4 b1 on 1x8x8: stem conv 4*64*9, two block convs 4*64*36 each, head 4*10 (pooling and BN are not MACs).
-    model = build_model(ArchSpec("resnet", 1, 10, 4, (1,)))
+    model = build_model(ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1,)}))
     assert count_macs(model, (1, 8, 8)) == 4 * 64 * 9 + 2 * 4 * 64 * 36 + 40
 
 
@@ -89,7 +89,7 @@ def test_measure_latency_leaves_the_model_untouched():
 
 
 def test_measure_cost_combines_the_three():
-    model = build_model(ArchSpec("resnet", 1, 10, 4, (1,)))
+    model = build_model(ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1,)}))
     cost = measure_cost(model, (1, 8, 8), FAST)
     assert isinstance(cost, Cost)
     assert (cost.params, cost.macs) == (count_params(model), count_macs(model, (1, 8, 8)))
@@ -136,7 +136,7 @@ def test_latency_on_missing_cuda_is_a_user_error():
 
 
 def test_latency_table_times_each_network_once_per_setup(tmp_path, caplog):
-    arch = ArchSpec("resnet", 1, 10, 4, (1,))
+    arch = ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1,)})
     model = build_model(arch)
     first = LatencyTable(tmp_path, FAST, (1, 8, 8)).latency_ms(model, arch)
     # Another table on the same file (a later run): the stored figure, not a new timing, which would
@@ -155,7 +155,7 @@ def test_latency_table_times_each_network_once_per_setup(tmp_path, caplog):
 
 
 def test_latency_table_times_a_whole_space_once_and_skips_networks_over_the_limit(tmp_path):
-    archs = [ArchSpec("resnet", 1, 10, w, (1,)) for w in (4, 8, 16)]
+    archs = [ArchSpec("resnet", 1, 10, {"base_width": w, "blocks": (1,)}) for w in (4, 8, 16)]
     table = LatencyTable(tmp_path, FAST, (1, 8, 8))
     known = table.latency_ms(build_model(archs[0]), archs[0])
     limit = count_params(build_model(archs[1]))  # w16 is over it: never trained, so never timed

@@ -71,7 +71,7 @@ def rebuilt_for_other_weights(caplog) -> list[str]:
 
 def test_weights_hash_ignores_memory_format_and_sees_every_value_and_dtype():
     torch.manual_seed(0)
-    model = build_model(ArchSpec("resnet", 1, 4, 4, (1,)))
+    model = build_model(ArchSpec("resnet", 1, 4, {"base_width": 4, "blocks": (1,)}))
     plain = weights_sha256(model.state_dict())
     assert len(plain) == 64
     assert weights_sha256(model.to(memory_format=torch.channels_last).state_dict()) == plain
@@ -101,7 +101,7 @@ def test_first_call_trains_and_saves(tiny_data, tmp_path):
     assert blob["spec"] == dataclasses.asdict(teacher.spec)
     assert blob["teacher_config"] == dataclasses.asdict(TEACHER)
     assert (blob["val_accuracy"], blob["test_accuracy"]) == (teacher.val_accuracy, teacher.test_accuracy)
-    assert teacher.spec == ArchSpec("resnet", 1, 4, 4, (1,))
+    assert teacher.spec == ArchSpec("resnet", 1, 4, {"base_width": 4, "blocks": (1,)})
     assert not teacher.model.training
 
 
@@ -230,7 +230,7 @@ def test_missing_checkpoint_is_a_user_error(tiny_data, tmp_path):
 
 def test_checkpoint_of_another_architecture_is_a_user_error(tiny_data, tmp_path):
     checkpoint = tmp_path / "wide.pt"
-    torch.save(build_model(ArchSpec("resnet", 1, 4, 8, (1,))).state_dict(), checkpoint)
+    torch.save(build_model(ArchSpec("resnet", 1, 4, {"base_width": 8, "blocks": (1,)})).state_dict(), checkpoint)
     cfg = study(dataclasses.replace(TEACHER, checkpoint=str(checkpoint)))
     shapes = r"16 keys of other shape: stem\.0\.0\.weight \(8, 1, 3, 3\) not \(4, 1, 3, 3\), "
     with pytest.raises(

@@ -47,7 +47,10 @@ class ImportedFamily(Family):
                 f"family {name!r}: {attribute} must have a knobs dict and a method build(spec, num_classes, "
                 "in_channels) returning an nn.Module"
             )
-        self.knobs = {str(k): parse_knob(v, f"{attribute}.knobs.{k}") for k, v in declared.items()}
+        try:
+            self.knobs = {str(k): parse_knob(v, f"{attribute}.knobs.{k}") for k, v in declared.items()}
+        except KdnasError as err:
+            raise KdnasError(f"family {name!r}: {err}") from None
         try:
             self._space = cls()
         except Exception as err:  # the user's code: any failure is reported on one line
