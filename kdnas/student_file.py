@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdnas.config import StudyConfig, dataclass_from_dict, study_from_dict
-from kdnas.errors import KdnasError
+from kdnas.errors import KdnasError, first_line
 from kdnas.files import file_sha256
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ def _fields_of(cls: type, table: Any) -> Any:
 
 
 def read_student(path: Path) -> StudentFile:
-    """Read and check a student file; no data, teacher or model is loaded.
+    """Read and check a student file; no data or teacher is loaded, the student is built once to check it.
 
     Raises:
         KdnasError: unreadable, not JSON, another format or version, or invalid contents.
@@ -195,9 +195,15 @@ def read_student(path: Path) -> StudentFile:
 
 def _check_fits_dataset(student: StudentFile) -> None:
     from kdnas.data import DATASETS
-    from kdnas.families import get_family
+    from kdnas.models import build_model
 
-    get_family(student.arch.family)
+    try:  # a hand-edited or truncated spec fails here, in one line
+        build_model(student.arch)
+    except KdnasError:
+        raise
+    except Exception as err:
+        what = f"{student.arch.family} {student.arch.spec}"
+        raise KdnasError(f"arch {what} does not build ({type(err).__name__}: {first_line(err)})") from None
     # The data as the search loaded it; files written before it was recorded used built-in datasets only.
     data = student.record.get("data") or DATASETS.get(student.cfg.data.dataset).summary()
     if not isinstance(data, dict):

@@ -95,11 +95,10 @@ def test_exported_file_holds_everything_needed_to_retrain(study_dir, out):
     assert record["format"] == "kdnas-student/1"
     assert record["study"] == "smoke" and "kdnas_version" in record
     assert record["arch"] == {
-        "arch": "resnet",
+        "family": "resnet",
         "in_channels": 1,
         "num_classes": 10,
-        "base_width": 4,
-        "blocks": [1, 1, 1],
+        "spec": {"base_width": 4, "blocks": [1, 1, 1]},
     }
     assert record["kd"] == {"temperature": 4.0, "alpha": 0.7, "alpha_decay": "cosine", "decay_rate": 1.0}
     assert record["measured"] | {"val_curve": None} == {
@@ -115,7 +114,7 @@ def test_exported_file_holds_everything_needed_to_retrain(study_dir, out):
     assert record["teacher"]["sha256"] is None  # the hand-made study has no teacher file
     assert record["config"] == json.loads(json.dumps(load_study("smoke").to_dict(), default=list))
     student = student_file.read_student(out)
-    assert (student.arch.base_width, student.arch.blocks, student.kd.alpha_decay) == (4, (1, 1, 1), "cosine")
+    assert (student.arch.spec, student.kd.alpha_decay) == ({"base_width": 4, "blocks": [1, 1, 1]}, "cosine")
     assert student.cfg == load_study("smoke") and student.trial == 3
 
 

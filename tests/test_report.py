@@ -89,7 +89,7 @@ def test_hypervolume_history_is_cumulative_and_normalised(synthetic_frame):
 
 def test_largest_student_params_is_the_widest_deepest_student():
     cfg = load_study("smoke")
-    assert results.largest_student_params(cfg, 1, 10) == 19_810  # resnet w8 b1-1-1, as the smoke search measures it
+    assert results.largest_student_params(cfg, 1, 10, 28) == 19_810  # resnet w8 b1-1-1, as the smoke search measures it
 
 
 def test_report_cli_writes_report_and_tables(tmp_path, capsys):

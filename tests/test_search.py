@@ -232,7 +232,7 @@ def test_a_new_tpe_study_queues_its_random_startup_trials_smallest_first(tmp_pat
     study = open_study(cfg, f"sqlite:///{tmp_path / 'study.db'}", DATASETS.get("fashion_mnist"))
     queued = [t.system_attrs["fixed_params"] for t in study.get_trials(deepcopy=False)]
     assert len(queued) == cfg.sampler.startup_trials
-    sizes = [count_params(build_model(specs_from_params(p, cfg, 1, 10)[0])) for p in queued]
+    sizes = [count_params(build_model(specs_from_params(p, cfg, 1, 10, 28)[0])) for p in queued]
     assert sizes == sorted(sizes) and len(set(sizes)) > 1
     # The candidates TPE's own random start-up draws with that seed, in another order.
     tpe = optuna.create_study(
@@ -241,7 +241,7 @@ def test_a_new_tpe_study_queues_its_random_startup_trials_smallest_first(tmp_pat
     drawn = []
     for _ in range(cfg.sampler.startup_trials):
         trial = tpe.ask()
-        suggest(trial, cfg, 1, 10)
+        suggest(trial, cfg, 1, 10, 28)
         drawn.append(trial.params)
     assert sorted(map(str, drawn)) == sorted(map(str, queued))
     # Opened again (a resumed run), nothing more is queued.

@@ -105,6 +105,36 @@ def test_first_call_trains_and_saves(tiny_data, tmp_path):
     assert not teacher.model.training
 
 
+def test_teacher_file_written_before_families_is_reused(tiny_data, tmp_path):
+    first = obtain_teacher(study(), tiny_data, tmp_path)
+    path = tmp_path / "teacher.pt"
+    blob = stored(path)
+    spec = blob["spec"]
+    blob["spec"] = {"arch": spec["family"], "in_channels": 1, "num_classes": 4, **spec["spec"]}  # the old form
+    torch.save(blob, path)
+    again = obtain_teacher(study(), tiny_data, tmp_path)
+    assert again.spec == first.spec and same_weights(again.model, first.model)
+
+
+def test_teacher_of_another_family_trains_and_is_rebuilt_from_its_file(tiny_data, tmp_path):
+    knobs = {
+        "stages": 2,
+        "width_mult": 0.5,
+        "activation": "hardswish",
+        "depth": 1,
+        "expand": 2,
+        "kernel": 3,
+        "se": True,
+    }
+    section = TeacherConfig(family="mbconv", knobs=knobs, train=TEACHER.train)
+    first = obtain_teacher(study(section), tiny_data, tmp_path)
+    assert first.spec == teacher_spec(study(section), tiny_data)
+    assert first.describe() == "mbconv x0.5 hardswish d1-1 e2-2 k3-3 se1-1"
+    assert first.spec.spec["strides"] == [1, 1, 2]  # 8 px: one halving, at stage 2
+    again = obtain_teacher(study(section), tiny_data, tmp_path)
+    assert again.spec == first.spec and same_weights(again.model, first.model)
+
+
 def test_second_call_reuses_the_stored_teacher(tiny_data, tmp_path, caplog):
     first = obtain_teacher(study(), tiny_data, tmp_path)
     path = tmp_path / "teacher.pt"

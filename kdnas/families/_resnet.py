@@ -58,7 +58,8 @@ class ResNet(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, base_width: int, blocks: tuple[int, ...]) -> None:
         super().__init__()
-        if base_width < 1 or not blocks or min(blocks) < 1:
+        counts = [base_width, *blocks]
+        if not blocks or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts):
             raise KdnasError(f"invalid architecture: base_width={base_width}, blocks={list(blocks)}")
         self.stem = nn.Sequential(_conv_bn(in_channels, base_width), nn.ReLU(inplace=True))
         layers: list[nn.Module] = []
@@ -98,7 +99,7 @@ class ResNetFamily(Family):
         return {"base_width": values["base_width"], "blocks": values["blocks"]}
 
     def build(self, spec: Mapping[str, Any], num_classes: int, in_channels: int) -> nn.Module:
-        return ResNet(in_channels, num_classes, int(spec["base_width"]), tuple(spec["blocks"]))
+        return ResNet(in_channels, num_classes, spec["base_width"], tuple(spec["blocks"]))
 
     def describe(self, spec: Mapping[str, Any]) -> str:
         return f"resnet w{spec['base_width']} b{joined(spec['blocks'])}"
