@@ -56,7 +56,7 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
     "params": "minimize",
     "latency_ms": "minimize",
 }
-# The names a study file gives (dataset, architecture, alpha schedule, precision, device, sampler, early-stop
+# The names a study file gives (dataset, student family, alpha schedule, precision, device, sampler, early-stop
 # policy) are checked against the registry that builds each, imported inside __post_init__: those modules
 # import torch or optuna, and this one, so `import kdnas.config` (and every --help) stays light.
 

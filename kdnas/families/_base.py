@@ -136,11 +136,11 @@ class Family:
 
     def _dimensions(self, knobs: Mapping[str, Knob]) -> list[tuple[str, str, Knob]]:
         """(parameter name, knob name, knob) of each value a network takes, a per-stage knob once per stage."""
-        stages = knobs.get("stages", 1)
+        stages = cast(int, knobs.get("stages", 1))
         out: list[tuple[str, str, Knob]] = []
         for name, knob in knobs.items():
             if name in self.per_stage:
-                out.extend((f"{name}_{s + 1}", name, knob) for s in range(int(stages)))  # type: ignore[arg-type]
+                out.extend((f"{name}_{s + 1}", name, knob) for s in range(stages))
             else:
                 out.append((name, name, knob))
         return out
