@@ -120,6 +120,11 @@ def time_space(cfg: StudyConfig, objective: Objective) -> None:
         log.info("latency: %d networks in the space, too many to time together; each is timed when sampled", len(archs))
         return
     start = time.perf_counter()
-    timed = objective.latencies.time_all(archs, cfg.constraints.max_params)
+    timed = objective.latencies.time_all(archs, cfg.constraints.max_params, cfg.constraints.max_macs)
     if timed:
-        log.info("latency: timed %d networks of the space side by side (%.0f s)", timed, time.perf_counter() - start)
+        log.info(
+            "latency: timed %d networks of the space on %s (%.0f s)",
+            timed,
+            cfg.latency.runtime,
+            time.perf_counter() - start,
+        )
