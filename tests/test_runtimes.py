@@ -77,7 +77,7 @@ def test_onnxruntime_missing_stops_the_search_before_anything_is_written(tmp_pat
     study = tmp_path / "s.toml"
     study.write_text('[latency]\nruntime = "onnxruntime"\n')
     out = tmp_path / "run"
-    assert main(["--study", str(study), "--out", str(out), "--no-progress"]) != 0
+    assert main(["--study", str(study), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert 'runtime = "onnxruntime" needs ONNX Runtime, which is not installed: pip install "kdnas[onnx]"' in err
@@ -176,3 +176,20 @@ def test_torch_runtime_requires_its_device():
     if not torch.cuda.is_available():
         with pytest.raises(KdnasError, match="CUDA is not available"):
             runtime_for(LatencyConfig(device="cuda")).require()
+
+
+def test_train_warns_and_times_nothing_where_the_studys_runtime_is_missing(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from kdnas.config import StudyConfig
+    from kdnas.train import _latency_runtime
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a)
+    )
+    student = SimpleNamespace(cfg=StudyConfig("x", latency=LatencyConfig(runtime="onnxruntime")))
+    with caplog.at_level("WARNING", logger="kdnas.train"):
+        assert _latency_runtime(student) is None
+    assert 'pip install "kdnas[onnx]"' in caplog.text and "the trained student will not be timed" in caplog.text
+    assert _latency_runtime(SimpleNamespace(cfg=StudyConfig("x"))).cfg.runtime == "torch"
