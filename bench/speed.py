@@ -20,6 +20,8 @@ Sections (figures are printed, never asserted):
   final hypervolume of the run without early stopping; and that of the run without early stopping
   replayed under the rule (the same trials, stopped in hindsight).
 - gpu: on CUDA only, images/s and seconds per CIFAR-10-sized epoch of a ResNet-20-class student.
+- runtimes: every network of the study's space timed at batch 1 in eager torch and in ONNX Runtime (the
+  deployed export), each runtime side by side as a search times it, and the rank correlation of the two.
 
 Teachers in the throughput and flops sections have untrained weights: speed does not depend on them.
 """
@@ -43,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdnas.cli import setup_logging
 from kdnas.config import DataConfig, EarlyStopConfig, StudyConfig, TrainRecipe, load_study
-from kdnas.data import AugmentedViews, ImageData, load_data
+from kdnas.data import AugmentedViews, DatasetInfo, ImageData, load_data
 from kdnas.distill import KDSpec, kd_loss
 from kdnas.measure import count_macs
 from kdnas.models import ArchSpec, build_model, count_params
@@ -51,7 +53,7 @@ from kdnas.pruning import EARLY_STOP_POLICIES, Curve, EarlyStopper
 from kdnas.teacher import Teacher, soft_targets_for
 from kdnas.trainer import autocast, fit, native_bfloat16, resolve_precision
 
-SECTIONS = ("throughput", "flops", "memory", "early-stopping", "gpu")
+SECTIONS = ("throughput", "flops", "memory", "early-stopping", "gpu", "runtimes")
 KD = KDSpec(temperature=4.0, alpha=0.7, alpha_decay="none")
 
 
@@ -79,6 +81,8 @@ def main() -> None:
         early_stopping(cfg, args)
     if "gpu" in sections:
         gpu(args.tiny)
+    if "runtimes" in sections:
+        runtimes(cfg, data.info, args.tiny)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -439,7 +443,9 @@ def compute_curve(df, cfg: StudyConfig, train_images: int) -> tuple[list[float],
 
     info = DATASETS.get(cfg.data.dataset)  # the bench's studies use built-in datasets
     df = df.sort_values("trial")
-    hv = hypervolume_history(df, largest_student_params(cfg, info.in_channels, info.num_classes)).tolist()
+    hv = hypervolume_history(
+        df, largest_student_params(cfg, info.in_channels, info.num_classes, info.image_size)
+    ).tolist()
     # 6 FLOPs per MAC and image: a multiply-add is 2 FLOPs, backward costs about twice the forward.
     cost = (df["epochs"] * df["macs"].fillna(0) * 6 * train_images).where(df["status"] != "duplicate", 0)
     return cost.cumsum().tolist(), hv
@@ -672,6 +678,51 @@ def gpu(tiny: bool) -> None:
     print(
         f"{_rate(result.images, result.seconds)}, {result.seconds / recipe.epochs:.2f} s per {n:,}-image epoch "
         "(validation included)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# runtimes
+# ---------------------------------------------------------------------------------------------------
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation: Pearson's of the ranks (ties share their mean rank)."""
+    import pandas as pd
+
+    return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
+
+
+def runtimes(cfg: StudyConfig, info: DatasetInfo, tiny: bool) -> None:
+    """Does eager torch rank the space's networks as ONNX Runtime (the deployed graph) does, at batch 1?"""
+    import onnxruntime
+
+    from kdnas.config import LatencyConfig
+    from kdnas.runtimes import runtime_for
+    from kdnas.space import architectures
+
+    archs = list(architectures(cfg, info.in_channels, info.num_classes, info.image_size))[: 3 if tiny else None]
+    models = [build_model(arch) for arch in archs]
+    shape = (info.in_channels, info.image_size, info.image_size)
+    runs = dict(warmup=1, repeats=3) if tiny else dict(warmup=cfg.latency.warmup, repeats=cfg.latency.repeats)
+    figures, seconds = {}, {}
+    for name in ("torch", "onnxruntime"):
+        start = time.perf_counter()
+        runtime = runtime_for(LatencyConfig(runtime=name, threads=cfg.latency.threads, **runs))
+        figures[name] = runtime.measure(models, shape, info.mean, info.std)
+        seconds[name] = time.perf_counter() - start
+    print(
+        f"\n== runtimes: {len(archs)} networks of {cfg.name!r} at batch 1, {cfg.latency.threads} thread(s), "
+        f"{runs['repeats']} timed runs each, side by side; torch {torch.__version__}, onnxruntime "
+        f"{onnxruntime.__version__} (torch: {seconds['torch']:.0f} s; onnxruntime, exports included: "
+        f"{seconds['onnxruntime']:.0f} s)"
+    )
+    print(f"{'network':<22} {'params':>9} {'torch ms':>9} {'ORT ms':>9} {'ORT/torch':>9}")
+    for arch, model, eager, ort in zip(archs, models, figures["torch"], figures["onnxruntime"], strict=True):
+        print(f"{arch.describe():<22} {count_params(model):>9,} {eager:9.3f} {ort:9.3f} {ort / eager:9.2f}")
+    correlation = rank_correlation(figures["torch"], figures["onnxruntime"])
+    print(
+        f"rank correlation (Spearman) of torch and ONNX Runtime latency over {len(archs)} networks: {correlation:.3f}"
     )
 
 

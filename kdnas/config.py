@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kdnas.errors import KdnasError
+from kdnas.registry import unknown_name
 
 __all__ = [
     "STUDIES_DIR",
     "METRICS",
+    "DEFAULT_METRICS",
     "NumParam",
     "ChoiceParam",
     "Knob",
@@ -50,12 +52,18 @@ __all__ = [
 ]
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
-# Objective name -> optimisation direction. Accuracy is the only objective that training moves.
+# Objective name -> optimisation direction. Accuracy is the only objective that training moves; the costs
+# are known before training: parameters, multiply-accumulates of one image, latency on the [latency]
+# runtime, and the size of the exported ONNX file in KiB.
 METRICS: dict[str, Literal["maximize", "minimize"]] = {
     "val_accuracy": "maximize",
     "params": "minimize",
     "latency_ms": "minimize",
+    "macs": "minimize",
+    "size_kb": "minimize",
 }
+# What a study optimises when its file does not say: the objectives of kdnas before MACs and size were.
+DEFAULT_METRICS = ("val_accuracy", "params", "latency_ms")
 # The names a study file gives (dataset, student family, alpha schedule, precision, device, sampler, early-stop
 # policy) are checked against the registry that builds each, imported inside __post_init__: those modules
 # import torch or optuna, and this one, so `import kdnas.config` (and every --help) stays light.
@@ -420,11 +428,12 @@ class KDSpace:
 class Objectives:
     """Which measurements the study optimises, in order; accuracy must be among them."""
 
-    metrics: tuple[str, ...] = tuple(METRICS)
+    metrics: tuple[str, ...] = DEFAULT_METRICS
 
     def __post_init__(self) -> None:
         for name in self.metrics:
-            _check(name in METRICS, f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+            if name not in METRICS:
+                raise unknown_name("metric", name, METRICS)
         _check("val_accuracy" in self.metrics, "metrics must include 'val_accuracy'")
         _check(len(set(self.metrics)) == len(self.metrics), f"metrics has duplicates: {list(self.metrics)}")
 
@@ -439,10 +448,14 @@ class Constraints:
 
     max_params: int | None = None
     max_latency_ms: float | None = None
+    max_macs: int | None = None  # multiply-accumulates of one image
+    max_size_kb: float | None = None  # the exported ONNX file (float32 weights), in KiB
 
     def __post_init__(self) -> None:
         _at_least("max_params", self.max_params, 1)
         _positive("max_latency_ms", self.max_latency_ms)
+        _at_least("max_macs", self.max_macs, 1)
+        _positive("max_size_kb", self.max_size_kb)
 
 
 # Timed runs per round of a latency measurement: enough for a median that ignores a stray slow run,
@@ -452,22 +465,33 @@ LATENCY_ROUND_RUNS = 10
 
 @dataclass(frozen=True)
 class LatencyConfig:
-    """How latency is measured: on which device, with what input, how many timed runs."""
+    """How latency is measured: on which runtime and device, with what input, how many timed runs.
 
+    ``runtime`` names a ``kdnas.runtimes.RUNTIMES`` entry, which also says which of the other keys
+    apply to it (a key set for a runtime that ignores it is refused).
+    """
+
+    runtime: str = "torch"  # torch (eager), onnxruntime (CPU execution provider) or command
     device: str = "cpu"
     batch_size: int = 1
-    threads: int = 1  # torch intra-op threads while timing on CPU
+    threads: int = 1  # intra-op threads while timing on the CPU (torch or ONNX Runtime)
     warmup: int = 10
     repeats: int = 50  # timed runs, in rounds of LATENCY_ROUND_RUNS: the lowest round median is the latency
+    command: str | None = None  # runtime "command": the command line, with {onnx}, {batch}, {threads}
+    timeout_s: float = 600.0  # runtime "command": the longest one network's command may run
 
     def __post_init__(self) -> None:
         from kdnas.measure import check_device_name
+        from kdnas.runtimes import RUNTIMES
 
+        _prefixed("runtime", RUNTIMES.check, self.runtime)
         _prefixed("device", check_device_name, self.device)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("threads", self.threads, 1)
         _at_least("warmup", self.warmup, 0)
         _at_least("repeats", self.repeats, 1)
+        _positive("timeout_s", self.timeout_s)
+        RUNTIMES.get(self.runtime).check(self)
 
 
 @dataclass(frozen=True)

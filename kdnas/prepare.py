@@ -124,6 +124,11 @@ def time_space(cfg: StudyConfig, objective: Objective) -> None:
         return
     archs = architectures(cfg, info.in_channels, info.num_classes, info.image_size)
     start = time.perf_counter()
-    timed = objective.latencies.time_all(archs, cfg.constraints.max_params)
+    timed = objective.latencies.time_all(archs, cfg.constraints.max_params, cfg.constraints.max_macs)
     if timed:
-        log.info("latency: timed %d networks of the space side by side (%.0f s)", timed, time.perf_counter() - start)
+        log.info(
+            "latency: timed %d networks of the space on %s (%.0f s)",
+            timed,
+            cfg.latency.runtime,
+            time.perf_counter() - start,
+        )

@@ -75,6 +75,7 @@ def run_search(
     from kdnas.measure import resolve_device
     from kdnas.prepare import prepare_objective, time_space
     from kdnas.progress import step_bar
+    from kdnas.runtimes import runtime_for
     from kdnas.storage import default_url, shareable_url
     from kdnas.teacher import ensure_disk_space, soft_targets_bytes
     from kdnas.trainer import warn_if_emulated
@@ -86,7 +87,7 @@ def run_search(
     if heartbeat_grace_s is not None and heartbeat_grace_s < 4:
         raise KdnasError(f"--heartbeat-grace must be at least 4 seconds, got {heartbeat_grace_s}")
     train_device = resolve_device(device)
-    resolve_device(cfg.latency.device)
+    runtime_for(cfg.latency).require()
     warn_if_emulated(train_device, cfg.train.precision, cfg.teacher.train.precision)
     with step_bar("decoding", progress) as hook:
         data = load_data(cfg.data, data_dir, cache_dir=out_dir, soft_target_bytes=_soft_target_bytes(cfg), on_step=hook)

@@ -75,7 +75,9 @@ def student_record(run: StudyRun, trial_number: int, selection: Mapping[str, Any
             "params": a["params"],
             "macs": a["macs"],
             "latency_ms": a["latency_ms"],
+            "latency_runtime": cfg.latency.runtime,
             "latency_device": cfg.latency.device,
+            "size_kb": a.get("size_kb"),
             "train_seconds": a.get("train_seconds"),
         },
         "teacher": {
@@ -100,6 +102,7 @@ class _Measured:
 
     params: int
     val_accuracy: float
+    latency_ms: float | None = None  # on the study's [latency] runtime
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class StudentFile:
     teacher_path: Path
     teacher_fingerprint: str
     teacher_sha256: str | None
+    measured_latency_ms: float | None = None  # on the study's [latency] runtime; None in files that lack it
 
     def data_cache_dir(self, fallback: Path) -> Path:
         """Where the search kept the decoded images of an image folder (its run directory), if it still
@@ -186,6 +190,7 @@ def read_student(path: Path) -> StudentFile:
             teacher_path=Path(teacher.path),
             teacher_fingerprint=teacher.fingerprint,
             teacher_sha256=teacher.sha256,
+            measured_latency_ms=measured.latency_ms,
         )
         _check_fits_dataset(student)
     except KdnasError as err:

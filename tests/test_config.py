@@ -218,6 +218,13 @@ def test_unknown_keys_are_rejected_with_a_suggestion(tmp_path, text, expected):
         pytest.param("[budget]\ntrials = 0\n", "trials must be at least 1, got 0", id="trials-0"),
         pytest.param("[latency]\nthreads = 0\n", "threads must be at least 1, got 0", id="threads-0"),
         pytest.param("[constraints]\nmax_params = 0\n", "max_params must be at least 1, got 0", id="max-params-0"),
+        pytest.param("[constraints]\nmax_macs = 0\n", "max_macs must be at least 1, got 0", id="max-macs-0"),
+        pytest.param("[constraints]\nmax_size_kb = 0\n", "max_size_kb must be > 0, got 0.0", id="max-size-0"),
+        pytest.param(
+            '[latency]\nruntime = "command"\ncommand = "bench {onnx}"\ntimeout_s = 0\n',
+            "timeout_s must be > 0, got 0.0",
+            id="timeout-0",
+        ),
         pytest.param('name = ""\n', "name must not be empty", id="empty-name"),
     ],
 )
@@ -305,8 +312,11 @@ def test_log_flag_that_is_not_a_bool_is_rejected(tmp_path):
         ),
         pytest.param(
             '[objectives]\nmetrics = ["val_accuracy", "flops"]\n',
-            "unknown metric 'flops'; known: val_accuracy, params, latency_ms",
+            "unknown metric 'flops'; known: latency_ms, macs, params, size_kb, val_accuracy",
             id="metric",
+        ),
+        pytest.param(
+            '[objectives]\nmetrics = ["val_accuracy", "mac"]\n', "unknown metric 'mac' (did you mean 'macs'?)", id="mac"
         ),
         pytest.param(
             '[objectives]\nmetrics = ["params"]\n', "metrics must include 'val_accuracy'", id="metric-without-accuracy"
@@ -467,6 +477,75 @@ def test_latency_devices_load_whether_or_not_they_are_here(tmp_path, device):
 def test_bad_latency_device_fails_at_load(tmp_path, device, expected):
     message = load_error(tmp_path, f'[latency]\ndevice = "{device}"\n')
     assert message == f"{tmp_path / 'mine.toml'}: [latency] device: {expected}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            '[latency]\nruntime = "onnxruntim"\n',
+            "runtime: unknown latency runtime 'onnxruntim' (did you mean 'onnxruntime'?); "
+            "known: command, onnxruntime, torch",
+            id="runtime-typo",
+        ),
+        pytest.param(
+            '[latency]\ncommand = "bench {onnx}"\n',
+            "command does not apply to runtime 'torch'; it is for runtime 'command'",
+            id="command-for-torch",
+        ),
+        pytest.param(
+            '[latency]\nruntime = "command"\ncommand = "bench {onnx}"\nrepeats = 5\n',
+            "repeats does not apply to runtime 'command'; it is for runtime 'torch' or 'onnxruntime'",
+            id="repeats-for-command",
+        ),
+        pytest.param(
+            '[latency]\nruntime = "command"\n',
+            'runtime "command" needs command, a command line with {onnx}',
+            id="command-missing",
+        ),
+        pytest.param(
+            '[latency]\nruntime = "command"\ncommand = "bench model.onnx"\n',
+            "command 'bench model.onnx' lacks {onnx}, the ONNX file to time",
+            id="command-without-onnx",
+        ),
+        pytest.param(
+            '[latency]\nruntime = "command"\ncommand = "bench {onnx} --cores {cores}"\n',
+            "command 'bench {onnx} --cores {cores}' has unknown placeholder(s) {cores}; known: {onnx}, {batch}, "
+            "{threads} (write {{ and }} for literal braces)",
+            id="command-placeholder",
+        ),
+        pytest.param(
+            '[latency]\nruntime = "command"\ncommand = "bench \'{onnx}"\n',
+            'command "bench \'{onnx}" cannot be read: No closing quotation',
+            id="command-quote",
+        ),
+        pytest.param(
+            '[latency]\nruntime = "onnxruntime"\ndevice = "cuda"\n',
+            "runtime 'onnxruntime' times on ONNX Runtime's CPU execution provider; device must be 'cpu', got 'cuda'",
+            id="onnxruntime-on-cuda",
+        ),
+    ],
+)
+def test_bad_latency_runtime_settings_fail_at_load(tmp_path, text, expected):
+    assert load_error(tmp_path, text).startswith(f"{tmp_path / 'mine.toml'}: [latency] {expected}")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('[latency]\nruntime = "onnxruntime"\nthreads = 2\nrepeats = 20\n', id="onnxruntime"),
+        pytest.param(
+            '[latency]\nruntime = "command"\ncommand = "adb-bench --model {onnx} -b {batch} -t {threads}"\n'
+            "timeout_s = 30\nbatch_size = 4\n",
+            id="command",
+        ),
+        pytest.param('[objectives]\nmetrics = ["val_accuracy", "macs", "size_kb"]\n', id="macs-and-size"),
+        pytest.param("[constraints]\nmax_macs = 5_000_000\nmax_size_kb = 200\n", id="macs-and-size-limits"),
+    ],
+)
+def test_runtimes_and_cost_measures_load_and_round_trip(tmp_path, text):
+    cfg = load_study(str(write_study(tmp_path, text)))
+    assert study_from_dict(cfg.to_dict()) == cfg
 
 
 @pytest.mark.parametrize(
@@ -644,6 +723,24 @@ def test_a_key_set_to_its_default_hashes_as_the_key_left_out():
     assert section_hash(DataConfig()) != section_hash(DataConfig(limit_val=500))
     nested = TeacherConfig(train=TrainRecipe(epochs=11))
     assert section_hash(TeacherConfig()) != section_hash(nested)
+
+
+@pytest.mark.parametrize(
+    ("study", "expected"),
+    [
+        pytest.param(None, "c080692883b88174", id="defaults"),
+        pytest.param("smoke", "2ee9e01da7a222cc", id="smoke"),
+        pytest.param("fashion", "28680633b24eec84", id="fashion"),
+    ],
+)
+def test_stored_studies_keep_their_space_hash(study, expected):
+    # Hashes of studies stored before latency runtimes, MACs and size objectives: the new keys' defaults
+    # keep them, so those studies stay comparable with new runs.
+    from kdnas.study import search_space_hash
+
+    cfg = StudyConfig("x") if study is None else load_study(study)
+    assert search_space_hash(cfg) == expected
+    assert cfg.objectives.metrics == ("val_accuracy", "params", "latency_ms")
 
 
 def test_a_key_added_later_with_a_default_keeps_stored_hashes():

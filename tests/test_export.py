@@ -107,9 +107,12 @@ def test_exported_file_holds_everything_needed_to_retrain(study_dir, out):
         "params": 5_000,
         "macs": 500_000,
         "latency_ms": 0.6,
+        "latency_runtime": "torch",
         "latency_device": "cpu",
+        "size_kb": None,  # the smoke study does not optimise the size: not measured
         "train_seconds": 13.0,
     }
+    assert student_file.read_student(out).measured_latency_ms == 0.6
     assert record["teacher"]["fingerprint"] == TEACHER["fingerprint"]
     assert record["teacher"]["sha256"] is None  # the hand-made study has no teacher file
     assert record["config"] == json.loads(json.dumps(load_study("smoke").to_dict(), default=list))

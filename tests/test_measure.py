@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from kdnas.measure import (
     Cost,
     LatencyTable,
     count_macs,
+    device_model,
     measure_cost,
     measure_latencies,
     measure_latency,
@@ -176,3 +179,32 @@ def test_measure_latencies_times_the_networks_in_turn_in_rounds():
     assert len(latencies) == 2 and all(t > 0 for t in latencies)
     # Warm-up of each, then rounds of 10, 10 and 5 runs taking the networks in turn.
     assert "".join(seen) == "aabb" + "a" * 10 + "b" * 10 + "a" * 10 + "b" * 10 + "a" * 5 + "b" * 5
+
+
+def test_torch_tables_keep_the_setup_words_of_tables_written_before_runtimes(tmp_path):
+    # The key of a latency.json figure on torch: unchanged, so stored tables need no retiming.
+    table = LatencyTable(tmp_path, LatencyConfig(), (1, 28, 28))
+    assert table.setup == (
+        f"cpu ({device_model('cpu')}), batch 1 x 1x28x28, 1 threads, 10 warm-up + 50 timed runs, "
+        f"torch {torch.__version__}"
+    )
+
+
+def test_latency_table_keeps_each_runtime_apart_and_times_on_it(tmp_path):
+    arch = ArchSpec("resnet", 1, 10, 4, (1,))
+    model = build_model(arch)
+    torch_ms = LatencyTable(tmp_path, FAST, (1, 8, 8)).latency_ms(model, arch)
+    script = "import sys; print('p50', 7.5, 'ms')"
+    cfg = LatencyConfig(runtime="command", command=f"{sys.executable} -c {shlex.quote(script)} {{onnx}}")
+    table = LatencyTable(tmp_path, cfg, (1, 8, 8), mean=(0.3,), std=(0.3,))
+    assert table.setup.startswith("command `") and table.setup.endswith(f"exported by torch {torch.__version__}")
+    assert table.latency_ms(model, arch) == 7.5
+    stored = json.loads((tmp_path / "latency.json").read_text())
+    assert [networks["resnet w4 b1, 1 -> 10"] for networks in stored.values()] == [torch_ms, 7.5]
+
+
+def test_time_all_skips_networks_over_max_macs(tmp_path):
+    archs = [ArchSpec("resnet", 1, 10, w, (1,)) for w in (4, 8)]
+    table = LatencyTable(tmp_path, FAST, (1, 8, 8))
+    assert table.time_all(archs, max_macs=count_macs(build_model(archs[0]), (1, 8, 8))) == 1
+    assert list(json.loads((tmp_path / "latency.json").read_text())[table.setup]) == ["resnet w4 b1, 1 -> 10"]

@@ -12,10 +12,11 @@ from kdnas.errors import KdnasError
 from kdnas.families import FAMILIES
 from kdnas.pruning import EARLY_STOP_POLICIES
 from kdnas.registry import Registry
+from kdnas.runtimes import RUNTIMES
 from kdnas.samplers import SAMPLERS, build_sampler
 from kdnas.trainer import PRECISIONS
 
-REGISTRIES = [DATASETS, FAMILIES, ALPHA_SCHEDULES, PRECISIONS, SAMPLERS, EARLY_STOP_POLICIES]
+REGISTRIES = [DATASETS, FAMILIES, ALPHA_SCHEDULES, PRECISIONS, SAMPLERS, EARLY_STOP_POLICIES, RUNTIMES]
 
 
 def _colours() -> Registry[int]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,6 +142,28 @@ def test_train_reproduces_the_searched_accuracy_and_size(exported, trained):
     assert result["val_curve"] == measured["val_curve"]
     assert result["params"] == measured["params"]
     assert 0 < result["test_accuracy"] <= 1
+
+
+def test_train_times_the_student_on_the_studys_runtime_beside_the_searched_figure(exported, trained):
+    measured = json.loads(exported.read_text())["measured"]
+    result = json.loads((trained / "result.json").read_text())
+    assert result["latency_runtime"] == measured["latency_runtime"] == "torch"
+    assert result["searched_latency_ms"] == measured["latency_ms"] > 0 and result["latency_ms"] > 0
+
+
+def test_train_times_the_onnx_file_it_wrote_with_the_studys_command(exported, tmp_path, capsys):
+    # The command checks that it was handed the student.onnx kdnas.train wrote, and prints a latency.
+    out = tmp_path / "trained"
+    check = f"import sys; sys.exit(sys.argv[1] != {str((out / 'student.onnx').resolve())!r}); print('p50 1.25 ms')"
+    record = json.loads(exported.read_text())
+    record["config"]["latency"] = {"runtime": "command", "command": shlex.join([sys.executable, "-c", check, "{onnx}"])}
+    config = tmp_path / "student.json"
+    config.write_text(json.dumps(record))
+    argv = ["--config", str(config), "--out", str(out), "--device", "cpu", "--epochs", "1", "--no-progress", "-q"]
+    assert train.main(argv) == 0
+    assert json.loads((out / "result.json").read_text())["latency_ms"] == 1.25
+    searched = record["measured"]["latency_ms"]
+    assert f", latency 1.250 ms on command (searched {searched:.3f} ms), 1 epochs;" in capsys.readouterr().out
 
 
 def test_saved_weights_rebuild_the_student(exported, trained):
