@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -99,7 +100,10 @@ def test_ctrl_c_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
     slow = (STUDIES_DIR / "smoke.toml").read_text().replace("[train]\nepochs = 2", "[train]\nepochs = 10")
     study_file.write_text(slow)
     command = [sys.executable, "-m", "kdnas.search", "--study", str(study_file), "--out", str(out), "--no-progress"]
-    search = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # A suite started in the background (`cmd &` without job control) hands its children SIGINT ignored,
+    # and Python then leaves Ctrl-C ignored too: give the search the default, as a terminal would.
+    restore_ctrl_c = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    search = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=restore_ctrl_c)
     try:
         victim = _wait_for_running_trial(out, timeout_s=300, search=search)
         search.send_signal(signal.SIGINT)

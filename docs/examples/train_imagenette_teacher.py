@@ -2,7 +2,7 @@
 
 The teacher is torchvision's ResNet-18 (``torchvision.models:resnet18`` with ``num_classes = 10``),
 trained from scratch on Imagenette at the study's image size; ``studies/imagenette.toml`` points its
-``[teacher]`` at the saved file (docs/your-teacher.md):
+``[teacher]`` at the saved file (docs/real-data.md):
 
     mkdir -p data/imagenette112 && tar -xf ../shared/data/imagenette112.tar -C data/imagenette112
     python docs/examples/train_imagenette_teacher.py --data-dir data --out data/imagenette-resnet18.pt
