@@ -155,12 +155,10 @@ def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def largest_student_params(cfg: StudyConfig, in_channels: int, num_classes: int, image_size: int) -> int:
     """Parameters of the largest student the search space allows (the hypervolume reference derives from it)."""
-    from kdnas.families import get_family
-    from kdnas.models import ArchSpec, build_model, count_params
+    from kdnas.models import build_model, count_params
+    from kdnas.space import extreme_student
 
-    space = cfg.student
-    candidates = get_family(space.family).largest_candidates(space.knobs, image_size)
-    return max(count_params(build_model(ArchSpec(space.family, in_channels, num_classes, spec))) for spec in candidates)
+    return count_params(build_model(extreme_student(cfg, in_channels, num_classes, image_size)))
 
 
 def hypervolume_2d(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:

@@ -16,7 +16,7 @@ from kdnas.distill import KDSpec
 from kdnas.families import get_family, suggest_value
 from kdnas.models import ArchSpec
 
-__all__ = ["suggest", "specs_from_params", "architectures", "space_size"]
+__all__ = ["suggest", "specs_from_params", "architectures", "space_size", "extreme_student"]
 
 
 def suggest(
@@ -54,3 +54,16 @@ def architectures(cfg: StudyConfig, in_channels: int, num_classes: int, image_si
     space = cfg.student
     for spec in get_family(space.family).networks(space.knobs, image_size):
         yield ArchSpec(space.family, in_channels, num_classes, spec)
+
+
+def extreme_student(
+    cfg: StudyConfig, in_channels: int, num_classes: int, image_size: int, largest: bool = True
+) -> ArchSpec:
+    """The student of the space with the most (``largest``) or fewest parameters."""
+    from kdnas.models import build_model, count_params
+
+    space = cfg.student
+    candidates = get_family(space.family).extreme_candidates(space.knobs, image_size, largest)
+    archs = [ArchSpec(space.family, in_channels, num_classes, spec) for spec in candidates]
+    sign = 1 if largest else -1
+    return max(archs, key=lambda arch: sign * count_params(build_model(arch)))

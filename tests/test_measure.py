@@ -191,7 +191,7 @@ def test_torch_tables_keep_the_setup_words_of_tables_written_before_runtimes(tmp
 
 
 def test_latency_table_keeps_each_runtime_apart_and_times_on_it(tmp_path):
-    arch = ArchSpec("resnet", 1, 10, 4, (1,))
+    arch = ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1,)})
     model = build_model(arch)
     torch_ms = LatencyTable(tmp_path, FAST, (1, 8, 8)).latency_ms(model, arch)
     script = "import sys; print('p50', 7.5, 'ms')"
@@ -204,7 +204,7 @@ def test_latency_table_keeps_each_runtime_apart_and_times_on_it(tmp_path):
 
 
 def test_time_all_skips_networks_over_max_macs(tmp_path):
-    archs = [ArchSpec("resnet", 1, 10, w, (1,)) for w in (4, 8)]
+    archs = [ArchSpec("resnet", 1, 10, {"base_width": w, "blocks": (1,)}) for w in (4, 8)]
     table = LatencyTable(tmp_path, FAST, (1, 8, 8))
     assert table.time_all(archs, max_macs=count_macs(build_model(archs[0]), (1, 8, 8))) == 1
     assert list(json.loads((tmp_path / "latency.json").read_text())[table.setup]) == ["resnet w4 b1, 1 -> 10"]

@@ -61,13 +61,14 @@ def require(name: str, knob: Knob, lowest: float, *, open_low: bool = False) -> 
         raise KdnasError(f"{name}: {err}") from None
 
 
-def _highest(knob: Knob) -> list[Any]:
-    """The values of ``knob`` that may give the largest network: a number's highest, every choice."""
+def _extreme(knob: Knob, largest: bool) -> list[Any]:
+    """The values of ``knob`` that may give the largest (or smallest) network: a number's highest (lowest),
+    every choice."""
     if isinstance(knob, ChoiceParam):
         return list(dict.fromkeys(knob.choices))
     if isinstance(knob, NumParam):
-        high = knob.bounds[1]
-        return [int(high) if knob.kind == "int" else float(high)]
+        value = knob.bounds[1 if largest else 0]
+        return [int(value) if knob.kind == "int" else float(value)]
     return [knob]
 
 
@@ -126,11 +127,11 @@ class Family:
         for combination in itertools.product(*grids):  # type: ignore[arg-type]
             yield self._spec_of(dimensions, dict(zip(params, combination, strict=True)), image_size)
 
-    def largest_candidates(self, knobs: Mapping[str, Knob], image_size: int) -> Iterator[dict[str, Any]]:
-        """The networks one of which is the largest: every number at its highest, each choice in turn (the
-        same one in every stage)."""
+    def extreme_candidates(self, knobs: Mapping[str, Knob], image_size: int, largest: bool = True) -> Iterator[dict[str, Any]]:
+        """The networks one of which is the largest (or smallest): every number at its highest (lowest),
+        each choice in turn (the same one in every stage)."""
         dimensions, names = self._dimensions(knobs), list(knobs)
-        for combination in itertools.product(*(_highest(knobs[name]) for name in names)):
+        for combination in itertools.product(*(_extreme(knobs[name], largest) for name in names)):
             by_name = dict(zip(names, combination, strict=True))
             yield self._spec_of(dimensions, {p: by_name[name] for p, name, _ in dimensions}, image_size)
 
