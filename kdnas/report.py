@@ -475,6 +475,8 @@ def _pareto_html(pareto: pd.DataFrame, teacher: dict[str, Any] | None) -> str:
             "train time": pareto["train_seconds"].map("{:.0f} s".format),
         }
     )
+    if pareto["size_kb"].notna().any():  # measured only by a study that optimises or bounds it
+        shown.insert(shown.columns.get_loc("train time"), "size", pareto["size_kb"].map("{:.1f} KiB".format))
     note = ""
     if teacher:
         lead = 100 * (pareto["val_accuracy"] - teacher["val_accuracy"])

@@ -257,13 +257,15 @@ def print_pareto_table(table, study_name: str) -> None:
         print("no complete trials yet")
         return
     print(f"Pareto-optimal trials of {study_name!r} ({len(table)}):")
+    width = max(18, int(table["arch"].str.len().max()))
+    sized = bool(table["size_kb"].notna().any())  # measured only by a study that optimises or bounds it
     print(
-        f"{'trial':>5}  {'architecture':<18} {'T':>5} {'alpha':>5} {'decay':<11} {'val acc':>8} "
-        f"{'params':>10} {'MMACs':>7} {'latency':>10}"
+        f"{'trial':>5}  {'architecture':<{width}} {'T':>5} {'alpha':>5} {'decay':<11} {'val acc':>8} "
+        f"{'params':>10} {'MMACs':>7} {'latency':>10}" + (f" {'size':>10}" if sized else "")
     )
     for r in table.itertuples():
         print(
-            f"{r.trial:>5}  {r.arch:<18} {r.temperature:>5.2f} {r.alpha:>5.2f} {r.alpha_decay:<11} "
+            f"{r.trial:>5}  {r.arch:<{width}} {r.temperature:>5.2f} {r.alpha:>5.2f} {r.alpha_decay:<11} "
             f"{100 * r.val_accuracy:>7.2f}% {r.params:>10,.0f} {r.macs / 1e6:>7.2f} "
-            f"{r.latency_ms:>7.3f} ms"
+            f"{r.latency_ms:>7.3f} ms" + (f" {r.size_kb:>7.1f} KiB" if sized else "")
         )

@@ -16,7 +16,7 @@ SHAPE = (1, 8, 8)
 
 
 def test_the_onnx_export_takes_pixels_and_normalises_them_itself(tmp_path):
-    model = build_model(ArchSpec("resnet", 1, 4, 4, (1,))).train()
+    model = build_model(ArchSpec("resnet", 1, 4, {"base_width": 4, "blocks": (1,)})).train()
     path = tmp_path / "student.onnx"
     export_onnx(deployable(model, (0.3,), (0.2,)), path, SHAPE)
     assert model.training  # the search's model is untouched: deployable works on a copy
@@ -29,7 +29,7 @@ def test_the_onnx_export_takes_pixels_and_normalises_them_itself(tmp_path):
 
 
 def test_size_is_the_onnx_file_with_float32_weights_in_kib():
-    small, large = (build_model(ArchSpec("resnet", 1, 4, w, (1,))) for w in (4, 16))
+    small, large = (build_model(ArchSpec("resnet", 1, 4, {"base_width": w, "blocks": (1,)})) for w in (4, 16))
     for model in (small, large):
         weights_kib = 4 * count_params(model) / 1024
         # The weights, their batch-norm statistics and the graph; nothing else.

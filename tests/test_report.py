@@ -107,6 +107,7 @@ def test_report_cli_writes_report_and_tables(tmp_path, capsys):
         assert f'id="{div}"' in page
     assert 'id="fig-macs"' not in page and 'id="fig-size"' not in page  # costs the study does not optimise
     assert "<script src=" not in page  # plotly.js is inlined: the page opens with no network
+    assert "<th>size</th>" not in page  # not measured
     assert "teacher: 90.00% val" in page
     assert "6 complete, 1 diverged, 1 duplicate, 1 rejected" in page
 
@@ -123,6 +124,7 @@ def test_a_study_of_macs_and_size_has_their_fronts_and_figures(tmp_path):
     for div in ("fig-params", "fig-latency", "fig-macs", "fig-size"):
         assert f'id="{div}"' in page
     assert "ONNX file size (KiB)" in page and "ONNX file 29.5 KiB" in page  # the axis, and trial 3's hover text
+    assert "<th>size</th>" in page and "<td>29.5 KiB</td>" in page  # the Pareto table's column
 
 
 def test_report_flags_the_students_that_beat_the_teacher(tmp_path):
