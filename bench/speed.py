@@ -20,8 +20,9 @@ Sections (figures are printed, never asserted):
   final hypervolume of the run without early stopping; and that of the run without early stopping
   replayed under the rule (the same trials, stopped in hindsight).
 - gpu: on CUDA only, images/s and seconds per CIFAR-10-sized epoch of a ResNet-20-class student.
-- runtimes: every network of the study's space (or --runtime-networks drawn at random) timed at batch 1 in eager torch and in ONNX Runtime (the
-  deployed export), each runtime side by side as a search times it, and the rank correlation of the two.
+- runtimes: every network of the study's space (or --runtime-networks drawn at random) timed at
+  batch 1 in eager torch and in ONNX Runtime (the deployed export), each runtime side by side as a
+  search times it, and the rank correlation of the two.
 
 Teachers in the throughput and flops sections have untrained weights: speed does not depend on them.
 """
@@ -409,7 +410,7 @@ def _trial_peak_rss(study: str, data_dir: Path, threads: int) -> tuple[float, st
     torch.set_num_threads(threads)
     cfg = load_study(study)
     data = load_data(cfg.data, data_dir)
-    spec, info = _space_corner(cfg, data, True), data.info
+    spec = _space_corner(cfg, data, True)
     views = AugmentedViews(data)
     teacher_arch = teacher_spec(cfg, data)
     teacher = Teacher(_seeded_model(teacher_arch).eval(), teacher_arch, 0.0, 0.0, "bench", None)
@@ -745,7 +746,8 @@ def runtimes(cfg: StudyConfig, info: DatasetInfo, tiny: bool, networks: int) -> 
         figures[name] = runtime.measure(models, shape, info.mean, info.std)
         seconds[name] = time.perf_counter() - start
     print(
-        f"\n== runtimes: {len(archs)} networks of {cfg.name!r} ({_of_space(cfg, len(archs))}) at batch 1, {cfg.latency.threads} thread(s), "
+        f"\n== runtimes: {len(archs)} networks of {cfg.name!r} ({_of_space(cfg, len(archs))}) at batch 1, "
+        f"{cfg.latency.threads} thread(s), "
         f"{runs['repeats']} timed runs each, side by side; torch {torch.__version__}, onnxruntime "
         f"{onnxruntime.__version__} (torch: {seconds['torch']:.0f} s; onnxruntime, exports included: "
         f"{seconds['onnxruntime']:.0f} s)"

@@ -103,7 +103,9 @@ def pick_trial(
     for column in limits:
         if complete[column].isna().all():
             flag, _, what = LIMITS[column]
-            raise KdnasError(f"{flag}: this study's trials have no figure of {what} (it measures one it optimises or constrains)")
+            raise KdnasError(
+                f"{flag}: this study's trials have no figure of {what} (it measures one it optimises or constrains)"
+            )
     # A trial without the figure is over the limit: nan fills as 1.
     excess = pd.Series(0.0, index=complete.index)
     for column, limit in limits.items():
@@ -170,7 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = {column: getattr(args, f"max_{column}") for column in LIMITS}
         limits = {column: limit for column, limit in given.items() if limit is not None}
         number = pick_trial(df, args.pick, limits=limits, trial=args.trial)
-        selection = {"pick": "trial" if args.trial is not None else args.pick, **{f"max_{c}": v for c, v in given.items()}}
+        selection = {
+            "pick": "trial" if args.trial is not None else args.pick,
+            **{f"max_{c}": v for c, v in given.items()},
+        }
         record = student_record(run, number, selection)
         out = args.out or run.out_dir / "best_student.json"
         try:

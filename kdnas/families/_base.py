@@ -127,7 +127,9 @@ class Family:
         for combination in itertools.product(*grids):  # type: ignore[arg-type]
             yield self._spec_of(dimensions, dict(zip(params, combination, strict=True)), image_size)
 
-    def extreme_candidates(self, knobs: Mapping[str, Knob], image_size: int, largest: bool = True) -> Iterator[dict[str, Any]]:
+    def extreme_candidates(
+        self, knobs: Mapping[str, Knob], image_size: int, largest: bool = True
+    ) -> Iterator[dict[str, Any]]:
         """The networks one of which is the largest (or smallest): every number at its highest (lowest),
         each choice in turn (the same one in every stage)."""
         dimensions, names = self._dimensions(knobs), list(knobs)
