@@ -9,7 +9,6 @@ worker, host and ``kdnas.train`` imports it again: nothing is pickled.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from kdnas.config import ChoiceParam, Knob, NumParam, parse_knob
-from kdnas.errors import KdnasError, first_line
+from kdnas.errors import KdnasError, first_line, import_object
 from kdnas.families._base import Family
 
 __all__ = ["ImportedFamily", "PREFIX"]
@@ -35,12 +34,7 @@ class ImportedFamily(Family):
         module_name, _, attribute = name.removeprefix(PREFIX).partition(":")
         if not module_name or not attribute:
             raise KdnasError(f'family {name!r}: write it as "import:package.module:Class"')
-        try:
-            cls = getattr(importlib.import_module(module_name), attribute)
-        except ImportError as err:
-            raise KdnasError(f"family {name!r}: module {module_name!r} does not import ({first_line(err)})") from None
-        except AttributeError:
-            raise KdnasError(f"family {name!r}: module {module_name!r} has no {attribute!r}") from None
+        cls = import_object(f"family {name!r}", module_name, attribute)
         declared = getattr(cls, "knobs", None)
         if not isinstance(declared, Mapping) or not callable(getattr(cls, "build", None)):
             raise KdnasError(
