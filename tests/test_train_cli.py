@@ -154,7 +154,9 @@ def test_train_times_the_student_on_the_studys_runtime_beside_the_searched_figur
 def test_train_times_the_onnx_file_it_wrote_with_the_studys_command(exported, tmp_path, capsys):
     # The command checks that it was handed the student.onnx kdnas.train wrote, and prints a latency.
     out = tmp_path / "trained"
-    check = f"import sys; sys.exit(sys.argv[1] != {str((out / 'student.onnx').resolve())!r}); print('p50 1.25 ms')"
+    # Fails (exit 1, no number) unless handed the very file kdnas.train wrote.
+    onnx = str((out / "student.onnx").resolve())
+    check = f"import sys; sys.argv[1] == {onnx!r} or sys.exit(1); print('p50 1.25 ms')"
     record = json.loads(exported.read_text())
     record["config"]["latency"] = {"runtime": "command", "command": shlex.join([sys.executable, "-c", check, "{onnx}"])}
     config = tmp_path / "student.json"
