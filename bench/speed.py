@@ -20,6 +20,9 @@ Sections (figures are printed, never asserted):
   final hypervolume of the run without early stopping; and that of the run without early stopping
   replayed under the rule (the same trials, stopped in hindsight).
 - gpu: on CUDA only, images/s and seconds per CIFAR-10-sized epoch of a ResNet-20-class student.
+- runtimes: every network of the study's space (or --runtime-networks drawn at random) timed at
+  batch 1 in eager torch and in ONNX Runtime (the deployed export), each runtime side by side as a
+  search times it, and the rank correlation of the two.
 
 Teachers in the throughput and flops sections have untrained weights: speed does not depend on them.
 """
@@ -43,15 +46,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdnas.cli import setup_logging
 from kdnas.config import DataConfig, EarlyStopConfig, StudyConfig, TrainRecipe, load_study
-from kdnas.data import AugmentedViews, ImageData, load_data
+from kdnas.data import AugmentedViews, DatasetInfo, ImageData, load_data
 from kdnas.distill import KDSpec, kd_loss
 from kdnas.measure import count_macs
 from kdnas.models import ArchSpec, build_model, count_params
 from kdnas.pruning import EARLY_STOP_POLICIES, Curve, EarlyStopper
-from kdnas.teacher import Teacher, soft_targets_for
+from kdnas.space import extreme_student
+from kdnas.teacher import Teacher, soft_targets_for, teacher_spec
 from kdnas.trainer import autocast, fit, native_bfloat16, resolve_precision
 
-SECTIONS = ("throughput", "flops", "memory", "early-stopping", "gpu")
+SECTIONS = ("throughput", "flops", "memory", "early-stopping", "gpu", "runtimes")
 KD = KDSpec(temperature=4.0, alpha=0.7, alpha_decay="none")
 
 
@@ -65,8 +69,8 @@ def main() -> None:
     cfg = load_study(args.study)
     print(f"kdnas bench: torch {torch.__version__}, {args.threads} threads, study {cfg.name!r}")
     data = _subset(load_data(cfg.data, args.data_dir), args.images)
-    student = ArchSpec("resnet", data.info.in_channels, data.info.num_classes, args.student_width, (1, 1, 1))
-    teacher = ArchSpec("resnet", data.info.in_channels, data.info.num_classes, args.teacher_width, (1, 1, 1))
+    student = _resnet(data.info, args.student_width, (1, 1, 1))
+    teacher = _resnet(data.info, args.teacher_width, (1, 1, 1))
     recipe = TrainRecipe(epochs=args.epochs, batch_size=256, lr=0.2)
     if "throughput" in sections:
         throughput(data, student, teacher, recipe, args.workers)
@@ -79,6 +83,8 @@ def main() -> None:
         early_stopping(cfg, args)
     if "gpu" in sections:
         gpu(args.tiny)
+    if "runtimes" in sections:
+        runtimes(cfg, data.info, args.tiny, args.runtime_networks)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -92,6 +98,9 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--student-width", type=int, default=16, help="base width of the ~70k student")
     parser.add_argument("--teacher-width", type=int, default=64, help="base width of the naive teacher")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the naive reference")
+    parser.add_argument(
+        "--runtime-networks", type=int, default=200, help="runtimes: at most this many networks (drawn at random)"
+    )
     parser.add_argument("--es-seeds", type=int, default=3)
     parser.add_argument("--es-trials", type=int, help="trials per run without early stopping (default: study's)")
     parser.add_argument(
@@ -354,7 +363,7 @@ def flops(data: ImageData, cfg: StudyConfig, student: ArchSpec, recipe: TrainRec
         + ("" if "bfloat16" in dtypes else "; bfloat16 is emulated on this CPU: not measured")
     )
     print(f"{'':>18}  {'student':<18} {'params':>9}  {'MFLOP/image':>11}  " + "  ".join(f"{p:>40}" for p in dtypes))
-    smallest, largest = _space_corner(cfg, data, 0), _space_corner(cfg, data, 1)
+    smallest, largest = _space_corner(cfg, data, False), _space_corner(cfg, data, True)
     for label, spec in (
         ("smallest in space", smallest),
         ("throughput student", student),
@@ -386,11 +395,14 @@ def flops(data: ImageData, cfg: StudyConfig, student: ArchSpec, recipe: TrainRec
 # ---------------------------------------------------------------------------------------------------
 
 
-def _space_corner(cfg: StudyConfig, data: ImageData, end: int) -> ArchSpec:
-    """The smallest (end=0) or largest (end=1) student of the study's space."""
-    space, info = cfg.student, data.info
-    width, blocks = int(space.base_width.bounds[end]), int(space.blocks.bounds[end])
-    return ArchSpec(space.arch, info.in_channels, info.num_classes, width, (blocks,) * space.stages)
+def _space_corner(cfg: StudyConfig, data: ImageData, largest: bool) -> ArchSpec:
+    """The smallest or largest student of the study's space."""
+    info = data.info
+    return extreme_student(cfg, info.in_channels, info.num_classes, info.image_size, largest)
+
+
+def _resnet(info: DatasetInfo, width: int, blocks: tuple[int, ...]) -> ArchSpec:
+    return ArchSpec("resnet", info.in_channels, info.num_classes, {"base_width": width, "blocks": blocks})
 
 
 def _trial_peak_rss(study: str, data_dir: Path, threads: int) -> tuple[float, str, int]:
@@ -398,10 +410,10 @@ def _trial_peak_rss(study: str, data_dir: Path, threads: int) -> tuple[float, st
     torch.set_num_threads(threads)
     cfg = load_study(study)
     data = load_data(cfg.data, data_dir)
-    spec, info = _space_corner(cfg, data, 1), data.info
+    spec = _space_corner(cfg, data, True)
     views = AugmentedViews(data)
-    teacher_spec = ArchSpec("resnet", info.in_channels, info.num_classes, cfg.teacher.base_width, cfg.teacher.blocks)
-    teacher = Teacher(_seeded_model(teacher_spec).eval(), teacher_spec, 0.0, 0.0, "bench", None)
+    teacher_arch = teacher_spec(cfg, data)
+    teacher = Teacher(_seeded_model(teacher_arch).eval(), teacher_arch, 0.0, 0.0, "bench", None)
     with tempfile.TemporaryDirectory() as tmp:
         cache = soft_targets_for(teacher, views, cfg.train.epochs, Path(tmp), batch_size=cfg.train.eval_batch_size)
     fit(_seeded_model(spec), views, dataclasses.replace(cfg.train, epochs=1), kd=KD, soft_targets=cache)
@@ -439,7 +451,9 @@ def compute_curve(df, cfg: StudyConfig, train_images: int) -> tuple[list[float],
 
     info = DATASETS.get(cfg.data.dataset)  # the bench's studies use built-in datasets
     df = df.sort_values("trial")
-    hv = hypervolume_history(df, largest_student_params(cfg, info.in_channels, info.num_classes)).tolist()
+    hv = hypervolume_history(
+        df, largest_student_params(cfg, info.in_channels, info.num_classes, info.image_size)
+    ).tolist()
     # 6 FLOPs per MAC and image: a multiply-add is 2 FLOPs, backward costs about twice the forward.
     cost = (df["epochs"] * df["macs"].fillna(0) * 6 * train_images).where(df["status"] != "duplicate", 0)
     return cost.cumsum().tolist(), hv
@@ -650,10 +664,10 @@ def gpu(tiny: bool) -> None:
     data = ImageData(info, split, Split(images[:1000], split.labels[:1000]), split, 4, True, 0, "bench-cifar").to(
         device
     )
-    spec = ArchSpec("resnet", 3, 10, 16, (3, 3, 3))  # ResNet-20
+    spec = _resnet(info, 16, (3, 3, 3))  # ResNet-20
     recipe = TrainRecipe(epochs=3, batch_size=512, lr=0.4)
-    teacher_spec = ArchSpec("resnet", 3, 10, 64, (2, 2, 2))
-    teacher = Teacher(_seeded_model(teacher_spec).to(device).eval(), teacher_spec, 0.0, 0.0, "bench", None)
+    teacher_arch = _resnet(info, 64, (2, 2, 2))
+    teacher = Teacher(_seeded_model(teacher_arch).to(device).eval(), teacher_arch, 0.0, 0.0, "bench", None)
     with tempfile.TemporaryDirectory() as tmp:
         cache = soft_targets_for(teacher, AugmentedViews(data), recipe.epochs, Path(tmp), batch_size=2048)
     fit(
@@ -672,6 +686,78 @@ def gpu(tiny: bool) -> None:
     print(
         f"{_rate(result.images, result.seconds)}, {result.seconds / recipe.epochs:.2f} s per {n:,}-image epoch "
         "(validation included)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# runtimes
+# ---------------------------------------------------------------------------------------------------
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation: Pearson's of the ranks (ties share their mean rank)."""
+    import pandas as pd
+
+    return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
+
+
+def _networks_of(cfg: StudyConfig, info: DatasetInfo, most: int) -> list[ArchSpec]:
+    """Every network of the space when it holds at most ``most``; else ``most`` distinct ones drawn
+    uniformly at random (seeded: an mbconv space holds millions)."""
+    import optuna
+
+    from kdnas.families import get_family
+    from kdnas.space import architectures, space_size
+
+    shape = (info.in_channels, info.num_classes, info.image_size)
+    if space_size(cfg) <= most:
+        return list(architectures(cfg, *shape))
+    family = get_family(cfg.student.family)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn: dict[ArchSpec, None] = {}
+    while len(drawn) < most:
+        spec = family.suggest(study.ask(), cfg.student.knobs, info.image_size)
+        drawn[ArchSpec(cfg.student.family, info.in_channels, info.num_classes, spec)] = None
+    return list(drawn)
+
+
+def _of_space(cfg: StudyConfig, count: int) -> str:
+    from kdnas.space import space_size
+
+    size = space_size(cfg)
+    return "all of them" if count >= size else f"drawn at random from {size:,.0f}"
+
+
+def runtimes(cfg: StudyConfig, info: DatasetInfo, tiny: bool, networks: int) -> None:
+    """Does eager torch rank the space's networks as ONNX Runtime (the deployed graph) does, at batch 1?"""
+    import onnxruntime
+
+    from kdnas.config import LatencyConfig
+    from kdnas.runtimes import runtime_for
+
+    archs = _networks_of(cfg, info, 3 if tiny else networks)
+    models = [build_model(arch) for arch in archs]
+    shape = (info.in_channels, info.image_size, info.image_size)
+    runs = dict(warmup=1, repeats=3) if tiny else dict(warmup=cfg.latency.warmup, repeats=cfg.latency.repeats)
+    figures, seconds = {}, {}
+    for name in ("torch", "onnxruntime"):
+        start = time.perf_counter()
+        runtime = runtime_for(LatencyConfig(runtime=name, threads=cfg.latency.threads, **runs))
+        figures[name] = runtime.measure(models, shape, info.mean, info.std)
+        seconds[name] = time.perf_counter() - start
+    print(
+        f"\n== runtimes: {len(archs)} networks of {cfg.name!r} ({_of_space(cfg, len(archs))}) at batch 1, "
+        f"{cfg.latency.threads} thread(s), "
+        f"{runs['repeats']} timed runs each, side by side; torch {torch.__version__}, onnxruntime "
+        f"{onnxruntime.__version__} (torch: {seconds['torch']:.0f} s; onnxruntime, exports included: "
+        f"{seconds['onnxruntime']:.0f} s)"
+    )
+    print(f"{'network':<22} {'params':>9} {'torch ms':>9} {'ORT ms':>9} {'ORT/torch':>9}")
+    for arch, model, eager, ort in zip(archs, models, figures["torch"], figures["onnxruntime"], strict=True):
+        print(f"{arch.describe():<22} {count_params(model):>9,} {eager:9.3f} {ort:9.3f} {ort / eager:9.2f}")
+    correlation = rank_correlation(figures["torch"], figures["onnxruntime"])
+    print(
+        f"rank correlation (Spearman) of torch and ONNX Runtime latency over {len(archs)} networks: {correlation:.3f}"
     )
 
 

@@ -21,12 +21,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kdnas.errors import KdnasError
+from kdnas.registry import unknown_name
 
 __all__ = [
     "STUDIES_DIR",
     "METRICS",
+    "DEFAULT_METRICS",
     "NumParam",
     "ChoiceParam",
+    "Knob",
+    "parse_knob",
     "DataConfig",
     "TrainRecipe",
     "TeacherConfig",
@@ -48,13 +52,19 @@ __all__ = [
 ]
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
-# Objective name -> optimisation direction. Accuracy is the only objective that training moves.
+# Objective name -> optimisation direction. Accuracy is the only objective that training moves; the costs
+# are known before training: parameters, multiply-accumulates of one image, latency on the [latency]
+# runtime, and the size of the exported ONNX file in KiB.
 METRICS: dict[str, Literal["maximize", "minimize"]] = {
     "val_accuracy": "maximize",
     "params": "minimize",
     "latency_ms": "minimize",
+    "macs": "minimize",
+    "size_kb": "minimize",
 }
-# The names a study file gives (dataset, architecture, alpha schedule, precision, device, sampler, early-stop
+# What a study optimises when its file does not say: the objectives of kdnas before MACs and size were.
+DEFAULT_METRICS = ("val_accuracy", "params", "latency_ms")
+# The names a study file gives (dataset, student family, alpha schedule, precision, device, sampler, early-stop
 # policy) are checked against the registry that builds each, imported inside __post_init__: those modules
 # import torch or optuna, and this one, so `import kdnas.config` (and every --help) stays light.
 
@@ -133,12 +143,16 @@ class NumParam:
 
 @dataclass(frozen=True)
 class ChoiceParam:
-    """A categorical search dimension."""
+    """A categorical search dimension: names, or true/false (a student family's switch)."""
 
-    choices: tuple[str, ...]
+    choices: tuple[str | bool, ...]
 
     def __post_init__(self) -> None:
         _check(len(self.choices) > 0, "the list of choices is empty; give at least one value")
+
+
+# A knob of a student family: searched (a number or a choice), or a plain int fixed per study (stages).
+Knob = NumParam | ChoiceParam | int
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -237,7 +251,7 @@ class FinetuneRecipe(TrainRecipe):
 _TEACHER_ANY_SOURCE = ("source", "checkpoint", "train")
 _TEACHER_ELSEWHERE = ("state_dict_key", "input_size", "mean", "std", "finetune")
 _TEACHER_SOURCE_KEYS = {
-    "kdnas": ("arch", "base_width", "blocks"),
+    "kdnas": ("family", "base_width", "blocks", "knobs"),
     "torchvision": ("name", "weights", *_TEACHER_ELSEWHERE),
     "timm": ("name", "pretrained", *_TEACHER_ELSEWHERE),
     "import": ("factory", "kwargs", "head", *_TEACHER_ELSEWHERE),
@@ -255,9 +269,10 @@ class TeacherConfig:
     """
 
     source: str = "kdnas"
-    arch: str = "resnet"
-    base_width: int = 32
-    blocks: tuple[int, ...] = (2, 2, 2)  # residual blocks per stage; width doubles each stage
+    family: str = "resnet"  # a student family (kdnas.families); files may still call it by its old name, arch
+    base_width: int = 32  # resnet
+    blocks: tuple[int, ...] = (2, 2, 2)  # resnet: residual blocks per stage; width doubles each stage
+    knobs: dict = field(default_factory=dict)  # any other family: one value for each of its knobs
     name: str | None = None  # torchvision / timm model name
     weights: str | None = None  # torchvision weights: "DEFAULT", "IMAGENET1K_V1" or "ResNet18_Weights.IMAGENET1K_V1"
     pretrained: bool = False  # timm: the model's pretrained weights
@@ -273,7 +288,7 @@ class TeacherConfig:
     train: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10))  # any source: eval batch, precision
 
     def __post_init__(self) -> None:
-        from kdnas.models import ARCHITECTURES
+        from kdnas.families import get_family
         from kdnas.teacher_sources import TEACHER_SOURCES
 
         _prefixed("source", TEACHER_SOURCES.check, self.source)
@@ -283,10 +298,18 @@ class TeacherConfig:
             if f.name not in own and getattr(self, f.name) != default:
                 takes = " or ".join(repr(s) for s, keys in _TEACHER_SOURCE_KEYS.items() if f.name in keys)
                 raise KdnasError(f"{f.name} does not apply to source {self.source!r}; it is for source {takes}")
-        _prefixed("arch", ARCHITECTURES.check, self.arch)
+        _prefixed("family", get_family, self.family)
         _at_least("base_width", self.base_width, 1)
         _check(len(self.blocks) >= 1, "blocks is empty; give the number of blocks of each stage")
         _check(all(b >= 1 for b in self.blocks), f"every stage needs at least 1 block, got {list(self.blocks)}")
+        if self.family == "resnet":
+            _check(not self.knobs, "knobs is for families other than resnet; a resnet teacher takes base_width, blocks")
+        else:
+            _check(
+                (self.base_width, self.blocks) == (32, (2, 2, 2)),
+                f"base_width and blocks are for family 'resnet'; a {self.family!r} teacher takes knobs = {{ ... }}",
+            )
+            self.family_knobs()
         _at_least("input_size", self.input_size, 1)
         _check((self.mean is None) == (self.std is None), "give mean and std together, or neither")
         if self.mean is not None and self.std is not None:
@@ -299,33 +322,76 @@ class TeacherConfig:
         """Whether the teacher is a kdnas checkpoint used as it is (the only teacher not kept in teacher.pt)."""
         return self.source == "kdnas" and self.checkpoint is not None
 
+    def family_knobs(self) -> dict[str, Knob]:
+        """A teacher of a family other than resnet: its ``knobs``, each one value (left out: the family's
+        default, which must be one value too).
+
+        Raises:
+            KdnasError: an unknown knob, a value the family cannot build, or a knob with several values.
+        """
+        from kdnas.families import get_family
+
+        family = get_family(self.family)
+        knobs = {**family.knobs, **_knob_table(family.knobs, self.knobs, "knobs")}
+        _prefixed("knobs", family.check, knobs)
+        several = [name for name, knob in knobs.items() if not _one_value(knob)]
+        _check(
+            not several,
+            f"a teacher is one network: give knobs {', '.join(several)} of family {self.family!r} one value each",
+        )
+        return knobs
+
     def applied(self) -> dict[str, Any]:
         """The keys that apply to this source, with their values: what the teacher is made from.
 
-        A ``kdnas`` section gives what it gave before teacher sources existed, so fingerprints (and the
-        ``teacher.pt`` files they key) stay valid.
+        A ``kdnas`` section gives what it gave before teacher sources and families existed (a resnet
+        under its old key ``arch``), so fingerprints (and the ``teacher.pt`` files they key) stay valid.
         """
         plain = dataclasses.asdict(self)
         keys = (*_TEACHER_ANY_SOURCE, *_TEACHER_SOURCE_KEYS[self.source])
-        return {k: plain[k] for k in keys if not (k == "source" and self.source == "kdnas")}
+        applied = {k: plain[k] for k in keys if not (k == "source" and self.source == "kdnas")}
+        if self.source == "kdnas" and self.family == "resnet":
+            applied["arch"] = applied.pop("family")
+            del applied["knobs"]
+        elif self.source == "kdnas":
+            del applied["base_width"], applied["blocks"]
+        return applied
 
 
 @dataclass(frozen=True)
 class StudentSpace:
-    """The student family and the ranges its width and depth are searched in."""
+    """The student family (kdnas.families) and the values each of its knobs is searched in.
 
-    arch: str = "resnet"
-    stages: int = 3
-    base_width: NumParam = NumParam("int", 8, 32, step=4)
-    blocks: NumParam = NumParam("int", 1, 3)  # searched separately for every stage
+    ``knobs`` holds every knob of the family: those the study file leaves out take the family's defaults.
+    """
+
+    family: str = "resnet"
+    knobs: dict[str, Knob] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from kdnas.models import ARCHITECTURES
+        from kdnas.families import get_family
 
-        _prefixed("arch", ARCHITECTURES.check, self.arch)
-        _at_least("stages", self.stages, 1)
-        _prefixed("base_width", lambda: self.base_width.require(1))
-        _prefixed("blocks", lambda: self.blocks.require(1))
+        family = _prefixed("family", get_family, self.family)
+        object.__setattr__(self, "knobs", {**family.knobs, **self.knobs})
+        family.check(self.knobs)
+
+    def away_from_defaults(self) -> dict[str, Any]:
+        """What ``section_hash`` counts: the family unless resnet, and the knobs away from the family's
+        defaults (a resnet space hashes as it did when its knobs were this section's own keys)."""
+        from kdnas.families import get_family
+
+        defaults = get_family(self.family).knobs
+        away: dict[str, Any] = {} if self.family == "resnet" else {"family": self.family}
+        for name, knob in self.knobs.items():
+            if knob != defaults.get(name):
+                away[name] = dataclasses.asdict(knob) if dataclasses.is_dataclass(knob) else knob
+        return away
+
+
+def _one_value(knob: Knob) -> bool:
+    if isinstance(knob, NumParam):
+        return knob.bounds[0] == knob.bounds[1]
+    return isinstance(knob, int) or len(set(knob.choices)) == 1
 
 
 def _every_alpha_schedule() -> ChoiceParam:
@@ -362,11 +428,12 @@ class KDSpace:
 class Objectives:
     """Which measurements the study optimises, in order; accuracy must be among them."""
 
-    metrics: tuple[str, ...] = tuple(METRICS)
+    metrics: tuple[str, ...] = DEFAULT_METRICS
 
     def __post_init__(self) -> None:
         for name in self.metrics:
-            _check(name in METRICS, f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+            if name not in METRICS:
+                raise unknown_name("metric", name, METRICS)
         _check("val_accuracy" in self.metrics, "metrics must include 'val_accuracy'")
         _check(len(set(self.metrics)) == len(self.metrics), f"metrics has duplicates: {list(self.metrics)}")
 
@@ -381,10 +448,14 @@ class Constraints:
 
     max_params: int | None = None
     max_latency_ms: float | None = None
+    max_macs: int | None = None  # multiply-accumulates of one image
+    max_size_kb: float | None = None  # the exported ONNX file (float32 weights), in KiB
 
     def __post_init__(self) -> None:
         _at_least("max_params", self.max_params, 1)
         _positive("max_latency_ms", self.max_latency_ms)
+        _at_least("max_macs", self.max_macs, 1)
+        _positive("max_size_kb", self.max_size_kb)
 
 
 # Timed runs per round of a latency measurement: enough for a median that ignores a stray slow run,
@@ -394,22 +465,33 @@ LATENCY_ROUND_RUNS = 10
 
 @dataclass(frozen=True)
 class LatencyConfig:
-    """How latency is measured: on which device, with what input, how many timed runs."""
+    """How latency is measured: on which runtime and device, with what input, how many timed runs.
 
+    ``runtime`` names a ``kdnas.runtimes.RUNTIMES`` entry, which also says which of the other keys
+    apply to it (a key set for a runtime that ignores it is refused).
+    """
+
+    runtime: str = "torch"  # torch (eager), onnxruntime (CPU execution provider) or command
     device: str = "cpu"
     batch_size: int = 1
-    threads: int = 1  # torch intra-op threads while timing on CPU
+    threads: int = 1  # intra-op threads while timing on the CPU (torch or ONNX Runtime)
     warmup: int = 10
     repeats: int = 50  # timed runs, in rounds of LATENCY_ROUND_RUNS: the lowest round median is the latency
+    command: str | None = None  # runtime "command": the command line, with {onnx}, {batch}, {threads}
+    timeout_s: float = 600.0  # runtime "command": the longest one network's command may run
 
     def __post_init__(self) -> None:
         from kdnas.measure import check_device_name
+        from kdnas.runtimes import RUNTIMES
 
+        _prefixed("runtime", RUNTIMES.check, self.runtime)
         _prefixed("device", check_device_name, self.device)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("threads", self.threads, 1)
         _at_least("warmup", self.warmup, 0)
         _at_least("repeats", self.repeats, 1)
+        _positive("timeout_s", self.timeout_s)
+        RUNTIMES.get(self.runtime).check(self)
 
 
 @dataclass(frozen=True)
@@ -508,6 +590,8 @@ def section_hash(*sections: Any) -> str:
 
 def _away_from_defaults(section: Any) -> dict[str, Any]:
     """The fields of dataclass ``section`` whose values differ from their defaults, as plain values."""
+    if isinstance(section, StudentSpace):  # its knobs' defaults are its family's
+        return section.away_from_defaults()
     away = {}
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
@@ -566,10 +650,10 @@ def study_from_dict(table: Mapping[str, Any]) -> StudyConfig:
     return _build(StudyConfig, table, "")
 
 
-def _prefixed(where: str, check: Callable[..., Any], *args: Any) -> None:
-    """``check(*args)``, its KdnasError prefixed by ``where`` (the key it is about)."""
+def _prefixed(where: str, check: Callable[..., Any], *args: Any) -> Any:
+    """``check(*args)`` (what it returns), its KdnasError prefixed by ``where`` (the key it is about)."""
     try:
-        check(*args)
+        return check(*args)
     except KdnasError as err:
         raise KdnasError(f"{where}: {err}") from None
 
@@ -589,6 +673,8 @@ def _build(cls: type, table: Any, where: str, *, exact: bool = False) -> Any:
     label = f"[{where}]" if where else "the top level"
     if not isinstance(table, Mapping):
         raise KdnasError(f"{label} must be a table, got {table!r}")
+    if cls is TeacherConfig:
+        table = _renamed(table, label)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in table:
@@ -617,10 +703,83 @@ def _build(cls: type, table: Any, where: str, *, exact: bool = False) -> Any:
         raise KdnasError(f"{label} {err}") from None
 
 
+def _renamed(table: Mapping[str, Any], label: str) -> Mapping[str, Any]:
+    """``table`` with ``arch``, the old name of ``family`` (files of older kdnas versions), renamed."""
+    if "arch" not in table:
+        return table
+    _check("family" not in table, f"{label} gives both family and arch (its old name); keep family")
+    return {("family" if key == "arch" else key): value for key, value in table.items()}
+
+
+def _student_space(table: Any, where: str) -> StudentSpace:
+    """``[student]``: ``family`` and the family's knobs, as keys of the section (or, as ``to_dict`` saves
+    it, a ``knobs`` table)."""
+    from kdnas.families import get_family
+
+    label = f"[{where}]"
+    if not isinstance(table, Mapping):
+        raise KdnasError(f"{label} must be a table, got {table!r}")
+    table = _renamed(table, label)
+    name = table.get("family", "resnet")
+    if not isinstance(name, str):
+        raise KdnasError(f"{where}.family must be of type str, got {name!r}")
+    try:
+        family = _prefixed("family", get_family, name)
+        given = table["knobs"] if "knobs" in table else {k: v for k, v in table.items() if k != "family"}
+        return StudentSpace(name, _knob_table(family.knobs, given, where))
+    except KdnasError as err:
+        raise KdnasError(f"{label} {err}") from None
+
+
+def _knob_table(defaults: Mapping[str, Knob], table: Any, where: str) -> dict[str, Knob]:
+    """The knobs ``table`` gives, each parsed like its default; an unknown one fails with a did-you-mean."""
+    if not isinstance(table, Mapping):
+        raise KdnasError(f"{where} must be a table, got {table!r}")
+    for key in table:
+        if key not in defaults:
+            hint = difflib.get_close_matches(key, list(defaults), n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else f"; known knobs: {', '.join(defaults)}"
+            raise KdnasError(f"unknown knob {key!r} in {where}{extra}")
+    return {key: parse_knob(value, f"{where}.{key}", defaults[key]) for key, value in table.items()}
+
+
+def parse_knob(value: Any, path: str, like: Knob | None = None) -> Knob:
+    """A student family's knob from TOML: a fixed value, a list of choices or a range.
+
+    It is parsed as the kind of ``like`` (the family's default); without one (a family declaring its own
+    defaults), as the kind its values have: names or true/false are choices, numbers are integers when
+    every one is, floats otherwise.
+    """
+    if like is None:
+        like = _kind_of(value, path)
+    if isinstance(like, NumParam):
+        return _num_param(value, path, like.kind)
+    if isinstance(like, ChoiceParam):
+        return _choice_param(value, path, bool if isinstance(like.choices[0], bool) else str)
+    return _convert(int, value, path)
+
+
+def _kind_of(value: Any, path: str) -> Knob:
+    """The kind of knob a family's own default is (an example of that kind, for ``parse_knob``)."""
+    if isinstance(value, Mapping):
+        values = [v for k, v in value.items() if k != "log"]
+    else:
+        values = value if isinstance(value, list) else [value]
+    if values and all(isinstance(v, bool) for v in values):
+        return ChoiceParam((False,))
+    if values and all(isinstance(v, str) for v in values):
+        return ChoiceParam(("",))
+    if values and all(_is_number(v) for v in values):
+        return NumParam("int" if all(isinstance(v, int) for v in values) else "float")
+    raise KdnasError(f"{path} must hold numbers, names or true/false, got {value!r}")
+
+
 def _convert(hint: Any, value: Any, path: str) -> Any:
     """Turn a TOML value into the type a dataclass field declares, or say what is wrong."""
     if hint is ChoiceParam:
         return _choice_param(value, path)
+    if hint is StudentSpace:
+        return _student_space(value, path)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path)
     origin = typing.get_origin(hint)
@@ -687,13 +846,15 @@ def _num_param(value: Any, path: str, kind: Literal["int", "float"]) -> NumParam
         raise KdnasError(f"{path}: {err}") from None
 
 
-def _choice_param(value: Any, path: str) -> ChoiceParam:
+def _choice_param(value: Any, path: str, of: type = str) -> ChoiceParam:
+    """Names (``of=str``) or switches (``of=bool``): one of them, or a list of them."""
     if isinstance(value, Mapping) and "choices" in value:  # the saved to_dict() form
         value = list(value["choices"])
-    if isinstance(value, str):
+    if isinstance(value, of):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise KdnasError(f"{path} must be a list of names, got {value!r}")
+    if not isinstance(value, list) or not all(isinstance(v, of) for v in value):
+        what = "a list of names" if of is str else "true, false or [false, true]"
+        raise KdnasError(f"{path} must be {what}, got {value!r}")
     try:
         return ChoiceParam(tuple(value))
     except KdnasError as err:

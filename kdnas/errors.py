@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["KdnasError", "Terminated", "first_line"]
+from typing import Any
+
+__all__ = ["KdnasError", "Terminated", "first_line", "import_object"]
 
 
 class KdnasError(Exception):
@@ -20,3 +22,19 @@ def first_line(err: BaseException) -> str:
     """What a library exception says, on one line (its type when it says nothing)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def import_object(label: str, module_name: str, attribute: str) -> Any:
+    """``module_name.attribute``, imported for a study key; one-line errors start with ``label``.
+
+    Raises:
+        KdnasError: the module does not import, or has no such attribute.
+    """
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except ImportError as err:
+        raise KdnasError(f"{label}: module {module_name!r} does not import ({first_line(err)})") from None
+    except AttributeError:
+        raise KdnasError(f"{label}: module {module_name!r} has no {attribute!r}") from None

@@ -4,7 +4,8 @@
     python -m kdnas.export --study fashion --pick max-accuracy --max-params 200000 --out best_student.json
     python -m kdnas.export --study fashion --trial 17 --out trial17.json
 
-Pick policies, among complete trials within ``--max-params`` / ``--max-latency-ms``:
+Pick policies, among complete trials within the limits given (``--max-params``, ``--max-latency-ms``,
+``--max-macs``, ``--max-size-kb``):
 
 - ``max-accuracy``: the highest validation accuracy (ties: fewer parameters, then lower latency).
 - ``smallest``: the fewest parameters (ties: higher accuracy).
@@ -23,7 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,11 +39,18 @@ from kdnas.student_file import student_record
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["PICKS", "pick_trial", "knee", "build_parser", "main"]
+__all__ = ["PICKS", "LIMITS", "pick_trial", "knee", "build_parser", "main"]
 
 log = logging.getLogger(__name__)
 
 PICKS = ("knee", "max-accuracy", "smallest", "fastest")
+# The trials_frame column each limit bounds -> (its flag, the type it takes, what it bounds).
+LIMITS = {
+    "params": ("--max-params", int, "parameters"),
+    "latency_ms": ("--max-latency-ms", float, "ms latency"),
+    "macs": ("--max-macs", int, "multiply-accumulates per image"),
+    "size_kb": ("--max-size-kb", float, "KiB of exported ONNX"),
+}
 # Sort keys (and ascending flags) of the simple picks; later keys break ties.
 _ORDER = {
     "max-accuracy": (["val_accuracy", "params", "latency_ms", "trial"], [False, True, True, True]),
@@ -75,11 +83,11 @@ def pick_trial(
     df: pd.DataFrame,
     pick: str = "knee",
     *,
-    max_params: int | None = None,
-    max_latency_ms: float | None = None,
+    limits: Mapping[str, float] | None = None,
     trial: int | None = None,
 ) -> int:
-    """The number of the trial ``pick`` chooses from ``trials_frame`` rows, or the given ``trial``.
+    """The number of the trial ``pick`` chooses from ``trials_frame`` rows, or the given ``trial``, among
+    those within ``limits`` (a ``LIMITS`` column -> its highest value).
 
     Raises:
         KdnasError: unknown policy or trial, a trial that is not complete, or nothing within the limits
@@ -91,15 +99,19 @@ def pick_trial(
         raise KdnasError(f"unknown pick {pick!r}; known: {', '.join(PICKS)}")
     complete = df[df["status"] == TrialStatus.COMPLETE]
     # How far each trial is over the limits: the sum of its relative excesses, 0 within them.
+    limits = dict(limits or {})
+    for column in limits:
+        if complete[column].isna().all():
+            flag, _, what = LIMITS[column]
+            raise KdnasError(
+                f"{flag}: this study's trials have no figure of {what} (it measures one it optimises or constrains)"
+            )
+    # A trial without the figure is over the limit: nan fills as 1.
     excess = pd.Series(0.0, index=complete.index)
-    for column, limit in (("params", max_params), ("latency_ms", max_latency_ms)):
-        if limit is not None:
-            excess += (complete[column] / limit - 1).clip(lower=0)
+    for column, limit in limits.items():
+        excess += (complete[column] / limit - 1).clip(lower=0).fillna(1.0)
     within = complete[excess == 0]
-    limits = " and ".join(
-        ([f"--max-params {max_params:,}"] if max_params is not None else [])
-        + ([f"--max-latency-ms {max_latency_ms:g}"] if max_latency_ms is not None else [])
-    )
+    named = " and ".join(f"{LIMITS[column][0]} {limit:,g}" for column, limit in limits.items())
     if trial is not None:
         rows = df[df["trial"] == trial]
         if rows.empty:
@@ -112,12 +124,12 @@ def pick_trial(
                 f"complete trials: {', '.join(map(str, complete['trial']))}"
             )
         if trial not in set(within["trial"]):
-            raise KdnasError(f"trial {trial} is outside {limits}: {_describe(row)}")
+            raise KdnasError(f"trial {trial} is outside {named}: {_describe(row)}")
         return trial
     if within.empty:
         closest = complete.loc[excess.sort_values(kind="stable").index[:3]]
         raise KdnasError(
-            f"no complete trial meets {limits} (of {len(complete)}); closest: "
+            f"no complete trial meets {named} (of {len(complete)}); closest: "
             f"{', '.join(_describe(r) for r in closest.itertuples())}; relax the limits"
         )
     if pick == "knee":
@@ -142,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--pick", choices=PICKS, default="knee", help="how to choose (default: knee)")
     which.add_argument("--trial", type=int, metavar="N", help="export trial N instead of picking one")
-    parser.add_argument("--max-params", type=int, metavar="N", help="only trials with at most N parameters")
-    parser.add_argument("--max-latency-ms", type=float, metavar="X", help="only trials at most X ms latency")
+    for column, (flag, kind, what) in LIMITS.items():
+        parser.add_argument(flag, type=kind, dest=f"max_{column}", metavar="X", help=f"only trials of at most X {what}")
     parser.add_argument("--out", type=Path, help="the JSON file to write (default: <run dir>/best_student.json)")
     parser.add_argument("--run-dir", type=Path, help="the search's run directory (default: runs/<study name>)")
     add_storage_argument(parser)
@@ -157,13 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def command() -> int:
         run = load_run(args.study, args.run_dir, args.storage)
         df = trials_frame(run.study)
-        number = pick_trial(
-            df, args.pick, max_params=args.max_params, max_latency_ms=args.max_latency_ms, trial=args.trial
-        )
+        given = {column: getattr(args, f"max_{column}") for column in LIMITS}
+        limits = {column: limit for column, limit in given.items() if limit is not None}
+        number = pick_trial(df, args.pick, limits=limits, trial=args.trial)
         selection = {
             "pick": "trial" if args.trial is not None else args.pick,
-            "max_params": args.max_params,
-            "max_latency_ms": args.max_latency_ms,
+            **{f"max_{c}": v for c, v in given.items()},
         }
         record = student_record(run, number, selection)
         out = args.out or run.out_dir / "best_student.json"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ __all__ = [
     "measure_latencies",
     "measure_cost",
     "resolve_device",
+    "device_model",
+    "time_side_by_side",
 ]
 
 log = logging.getLogger("kdnas.measure")
@@ -107,38 +110,50 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], cfg: Latency
 
 
 def measure_latencies(models: Sequence[nn.Module], input_shape: tuple[int, ...], cfg: LatencyConfig) -> list[float]:
-    """Milliseconds of one inference forward pass of each model on ``cfg.device``, timed side by side.
+    """Milliseconds of one inference forward pass of each model on ``cfg.device`` in eager PyTorch, timed
+    side by side (``time_side_by_side``).
 
-    Each model is copied to the device in eval mode and channels_last. ``cfg.warmup`` untimed runs of
-    each come first (kernel selection, caches), then ``cfg.repeats`` timed runs of each, in rounds of
-    up to ``LATENCY_ROUND_RUNS`` runs that take the models in turn; a model's figure is the lowest of
-    its round medians, so a round slowed by a passing disturbance does not count, and a slow drift of
-    the machine (on a 2-core VM its speed changes by up to 1.8x from one minute to the next) touches
-    every model alike. On CUDA each run is bracketed by synchronisation, so the time is the kernels'
-    and not the launch's.
+    Each model is copied to the device in eval mode and channels_last. On CUDA each run is bracketed by
+    synchronisation, so the time is the kernels' and not the launch's.
     """
     device = resolve_device(cfg.device)
     probes = [_copy_for_inference(model, device) for model in models]
     x = torch.randn(cfg.batch_size, *input_shape, device=device).contiguous(memory_format=torch.channels_last)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    with _torch_threads(cfg.threads), torch.inference_mode():
+        return time_side_by_side([functools.partial(probe, x) for probe in probes], cfg, sync)
 
-    def timed_runs(probe: nn.Module, n: int) -> list[float]:
+
+def time_side_by_side(
+    runs: Sequence[Callable[[], object]], cfg: LatencyConfig, sync: Callable[[], object] | None = None
+) -> list[float]:
+    """Milliseconds of each of ``runs`` (one forward pass of one network each), timed side by side.
+
+    ``cfg.warmup`` untimed calls of each come first (kernel selection, caches, a runtime's first slow
+    runs), then ``cfg.repeats`` timed calls of each, in rounds of up to ``LATENCY_ROUND_RUNS`` calls that
+    take the networks in turn; a network's figure is the lowest of its round medians, so a round slowed by
+    a passing disturbance does not count, and a slow drift of the machine (on a 2-core VM its speed changes
+    by up to 1.8x from one minute to the next) touches every network alike. ``sync`` brackets each call
+    (a device's queue).
+    """
+    sync = sync or (lambda: None)
+
+    def timed(run: Callable[[], object], n: int) -> list[float]:
         times = []
         for _ in range(n):
             sync()
             start = time.perf_counter()
-            probe(x)
+            run()
             sync()
             times.append(time.perf_counter() - start)
         return times
 
-    round_medians: list[list[float]] = [[] for _ in probes]
-    with _torch_threads(cfg.threads), torch.inference_mode():
-        for probe in probes:
-            timed_runs(probe, cfg.warmup)
-        for first in range(0, cfg.repeats, LATENCY_ROUND_RUNS):
-            for probe, medians in zip(probes, round_medians, strict=True):
-                medians.append(statistics.median(timed_runs(probe, min(LATENCY_ROUND_RUNS, cfg.repeats - first))))
+    round_medians: list[list[float]] = [[] for _ in runs]
+    for run in runs:
+        timed(run, cfg.warmup)
+    for first in range(0, cfg.repeats, LATENCY_ROUND_RUNS):
+        for run, medians in zip(runs, round_medians, strict=True):
+            medians.append(statistics.median(timed(run, min(LATENCY_ROUND_RUNS, cfg.repeats - first))))
     return [1000 * min(medians) for medians in round_medians]
 
 
@@ -158,16 +173,30 @@ class LatencyTable:
     Timing a network again gives another figure (machine load, clock). With latency an objective the
     sampler sees those figures, so a second run of the same study and seed would leave the first
     one's path after the random startup trials; with the table it proposes the same trials. The
-    setup (device and its model, threads, batch, repeats, input shape, torch version) is part of the
-    key: another machine or setting times again. Delete the file to time everything again.
+    setup (the runtime and its version, device and its model, threads, batch, repeats, input shape,
+    torch version) is part of the key: another machine, runtime or setting times again. Delete the
+    file to time everything again.
+
+    Args:
+        mean, std: the data's normalisation (0..1 scale), built into the graph of runtimes that time the
+            deployed ONNX export; eager torch times the network alone, as it always did.
     """
 
-    def __init__(self, run_dir: Path, cfg: LatencyConfig, input_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: LatencyConfig,
+        input_shape: tuple[int, ...],
+        *,
+        mean: Sequence[float] = (0.0,),
+        std: Sequence[float] = (1.0,),
+    ) -> None:
+        from kdnas.runtimes import runtime_for
+
         self.path, self.cfg, self.input_shape = run_dir / "latency.json", cfg, input_shape
-        self.setup = (
-            f"{cfg.device} ({_device_model(cfg.device)}), batch {cfg.batch_size} x {'x'.join(map(str, input_shape))}, "
-            f"{cfg.threads} threads, {cfg.warmup} warm-up + {cfg.repeats} timed runs, torch {torch.__version__}"
-        )
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.runtime = runtime_for(cfg)
+        self.setup = self.runtime.setup(input_shape)
 
     def latency_ms(self, model: nn.Module, arch: ArchSpec) -> float:
         """The stored latency of ``arch`` in this setup; ``model`` (that network) is timed if there is none."""
@@ -175,11 +204,11 @@ class LatencyTable:
         stored = self._read().get(self.setup, {}).get(network)
         if stored is not None:
             return stored
-        return self._store({network: measure_latency(model, self.input_shape, self.cfg)})[network]
+        return self._store({network: self._measure([model])[0]})[network]
 
-    def time_all(self, archs: Iterable[ArchSpec], max_params: int | None = None) -> int:
-        """Time, side by side, every network of ``archs`` the table lacks (those over ``max_params`` are
-        never trained, so never timed); how many were timed.
+    def time_all(self, archs: Iterable[ArchSpec], max_params: int | None = None, max_macs: int | None = None) -> int:
+        """Time, side by side, every network of ``archs`` the table lacks (those over ``max_params`` or
+        ``max_macs`` are never trained, so never timed); how many were timed.
 
         A network timed when a search samples it is timed in whatever state the machine is in then (clock,
         other tenants, other workers), which can reorder networks; timed together, in rounds that take
@@ -190,12 +219,16 @@ class LatencyTable:
         for arch in archs:
             if _network(arch) not in known and _network(arch) not in missing:
                 model = build_model(arch)
-                if max_params is None or count_params(model) <= max_params:
+                over_params = max_params is not None and count_params(model) > max_params
+                over_macs = max_macs is not None and count_macs(model, self.input_shape) > max_macs
+                if not (over_params or over_macs):
                     missing[_network(arch)] = model
         if missing:
-            timed = measure_latencies(list(missing.values()), self.input_shape, self.cfg)
-            self._store(dict(zip(missing, timed, strict=True)))
+            self._store(dict(zip(missing, self._measure(list(missing.values())), strict=True)))
         return len(missing)
+
+    def _measure(self, models: Sequence[nn.Module]) -> list[float]:
+        return self.runtime.measure(models, self.input_shape, self.mean, self.std)
 
     def _store(self, measured: dict[str, float]) -> dict[str, float]:
         """Add ``measured`` ({network: ms}) to the file; the stored figures (the first one written wins)."""
@@ -226,7 +259,7 @@ def _network(arch: ArchSpec) -> str:
     return f"{arch.describe()}, {arch.in_channels} -> {arch.num_classes}"
 
 
-def _device_model(name: str) -> str:
+def device_model(name: str) -> str:
     """What the latency device is: the GPU's name, or the CPU model from /proc/cpuinfo."""
     device = resolve_device(name)
     if device.type == "cuda":

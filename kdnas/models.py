@@ -1,23 +1,20 @@
-"""Network architectures: one residual CNN family for students and teachers, built from a spec.
+"""A network as kdnas records it: its family, its input and output, and its spec; built on demand.
 
-The family is the CIFAR ResNet of He et al. (2016): a 3x3 stem, stages of basic blocks whose width
-doubles (and resolution halves) from one stage to the next, global average pooling and a linear head.
-``base_width`` and ``blocks`` per stage span ~20k to ~11M parameters (ResNet-18 is
-``base_width=64, blocks=(2, 2, 2, 2)``).
+The families themselves (their knobs and layers) live in ``kdnas.families``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-import torch
 from torch import nn
 
-from kdnas.errors import KdnasError
-from kdnas.registry import Registry
+from kdnas.config import dataclass_from_dict
 
-__all__ = ["ARCHITECTURES", "ArchSpec", "build_model", "count_params"]
+__all__ = ["ArchSpec", "build_model", "count_params"]
 
 
 @dataclass(frozen=True)
@@ -25,91 +22,51 @@ class ArchSpec:
     """Everything needed to rebuild a network exactly.
 
     Args:
-        arch: a name in ``ARCHITECTURES``.
+        family: a student family's name (``resnet``, ``mbconv``, ``import:package.module:Class``).
         in_channels: image channels (1 for Fashion-MNIST, 3 for CIFAR).
         num_classes: outputs of the linear head.
-        base_width: channels of the stem and the first stage.
-        blocks: residual blocks per stage; stage s has ``base_width * 2**s`` channels.
+        spec: the family's description of the network (JSON values), e.g. resnet's
+            ``{"base_width": 16, "blocks": [1, 2, 1]}``.
     """
 
-    arch: str
+    family: str
     in_channels: int
     num_classes: int
-    base_width: int
-    blocks: tuple[int, ...]
+    spec: dict
 
     def __post_init__(self) -> None:
-        if self.base_width < 1 or not self.blocks or min(self.blocks) < 1:
-            raise KdnasError(f"invalid architecture: base_width={self.base_width}, blocks={list(self.blocks)}")
+        # As JSON holds it (tuples become lists), so a spec read back from a file compares equal.
+        object.__setattr__(self, "spec", json.loads(json.dumps(dict(self.spec))))
+
+    def __hash__(self) -> int:
+        return hash((self.family, self.in_channels, self.num_classes, json.dumps(self.spec, sort_keys=True)))
 
     def describe(self) -> str:
-        """A short human label, e.g. ``resnet w16 b1-2-1``."""
-        return f"{self.arch} w{self.base_width} b{'-'.join(map(str, self.blocks))}"
+        """A short human label naming every value of the spec, e.g. ``resnet w16 b1-2-1``."""
+        from kdnas.families import get_family
+
+        return get_family(self.family).describe(self.spec)
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any], where: str) -> ArchSpec:
+        """An ArchSpec from its ``dataclasses.asdict`` form, or from the form kdnas wrote before families
+        (``{arch, in_channels, num_classes, base_width, blocks}``, a resnet) in teacher.pt and student files.
+
+        Raises:
+            KdnasError: a key is missing or unknown, or a value has the wrong type.
+        """
+        if isinstance(record, Mapping) and "arch" in record and "base_width" in record:
+            old = dict(record)
+            family, spec = old.pop("arch"), {"base_width": old.pop("base_width"), "blocks": old.pop("blocks", None)}
+            record = {**old, "family": family, "spec": spec}
+        return dataclass_from_dict(cls, record, where, exact=True)
 
 
-ARCHITECTURES: Registry[Callable[[ArchSpec], nn.Module]] = Registry("architecture")
+def build_model(arch: ArchSpec) -> nn.Module:
+    """Instantiate the network ``arch`` describes (weights from the current torch RNG)."""
+    from kdnas.families import get_family
 
-
-def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-    )
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with an identity (or 1x1 projection) shortcut.
-
-    A strided projection subsamples its input and then applies a stride-1 1x1 convolution: the same
-    function and parameters as a strided 1x1 convolution, which torch 2.14 cannot train on AVX2 CPUs in
-    channels_last with fewer than 8 input channels (its backward corrupts the heap and kills the process).
-    """
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = _conv_bn(c_in, c_out, stride)
-        self.conv2 = _conv_bn(c_out, c_out)
-        self.stride = stride
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In place: batch norm's backward needs its input, not its output, so the activation and the sum
-        # may overwrite it, sparing a pass over memory (ReLU and add are memory-bound).
-        out = torch.relu_(self.conv1(x))
-        skip = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
-        return torch.relu_(self.conv2(out).add_(self.shortcut(skip)))
-
-
-class ResNet(nn.Module):
-    """CIFAR-style residual network; input (N, C, H, W) float, output logits (N, num_classes)."""
-
-    def __init__(self, spec: ArchSpec) -> None:
-        super().__init__()
-        width = spec.base_width
-        self.stem = nn.Sequential(_conv_bn(spec.in_channels, width), nn.ReLU(inplace=True))
-        layers: list[nn.Module] = []
-        c_in = width
-        for stage, n_blocks in enumerate(spec.blocks):
-            c_out = spec.base_width * 2**stage
-            for i in range(n_blocks):
-                layers.append(BasicBlock(c_in, c_out, stride=2 if stage > 0 and i == 0 else 1))
-                c_in = c_out
-        self.stages = nn.Sequential(*layers)
-        self.head = nn.Linear(c_in, spec.num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
-        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-ARCHITECTURES.register("resnet")(ResNet)
-
-
-def build_model(spec: ArchSpec) -> nn.Module:
-    """Instantiate the network ``spec`` describes (weights from the current torch RNG)."""
-    return ARCHITECTURES.get(spec.arch)(spec)
+    return get_family(arch.family).build(arch.spec, arch.num_classes, arch.in_channels)
 
 
 def count_params(model: nn.Module) -> int:

@@ -1,13 +1,15 @@
 """One trial of the search: sample a candidate, measure its costs, reject or train it, record the result.
 
 Everything a trial learns is stored on it as user attributes (architecture, parameters, MACs, latency,
-the validation curve after every epoch, status and reason), so that other workers, the early-stopping
-rule, the report and the export all read the same evidence from the storage.
+the exported model's size when the study uses it, the validation curve after every epoch, status and
+reason), so that other workers, the early-stopping rule, the report and the export all read the same
+evidence from the storage.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +31,7 @@ __all__ = ["Objective", "MEASURED_ATTRS"]
 log = logging.getLogger(__name__)
 
 # What a duplicate trial copies from its trained twin.
-MEASURED_ATTRS = ("arch", "params", "macs", "latency_ms", "val_curve", "train_seconds", "images_per_s")
+MEASURED_ATTRS = ("arch", "params", "macs", "size_kb", "latency_ms", "val_curve", "train_seconds", "images_per_s")
 # Trials whose curve is not a training of their own: a duplicate holds its twin's, and a failed trial
 # whose candidate was queued again will train it again.
 _NOT_A_TRAINING = frozenset({TrialStatus.DUPLICATE, TrialStatus.INTERRUPTED, TrialStatus.WORKER_DIED})
@@ -61,11 +63,14 @@ class Objective:
         self.stopper = EarlyStopper(cfg.early_stop, cfg.objectives.metrics, cfg.train.epochs, len(views.data.val))
         info = views.data.info
         self.input_shape = (info.in_channels, info.image_size, info.image_size)
-        self.latencies = LatencyTable(out_dir, cfg.latency, self.input_shape)
+        self.latencies = LatencyTable(out_dir, cfg.latency, self.input_shape, mean=info.mean, std=info.std)
+        # The size costs an ONNX export (a second or so): measured only where the study uses it.
+        self.needs_size = "size_kb" in cfg.objectives.metrics or cfg.constraints.max_size_kb is not None
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         import torch
 
+        from kdnas.deploy import onnx_size_kb
         from kdnas.measure import count_macs
         from kdnas.models import build_model, count_params
         from kdnas.space import suggest
@@ -76,19 +81,27 @@ class Objective:
         trial.set_user_attr("worker", worker_id())  # a dead worker's trial is found by this
         if trial.user_attrs.get("val_curve"):  # a retry inherits the dead trial's partial curve
             trial.set_user_attr("val_curve", [])
-        arch, kd = suggest(trial, cfg, info.in_channels, info.num_classes)
+        arch, kd = suggest(trial, cfg, info.in_channels, info.num_classes, info.image_size)
         twin = _trained_twin(trial)
         if twin is not None:  # training is deterministic: the stored result is this candidate's result
             return _reuse(trial, twin)
         torch.manual_seed(cfg.seed)  # same candidate, same initial weights, same result
         model = build_model(arch)
-        params = count_params(model)
+        params, macs = count_params(model), count_macs(model, self.input_shape)
         trial.set_user_attr("arch", arch.describe())
         trial.set_user_attr("params", params)
-        trial.set_user_attr("macs", count_macs(model, self.input_shape))
+        trial.set_user_attr("macs", macs)
         limit = cfg.constraints
         if limit.max_params is not None and params > limit.max_params:
             _prune(trial, TrialStatus.REJECTED, f"{params:,} params > max_params {limit.max_params:,}")
+        if limit.max_macs is not None and macs > limit.max_macs:
+            _prune(trial, TrialStatus.REJECTED, f"{macs:,} MACs > max_macs {limit.max_macs:,}")
+        size_kb = math.nan
+        if self.needs_size:
+            size_kb = onnx_size_kb(model, self.input_shape, info.mean, info.std)
+            trial.set_user_attr("size_kb", size_kb)
+            if limit.max_size_kb is not None and size_kb > limit.max_size_kb:
+                _prune(trial, TrialStatus.REJECTED, f"{size_kb:.1f} KiB > max_size_kb {limit.max_size_kb:g}")
         latency = _known_latency(trial, arch.describe())  # workers of other hosts share the study, not the file
         if latency is None:
             latency = self.latencies.latency_ms(model, arch)
@@ -102,7 +115,7 @@ class Objective:
                 cfg.train,
                 kd=kd,
                 soft_targets=self.soft_targets,
-                on_epoch=self._after_epoch(trial, params, latency),
+                on_epoch=self._after_epoch(trial, params, latency, macs, size_kb),
             )
         except TrainingDiverged as err:
             _set_status(trial, TrialStatus.DIVERGED, str(err))
@@ -116,10 +129,18 @@ class Objective:
         trial.set_user_attr("val_curve", result.val_accuracy)
         trial.set_user_attr("train_seconds", result.seconds)
         trial.set_user_attr("images_per_s", result.images_per_s)
-        measured = {"val_accuracy": result.val_accuracy[-1], "params": float(params), "latency_ms": latency}
+        measured = {
+            "val_accuracy": result.val_accuracy[-1],
+            "params": float(params),
+            "latency_ms": latency,
+            "macs": float(macs),
+            "size_kb": size_kb,
+        }
         return tuple(measured[m] for m in cfg.objectives.metrics)
 
-    def _after_epoch(self, trial: optuna.Trial, params: int, latency: float) -> Callable[[int, float], None]:
+    def _after_epoch(
+        self, trial: optuna.Trial, params: int, latency: float, macs: int, size_kb: float
+    ) -> Callable[[int, float], None]:
         """Store the curve after every epoch (other workers judge by it) and stop a beaten trial."""
         from kdnas.pruning import Curve
 
@@ -130,7 +151,7 @@ class Objective:
             curve.append(accuracy)
             trial.set_user_attr("val_curve", curve)
             trial.set_user_attr("train_seconds", time.perf_counter() - start)
-            me = Curve(trial.number, params, latency, tuple(curve), finished=False)
+            me = Curve(trial.number, params, latency, tuple(curve), finished=False, macs=macs, size_kb=size_kb)
             reason = self.stopper.reason_to_stop(me, trained_curves(trial.study, exclude=trial.number))
             if reason is not None:
                 _prune(trial, TrialStatus.STOPPED, reason)
@@ -204,4 +225,12 @@ def trained_curves(study: optuna.Study, exclude: int) -> Iterator[Curve]:
         if t.number == exclude or not a.get("val_curve") or status in _NOT_A_TRAINING:
             continue
         finished = t.state == optuna.trial.TrialState.COMPLETE or status == TrialStatus.STOPPED
-        yield Curve(t.number, a["params"], a["latency_ms"], tuple(a["val_curve"]), finished)
+        yield Curve(
+            t.number,
+            a["params"],
+            a["latency_ms"],
+            tuple(a["val_curve"]),
+            finished,
+            macs=a.get("macs", math.nan),
+            size_kb=a.get("size_kb", math.nan),
+        )

@@ -112,14 +112,23 @@ def time_space(cfg: StudyConfig, objective: Objective) -> None:
     Timed one by one as they are sampled, networks are timed in different states of the machine, and
     beside other workers' training when several share it: noise would reorder them.
     """
-    from kdnas.space import architectures
+    from kdnas.space import architectures, space_size
 
     info = objective.views.data.info
-    archs = architectures(cfg, info.in_channels, info.num_classes)
-    if len(archs) > _MAX_TIMED_AHEAD:
-        log.info("latency: %d networks in the space, too many to time together; each is timed when sampled", len(archs))
+    size = space_size(cfg)
+    if size > _MAX_TIMED_AHEAD:
+        log.info(
+            "latency: more than %d networks in the space, too many to time together; each is timed when sampled",
+            _MAX_TIMED_AHEAD,
+        )
         return
+    archs = architectures(cfg, info.in_channels, info.num_classes, info.image_size)
     start = time.perf_counter()
-    timed = objective.latencies.time_all(archs, cfg.constraints.max_params)
+    timed = objective.latencies.time_all(archs, cfg.constraints.max_params, cfg.constraints.max_macs)
     if timed:
-        log.info("latency: timed %d networks of the space side by side (%.0f s)", timed, time.perf_counter() - start)
+        log.info(
+            "latency: timed %d networks of the space on %s (%.0f s)",
+            timed,
+            cfg.latency.runtime,
+            time.perf_counter() - start,
+        )

@@ -36,7 +36,7 @@ from kdnas.registry import Registry
 __all__ = ["EARLY_STOP_POLICIES", "Curve", "EarlyStopper", "pareto_ranks", "rung_epochs"]
 
 # The measurements known before training, all minimised; accuracy is the one that moves.
-SIZE_METRICS = ("params", "latency_ms")
+SIZE_METRICS = ("params", "latency_ms", "macs", "size_kb")
 # forecast: the gains of fewer complete trials say too little about their spread.
 FORECAST_MIN_TRIALS = 4
 
@@ -50,6 +50,8 @@ class Curve:
     latency_ms: float
     val_accuracy: tuple[float, ...]
     finished: bool  # complete or stopped; False while it is still training
+    macs: float = math.nan  # nan where not measured: never "no larger" than anything
+    size_kb: float = math.nan
 
     def size(self, metrics: Sequence[str]) -> tuple[float, ...]:
         return tuple(getattr(self, m) for m in metrics)

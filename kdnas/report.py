@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdnas.cli import add_common_arguments, add_storage_argument, add_study_argument, run_cli
-from kdnas.config import LATENCY_ROUND_RUNS, METRICS, NumParam, StudyConfig
+from kdnas.config import LATENCY_ROUND_RUNS, METRICS, ChoiceParam, Knob, LatencyConfig, StudyConfig
 from kdnas.errors import KdnasError
 from kdnas.files import write_text
 from kdnas.progress import duration, percent
 from kdnas.results import (
+    FRONT_COLUMNS,
     HYPERVOLUME_MARGIN,
     NO_KD_ALPHA,
     hypervolume_history,
@@ -53,6 +54,14 @@ _FAINT = "rgba(120, 120, 120, 0.35)"
 _FRONT = "#d62728"
 _KD = "#1f77b4"
 _NO_KD = "#ff7f0e"
+# Each cost's axis label; the report draws accuracy against params and latency (always measured) and
+# against each other cost the study optimises.
+_COST_LABELS = {
+    "params": "parameters",
+    "latency_ms": "latency (ms)",
+    "macs": "multiply-accumulates per image",
+    "size_kb": "ONNX file size (KiB)",
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -102,6 +111,8 @@ def _hover(row: Any) -> str:
         lines.append(f"{int(row.params):,} params, {row.macs / 1e6:.2f} MMACs")
     if not math.isnan(row.latency_ms):
         lines.append(f"latency {row.latency_ms:.3f} ms")
+    if not math.isnan(row.size_kb):
+        lines.append(f"ONNX file {row.size_kb:,.1f} KiB")
     if row.reason:
         lines.append(html.escape(str(row.reason)))
     return "<br>".join(lines)
@@ -125,8 +136,7 @@ def _tradeoff_figure(df: pd.DataFrame, size: str, teacher: dict[str, Any] | None
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    front_col = {"params": "front_params", "latency_ms": "front_latency"}[size]
-    label = {"params": "parameters", "latency_ms": "latency (ms)"}[size]
+    front_col, label = FRONT_COLUMNS[size], _COST_LABELS[size]
     has_size = df[size].notna()
     trained = df[
         has_size & df["val_accuracy"].notna() & (df["status"] != TrialStatus.DUPLICATE)
@@ -324,7 +334,12 @@ def _parallel_figure(study: optuna.Study, df: pd.DataFrame, accuracy_index: int)
 # ---------------------------------------------------------------------------------------------------
 
 
-def _range(p: NumParam) -> str:
+def _range(p: Knob) -> str:
+    """A knob or KD value as a study file would give it, shortly: ``8..32 step 4``, ``{3, 5}``, ``4``."""
+    if isinstance(p, int):
+        return str(p)
+    if isinstance(p, ChoiceParam):
+        return "{" + ", ".join(str(c).lower() if isinstance(c, bool) else c for c in p.choices) + "}"
     if p.choices is not None:
         return "{" + ", ".join(f"{c:g}" for c in p.choices) + "}"
     if p.low == p.high:
@@ -340,9 +355,12 @@ def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[t
     data = cfg.data
     subset = f", first {data.limit_train:,} training images" if data.limit_train else ""
     objectives = ", ".join(f"{m} ({METRICS[m][:3]})" for m in cfg.objectives.metrics)
+    c = cfg.constraints
     limits = [
-        f"params <= {cfg.constraints.max_params:,}" if cfg.constraints.max_params else "",
-        f"latency <= {cfg.constraints.max_latency_ms} ms" if cfg.constraints.max_latency_ms else "",
+        f"params <= {c.max_params:,}" if c.max_params else "",
+        f"latency <= {c.max_latency_ms} ms" if c.max_latency_ms else "",
+        f"MACs <= {c.max_macs:,}" if c.max_macs else "",
+        f"ONNX size <= {c.max_size_kb:g} KiB" if c.max_size_kb else "",
     ]
     rows = [
         ("dataset", f"{data.dataset}{subset}, {data.val_fraction:.0%} held out for validation (seed {data.seed})"),
@@ -358,7 +376,7 @@ def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[t
         ),
         (
             "student space",
-            f"{s.arch}, {s.stages} stages, base width {_range(s.base_width)}, blocks per stage {_range(s.blocks)}",
+            f"{s.family}: " + ", ".join(f"{name} {_range(knob)}" for name, knob in s.knobs.items()),
         ),
         (
             "KD space",
@@ -378,8 +396,8 @@ def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[t
         ),
         (
             "devices",
-            f"training on {study.user_attrs.get('train_device', 'a device not recorded')}; latency on "
-            f"{lat.device}, batch {lat.batch_size}, {lat.threads} thread(s), {lat.repeats} timed runs",
+            f"training on {study.user_attrs.get('train_device', 'a device not recorded')}; latency "
+            f"{_latency_setting(lat)}",
         ),
         ("trials", count_line(df["status"])),
         (
@@ -389,6 +407,50 @@ def _settings(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> list[t
         ),
     ]
     return rows
+
+
+def _latency_where(lat: LatencyConfig) -> str:
+    """Where latency was measured, in a few words."""
+    if lat.runtime == "command":
+        return f"by the command {lat.command!r}"
+    return "on ONNX Runtime (CPU execution provider)" if lat.runtime == "onnxruntime" else f"on torch, {lat.device}"
+
+
+def _latency_setting(lat: LatencyConfig) -> str:
+    """How latency was measured: where, batch, threads and timed runs."""
+    runs = "" if lat.runtime == "command" else f", {lat.repeats} timed runs"
+    return f"{_latency_where(lat)}, batch {lat.batch_size}, {lat.threads} thread(s){runs}"
+
+
+def _cost_sections(cfg: StudyConfig) -> list[tuple[str, str, str, str]]:
+    """(cost, title, div id, explanation) of each accuracy-vs-cost figure: params and latency, which every
+    trial measures, then each other cost the study optimises."""
+    lat = cfg.latency
+    if lat.runtime == "command":
+        latency = f"Latency: the last number the command {lat.command!r} printed for the network's ONNX file."
+    else:
+        latency = (
+            f"Latency: {lat.repeats} forward passes of batch {lat.batch_size} {_latency_where(lat)}, in rounds of "
+            f"{LATENCY_ROUND_RUNS} beside the space's other networks; the lowest round median."
+        )
+    sections = {
+        "params": (
+            "parameters",
+            "fig-params",
+            "Each point is a trained student. The red staircase joins the Pareto-optimal ones: no other student is "
+            "both smaller and more accurate. Faint points are dominated; crosses below were rejected by the "
+            "constraints or failed. Hover a point for its settings.",
+        ),
+        "latency_ms": ("latency", "fig-latency", html.escape(latency)),
+        "macs": ("MACs", "fig-macs", "Multiply-accumulates of one forward pass of one image."),
+        "size_kb": (
+            "model size",
+            "fig-size",
+            "The size of the student's ONNX file as kdnas.train writes it (float32 weights), in KiB.",
+        ),
+    }
+    costs = ["params", "latency_ms", *(m for m in cfg.objectives.metrics if m in ("macs", "size_kb"))]
+    return [(cost, *sections[cost]) for cost in costs]
 
 
 def _pareto_html(pareto: pd.DataFrame, teacher: dict[str, Any] | None) -> str:
@@ -413,6 +475,8 @@ def _pareto_html(pareto: pd.DataFrame, teacher: dict[str, Any] | None) -> str:
             "train time": pareto["train_seconds"].map("{:.0f} s".format),
         }
     )
+    if pareto["size_kb"].notna().any():  # measured only by a study that optimises or bounds it
+        shown.insert(shown.columns.get_loc("train time"), "size", pareto["size_kb"].map("{:.1f} KiB".format))
     note = ""
     if teacher:
         lead = 100 * (pareto["val_accuracy"] - teacher["val_accuracy"])
@@ -464,7 +528,9 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
     teacher = study.user_attrs.get("teacher")
     # 10% above the largest student, so that the largest students still add area.
     info = stored_data_info(study, cfg)
-    reference = math.ceil(HYPERVOLUME_MARGIN * largest_student_params(cfg, info.in_channels, info.num_classes))
+    reference = math.ceil(
+        HYPERVOLUME_MARGIN * largest_student_params(cfg, info.in_channels, info.num_classes, info.image_size)
+    )
     gain = kd_gain(df)
     kd_note = ""
     if not (~df["distilled"] & (df["status"] == TrialStatus.COMPLETE)).any():
@@ -480,23 +546,9 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in _settings(study, cfg, df)
     )
     sections = [
-        _section(
-            "Accuracy vs parameters",
-            "Each point is a trained student. The red staircase joins the Pareto-optimal ones: no other student is "
-            "both smaller and more accurate. Faint points are dominated; crosses below were rejected by the "
-            "constraints or failed. Hover a point for its settings.",
-            _tradeoff_figure(df, "params", teacher),
-            "",
-            "fig-params",
-        ),
-        _section(
-            "Accuracy vs latency",
-            f"Latency: {cfg.latency.repeats} forward passes on {cfg.latency.device} (batch "
-            f"{cfg.latency.batch_size}), in rounds of {LATENCY_ROUND_RUNS} beside the space's other networks; "
-            "the lowest round median.",
-            _tradeoff_figure(df, "latency_ms", teacher),
-            "",
-            "fig-latency",
+        *(
+            _section(f"Accuracy vs {title}", why, _tradeoff_figure(df, cost, teacher), "", div_id)
+            for cost, title, div_id, why in _cost_sections(cfg)
         ),
         _section(
             "What distillation bought",

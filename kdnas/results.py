@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kdnas.config import METRICS, StudyConfig
+from kdnas.config import DEFAULT_METRICS, METRICS, StudyConfig
 from kdnas.status import TrialStatus, status_of
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NO_KD_ALPHA",
     "HYPERVOLUME_MARGIN",
+    "FRONT_COLUMNS",
     "trials_frame",
     "pareto_mask",
     "pareto_front",
@@ -35,6 +36,8 @@ __all__ = [
 HYPERVOLUME_MARGIN = 1.1
 # Below this initial alpha the soft term barely moves training: such trials are the no-distillation baseline.
 NO_KD_ALPHA = 0.05
+# Each cost -> the column flagging the front of accuracy against it alone.
+FRONT_COLUMNS = {"params": "front_params", "latency_ms": "front_latency", "macs": "front_macs", "size_kb": "front_size"}
 # The columns of trials.csv before and after the trial's own parameters.
 _LEAD_COLUMNS = ["trial", "status", "state", "reason", "arch"]
 _MEASURED_COLUMNS = [
@@ -42,9 +45,9 @@ _MEASURED_COLUMNS = [
     "params",
     "macs",
     "latency_ms",
+    "size_kb",
     "pareto",
-    "front_params",
-    "front_latency",
+    *FRONT_COLUMNS.values(),
     "distilled",
     "epochs",
     "train_seconds",
@@ -89,7 +92,7 @@ def pareto_front(rows: pd.DataFrame, size: str) -> pd.DataFrame:
 def _study_metrics(study: optuna.Study) -> tuple[str, ...]:
     """The objectives the study was run with (all of them for a study stored without its config)."""
     stored = study.user_attrs.get("config", {}).get("objectives", {}).get("metrics")
-    return tuple(stored) if stored else tuple(METRICS)
+    return tuple(stored) if stored else DEFAULT_METRICS
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -97,10 +100,11 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
     Columns: ``trial``, ``status`` (complete, rejected, diverged, interrupted, stopped, duplicate, or
     Optuna's state for a trial that never said), ``state``, ``reason``, ``arch``, every searched
-    parameter, ``val_accuracy`` (0..1, last epoch), ``params``, ``macs``, ``latency_ms``, ``pareto``
-    (optimal in all the study's objectives among complete trials; never a duplicate, which reuses an
-    earlier trial's result), ``front_params`` / ``front_latency`` (optimal for accuracy against that one
-    cost, among complete trials), ``distilled`` (alpha >= NO_KD_ALPHA), ``epochs``, ``train_seconds``,
+    parameter, ``val_accuracy`` (0..1, last epoch), ``params``, ``macs``, ``latency_ms``, ``size_kb`` (nan
+    where the study does not use it), ``pareto`` (optimal in all the study's objectives among complete
+    trials; never a duplicate, which reuses an earlier trial's result), ``front_params`` /
+    ``front_latency`` / ``front_macs`` / ``front_size`` (``FRONT_COLUMNS``: optimal for accuracy against
+    that one cost, among complete trials), ``distilled`` (alpha >= NO_KD_ALPHA), ``epochs``, ``train_seconds``,
     ``duration_s`` (wall time of the trial), ``images_per_s``, ``started``.
     """
     import pandas as pd
@@ -124,9 +128,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                 "params": a.get("params", math.nan),
                 "macs": a.get("macs", math.nan),
                 "latency_ms": a.get("latency_ms", math.nan),
+                "size_kb": a.get("size_kb", math.nan),
                 "pareto": False,
-                "front_params": False,
-                "front_latency": False,
+                **dict.fromkeys(FRONT_COLUMNS.values(), False),
                 "distilled": t.params.get("alpha", 0.0) >= NO_KD_ALPHA,
                 "epochs": len(curve),
                 "train_seconds": a.get("train_seconds", math.nan),
@@ -138,7 +142,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=[*_LEAD_COLUMNS, *param_names, *_MEASURED_COLUMNS])
     done = df[df["status"] == TrialStatus.COMPLETE]
     df.loc[done.index[pareto_mask(_costs(done, _study_metrics(study)))], "pareto"] = True
-    for size, flag in (("params", "front_params"), ("latency_ms", "front_latency")):
+    for size, flag in FRONT_COLUMNS.items():
         df.loc[pareto_front(done, size).index, flag] = True
     return df
 
@@ -149,19 +153,12 @@ def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["pareto"]].sort_values(["val_accuracy", "params"], ascending=[False, True])
 
 
-def largest_student_params(cfg: StudyConfig, in_channels: int, num_classes: int) -> int:
+def largest_student_params(cfg: StudyConfig, in_channels: int, num_classes: int, image_size: int) -> int:
     """Parameters of the largest student the search space allows (the hypervolume reference derives from it)."""
-    from kdnas.models import ArchSpec, build_model, count_params
+    from kdnas.models import build_model, count_params
+    from kdnas.space import extreme_student
 
-    space = cfg.student
-    widest = ArchSpec(
-        space.arch,
-        in_channels,
-        num_classes,
-        int(space.base_width.bounds[1]),
-        (int(space.blocks.bounds[1]),) * space.stages,
-    )
-    return count_params(build_model(widest))
+    return count_params(build_model(extreme_student(cfg, in_channels, num_classes, image_size)))
 
 
 def hypervolume_2d(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:

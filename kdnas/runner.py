@@ -75,6 +75,7 @@ def run_search(
     from kdnas.measure import resolve_device
     from kdnas.prepare import prepare_objective, time_space
     from kdnas.progress import step_bar
+    from kdnas.runtimes import runtime_for
     from kdnas.storage import default_url, shareable_url
     from kdnas.teacher import ensure_disk_space, soft_targets_bytes
     from kdnas.trainer import warn_if_emulated
@@ -86,7 +87,7 @@ def run_search(
     if heartbeat_grace_s is not None and heartbeat_grace_s < 4:
         raise KdnasError(f"--heartbeat-grace must be at least 4 seconds, got {heartbeat_grace_s}")
     train_device = resolve_device(device)
-    resolve_device(cfg.latency.device)
+    runtime_for(cfg.latency).require()
     warn_if_emulated(train_device, cfg.train.precision, cfg.teacher.train.precision)
     with step_bar("decoding", progress) as hook:
         data = load_data(cfg.data, data_dir, cache_dir=out_dir, soft_target_bytes=_soft_target_bytes(cfg), on_step=hook)
@@ -256,13 +257,15 @@ def print_pareto_table(table, study_name: str) -> None:
         print("no complete trials yet")
         return
     print(f"Pareto-optimal trials of {study_name!r} ({len(table)}):")
+    width = max(18, int(table["arch"].str.len().max()))
+    sized = bool(table["size_kb"].notna().any())  # measured only by a study that optimises or bounds it
     print(
-        f"{'trial':>5}  {'architecture':<18} {'T':>5} {'alpha':>5} {'decay':<11} {'val acc':>8} "
-        f"{'params':>10} {'MMACs':>7} {'latency':>10}"
+        f"{'trial':>5}  {'architecture':<{width}} {'T':>5} {'alpha':>5} {'decay':<11} {'val acc':>8} "
+        f"{'params':>10} {'MMACs':>7} {'latency':>10}" + (f" {'size':>10}" if sized else "")
     )
     for r in table.itertuples():
         print(
-            f"{r.trial:>5}  {r.arch:<18} {r.temperature:>5.2f} {r.alpha:>5.2f} {r.alpha_decay:<11} "
+            f"{r.trial:>5}  {r.arch:<{width}} {r.temperature:>5.2f} {r.alpha:>5.2f} {r.alpha_decay:<11} "
             f"{100 * r.val_accuracy:>7.2f}% {r.params:>10,.0f} {r.macs / 1e6:>7.2f} "
-            f"{r.latency_ms:>7.3f} ms"
+            f"{r.latency_ms:>7.3f} ms" + (f" {r.size_kb:>7.1f} KiB" if sized else "")
         )

@@ -6,54 +6,64 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import optuna
 
-from kdnas.config import NumParam, StudyConfig
+from kdnas.config import StudyConfig
 from kdnas.distill import KDSpec
+from kdnas.families import get_family, suggest_value
 from kdnas.models import ArchSpec
 
-__all__ = ["suggest", "specs_from_params", "architectures"]
+__all__ = ["suggest", "specs_from_params", "architectures", "space_size", "extreme_student"]
 
 
-def _suggest_number(trial: optuna.Trial, name: str, param: NumParam) -> float:
-    if param.choices is not None:
-        return trial.suggest_categorical(name, list(param.choices))
-    if param.kind == "int":
-        return trial.suggest_int(name, int(param.low), int(param.high), step=int(param.step or 1), log=param.log)
-    return trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)
-
-
-def suggest(trial: optuna.Trial, cfg: StudyConfig, in_channels: int, num_classes: int) -> tuple[ArchSpec, KDSpec]:
-    """Sample one candidate: a student architecture and its KD hyperparameters."""
+def suggest(
+    trial: optuna.Trial, cfg: StudyConfig, in_channels: int, num_classes: int, image_size: int
+) -> tuple[ArchSpec, KDSpec]:
+    """Sample one candidate for images (in_channels, image_size, image_size): a student architecture
+    and its KD hyperparameters."""
     space, kd = cfg.student, cfg.kd
-    base_width = int(_suggest_number(trial, "base_width", space.base_width))
-    blocks = tuple(int(_suggest_number(trial, f"blocks_{s + 1}", space.blocks)) for s in range(space.stages))
-    arch = ArchSpec(space.arch, in_channels, num_classes, base_width, blocks)
-    temperature = _suggest_number(trial, "temperature", kd.temperature)
-    alpha = _suggest_number(trial, "alpha", kd.alpha)
+    spec = get_family(space.family).suggest(trial, space.knobs, image_size)
+    arch = ArchSpec(space.family, in_channels, num_classes, spec)
+    temperature = suggest_value(trial, "temperature", kd.temperature)
+    alpha = suggest_value(trial, "alpha", kd.alpha)
     decay = trial.suggest_categorical("alpha_decay", list(kd.alpha_decay.choices))
     # The rate only exists for a decaying alpha: a conditional parameter keeps the space honest.
-    rate = _suggest_number(trial, "decay_rate", kd.decay_rate) if decay != "none" else 1.0
-    return arch, KDSpec(float(temperature), float(alpha), decay, float(rate))
+    rate = suggest_value(trial, "decay_rate", kd.decay_rate) if decay != "none" else 1.0
+    return arch, KDSpec(temperature, alpha, str(decay), rate)
 
 
 def specs_from_params(
-    params: Mapping[str, Any], cfg: StudyConfig, in_channels: int, num_classes: int
+    params: Mapping[str, Any], cfg: StudyConfig, in_channels: int, num_classes: int, image_size: int
 ) -> tuple[ArchSpec, KDSpec]:
     """Rebuild a stored trial's candidate from its params."""
-    return suggest(optuna.trial.FixedTrial(dict(params)), cfg, in_channels, num_classes)  # type: ignore[arg-type]
+    trial = optuna.trial.FixedTrial(dict(params))
+    return suggest(trial, cfg, in_channels, num_classes, image_size)  # type: ignore[arg-type]
 
 
-def architectures(cfg: StudyConfig, in_channels: int, num_classes: int) -> list[ArchSpec]:
-    """Every student network the search space holds: each width with each number of blocks per stage."""
+def space_size(cfg: StudyConfig) -> float:
+    """How many student networks the space holds (``math.inf`` when a knob is a continuous range)."""
+    return get_family(cfg.student.family).count(cfg.student.knobs)
+
+
+def architectures(cfg: StudyConfig, in_channels: int, num_classes: int, image_size: int) -> Iterator[ArchSpec]:
+    """Every student network of the space, one at a time (a finite ``space_size`` only: an mbconv space
+    holds millions, so callers take what they need)."""
     space = cfg.student
-    depths = list(itertools.product(space.blocks.values(), repeat=space.stages))
-    return [
-        ArchSpec(space.arch, in_channels, num_classes, int(width), tuple(int(b) for b in blocks))
-        for width in space.base_width.values()
-        for blocks in depths
-    ]
+    for spec in get_family(space.family).networks(space.knobs, image_size):
+        yield ArchSpec(space.family, in_channels, num_classes, spec)
+
+
+def extreme_student(
+    cfg: StudyConfig, in_channels: int, num_classes: int, image_size: int, largest: bool = True
+) -> ArchSpec:
+    """The student of the space with the most (``largest``) or fewest parameters."""
+    from kdnas.models import build_model, count_params
+
+    space = cfg.student
+    candidates = get_family(space.family).extreme_candidates(space.knobs, image_size, largest)
+    archs = [ArchSpec(space.family, in_channels, num_classes, spec) for spec in candidates]
+    sign = 1 if largest else -1
+    return max(archs, key=lambda arch: sign * count_params(build_model(arch)))

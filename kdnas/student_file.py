@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdnas.config import StudyConfig, dataclass_from_dict, study_from_dict
-from kdnas.errors import KdnasError
+from kdnas.errors import KdnasError, first_line
 from kdnas.files import file_sha256
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def student_record(run: StudyRun, trial_number: int, selection: Mapping[str, Any
     trial = run.study.trials[trial_number]
     cfg, a = run.cfg, trial.user_attrs
     info = stored_data_info(run.study, cfg)
-    arch, kd = specs_from_params(trial.params, cfg, info.in_channels, info.num_classes)
+    arch, kd = specs_from_params(trial.params, cfg, info.in_channels, info.num_classes, info.image_size)
     if arch.describe() != a["arch"]:
         raise KdnasError(
             f"trial {trial_number} was {a['arch']!r} but its params rebuild {arch.describe()!r}; "
@@ -75,7 +75,9 @@ def student_record(run: StudyRun, trial_number: int, selection: Mapping[str, Any
             "params": a["params"],
             "macs": a["macs"],
             "latency_ms": a["latency_ms"],
+            "latency_runtime": cfg.latency.runtime,
             "latency_device": cfg.latency.device,
+            "size_kb": a.get("size_kb"),
             "train_seconds": a.get("train_seconds"),
         },
         "teacher": {
@@ -100,6 +102,7 @@ class _Measured:
 
     params: int
     val_accuracy: float
+    latency_ms: float | None = None  # on the study's [latency] runtime
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class StudentFile:
     teacher_path: Path
     teacher_fingerprint: str
     teacher_sha256: str | None
+    measured_latency_ms: float | None = None  # on the study's [latency] runtime; None in files that lack it
 
     def data_cache_dir(self, fallback: Path) -> Path:
         """Where the search kept the decoded images of an image folder (its run directory), if it still
@@ -143,7 +147,7 @@ def _fields_of(cls: type, table: Any) -> Any:
 
 
 def read_student(path: Path) -> StudentFile:
-    """Read and check a student file; no data, teacher or model is loaded.
+    """Read and check a student file; no data or teacher is loaded, the student is built once to check it.
 
     Raises:
         KdnasError: unreadable, not JSON, another format or version, or invalid contents.
@@ -178,7 +182,7 @@ def read_student(path: Path) -> StudentFile:
             path=Path(path),
             record=record,
             cfg=study_from_dict(record["config"]),
-            arch=dataclass_from_dict(ArchSpec, record["arch"], "arch", exact=True),
+            arch=ArchSpec.from_dict(record["arch"], "arch"),
             kd=dataclass_from_dict(KDSpec, record["kd"], "kd", exact=True),
             trial=record["trial"],
             measured_params=measured.params,
@@ -186,6 +190,7 @@ def read_student(path: Path) -> StudentFile:
             teacher_path=Path(teacher.path),
             teacher_fingerprint=teacher.fingerprint,
             teacher_sha256=teacher.sha256,
+            measured_latency_ms=measured.latency_ms,
         )
         _check_fits_dataset(student)
     except KdnasError as err:
@@ -195,9 +200,15 @@ def read_student(path: Path) -> StudentFile:
 
 def _check_fits_dataset(student: StudentFile) -> None:
     from kdnas.data import DATASETS
-    from kdnas.models import ARCHITECTURES
+    from kdnas.models import build_model
 
-    ARCHITECTURES.get(student.arch.arch)
+    try:  # a hand-edited or truncated spec fails here, in one line
+        build_model(student.arch)
+    except KdnasError:
+        raise
+    except Exception as err:
+        what = f"{student.arch.family} {student.arch.spec}"
+        raise KdnasError(f"arch {what} does not build ({type(err).__name__}: {first_line(err)})") from None
     # The data as the search loaded it; files written before it was recorded used built-in datasets only.
     data = student.record.get("data") or DATASETS.get(student.cfg.data.dataset).summary()
     if not isinstance(data, dict):

@@ -137,7 +137,7 @@ def _queue_startup_smallest_first(study: optuna.Study, cfg: StudyConfig, info: D
     candidates = []
     for _ in range(min(cfg.sampler.startup_trials, cfg.budget.trials)):  # none left queued by a small budget
         trial = draws.ask()
-        arch, _ = suggest(trial, cfg, info.in_channels, info.num_classes)
+        arch, _ = suggest(trial, cfg, info.in_channels, info.num_classes, info.image_size)
         candidates.append((count_params(build_model(arch)), trial.params))
     for _, params in sorted(candidates, key=lambda c: c[0]):  # stable: equal sizes keep their draw order
         study.enqueue_trial(params)

@@ -40,6 +40,7 @@ from torch import nn
 from kdnas.config import FinetuneRecipe, StudyConfig, TeacherConfig, TrainRecipe, dataclass_from_dict, section_hash
 from kdnas.data import AugmentedViews, DatasetInfo, ImageData, normalize
 from kdnas.errors import KdnasError
+from kdnas.families import get_family
 from kdnas.files import atomic_write, file_sha256
 from kdnas.models import ArchSpec, build_model, count_params
 from kdnas.progress import percent
@@ -122,8 +123,14 @@ class Teacher:
 
 
 def teacher_spec(cfg: StudyConfig, data: ImageData) -> ArchSpec:
-    t = cfg.teacher
-    return ArchSpec(t.arch, data.info.in_channels, data.info.num_classes, t.base_width, t.blocks)
+    """The kdnas teacher's network for ``data``: a resnet of ``base_width`` and ``blocks``, or the one
+    network the ``knobs`` of another family give."""
+    t, info = cfg.teacher, data.info
+    if t.family == "resnet":
+        spec = {"base_width": t.base_width, "blocks": t.blocks}
+    else:
+        spec = next(get_family(t.family).networks(t.family_knobs(), info.image_size))
+    return ArchSpec(t.family, info.in_channels, info.num_classes, spec)
 
 
 def teacher_fingerprint(section: TeacherConfig, data_fingerprint: str, checkpoint_sha256: str | None = None) -> str:
@@ -187,7 +194,7 @@ def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step:
             Path(str(section.checkpoint)),
             None,
             f"the architecture {spec.describe()}",
-            "fix [teacher] arch/base_width/blocks",
+            "fix [teacher] family/base_width/blocks/knobs",
         )
         return _finish(model.to(device), data, fingerprint, None, section, spec=spec)
 
@@ -371,7 +378,7 @@ def _from_blob(path: Path, device: torch.device | str, blob: dict[str, Any]) -> 
     """
     source, spec = blob.get("source", "kdnas"), None  # files written before sources existed hold kdnas teachers
     if source == "kdnas":
-        spec = ArchSpec(**{**blob["spec"], "blocks": tuple(blob["spec"]["blocks"])})
+        spec = ArchSpec.from_dict(blob["spec"], "spec")
         model = build_model(spec)
     else:
         model = _rebuilt(dataclass_from_dict(TeacherConfig, blob["teacher_config"], "teacher"), blob)

@@ -12,7 +12,6 @@ this costs once per study.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from kdnas.errors import KdnasError
+from kdnas.errors import KdnasError, import_object
 from kdnas.registry import Registry, unknown_name
 
 if TYPE_CHECKING:
@@ -196,12 +195,7 @@ class _Import(TeacherSource):
 
     def build(self, section: TeacherConfig, *, download: bool) -> Built:
         module_name, function = self._split(section)
-        try:
-            factory = getattr(importlib.import_module(module_name), function)
-        except ImportError as err:
-            raise KdnasError(f"factory {section.factory!r}: module {module_name!r} does not import ({err})") from None
-        except AttributeError:
-            raise KdnasError(f"factory {section.factory!r}: module {module_name!r} has no {function!r}") from None
+        factory = import_object(f"factory {section.factory!r}", module_name, function)
         module = factory(**section.kwargs)
         if not isinstance(module, nn.Module):
             raise KdnasError(f"factory {section.factory!r} returned a {type(module).__name__}, not an nn.Module")

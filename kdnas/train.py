@@ -12,7 +12,10 @@ same seed and trained on the same views, so its validation accuracy reproduces t
 Writes into ``--out`` (default ``runs/<study>/student-trial<N>``): ``student.pt`` (state_dict,
 architecture, the export, accuracies), ``student.pt2`` (a ``torch.export`` program) and
 ``student.onnx``; the last two take float pixel values 0..255 of shape (N, C, H, W), normalisation
-built in, and return logits (N, classes). ``result.json`` records what was trained and how it scored.
+built in, and return logits (N, classes). ``student.onnx`` is the export the search's ``onnxruntime`` and
+``command`` latency runtimes timed (``kdnas.deploy``); the trained student is timed again on the study's
+runtime (that file itself, where the runtime times ONNX files) and printed beside the searched latency.
+``result.json`` records what was trained, how it scored and its latency.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import argparse
 import dataclasses
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from kdnas.data import DatasetInfo, ImageData
+    from kdnas.runtimes import Runtime
     from kdnas.teacher import Teacher
 
 __all__ = ["WEIGHTS_FORMAT", "train_student", "check_teacher", "build_parser", "main"]
@@ -93,31 +97,13 @@ def check_teacher(student: StudentFile, data: ImageData, device: torch.device, *
     return teacher
 
 
-def _with_normalisation(model: nn.Module, info: DatasetInfo) -> nn.Module:
-    """The module exported for deployment: ``model`` behind the dataset's input normalisation."""
-    import torch
-    from torch import nn
-
-    class Student(nn.Module):
-        """Pixel values 0..255, float (N, C, H, W) -> logits (N, classes)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-            self.register_buffer("mean", 255 * torch.tensor(info.mean).view(1, -1, 1, 1))
-            self.register_buffer("std", 255 * torch.tensor(info.std).view(1, -1, 1, 1))
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return self.model((images - self.mean) / self.std)
-
-    return Student().eval()
-
-
-def _save(model: nn.Module, student: StudentFile, info: DatasetInfo, out_dir: Path, summary: dict[str, Any]) -> None:
-    """student.pt, student.pt2, student.onnx and result.json in ``out_dir``."""
+def _save(model: nn.Module, student: StudentFile, info: DatasetInfo, out_dir: Path, summary: dict[str, Any]) -> Path:
+    """student.pt, student.pt2 and student.onnx in ``out_dir``; the ONNX file's path."""
     import copy
 
     import torch
+
+    from kdnas.deploy import deployable, export_onnx, export_program
 
     cpu_model = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()
     weights = {
@@ -129,37 +115,27 @@ def _save(model: nn.Module, student: StudentFile, info: DatasetInfo, out_dir: Pa
         **{k: summary[k] for k in ("val_accuracy", "test_accuracy", "epochs")},
     }
     atomic_write(out_dir / "student.pt", lambda tmp: torch.save(weights, tmp))
-    deployable = _with_normalisation(cpu_model, info)
-    example = torch.rand(2, info.in_channels, info.image_size, info.image_size) * 255
-    batch = {0: torch.export.Dim("batch", min=1, max=65536)}
-    program = torch.export.export(deployable, (example,), dynamic_shapes=(batch,))
+    deployed = deployable(cpu_model, info.mean, info.std)
+    input_shape = (info.in_channels, info.image_size, info.image_size)
+    program = export_program(deployed, input_shape)
     atomic_write(out_dir / "student.pt2", lambda tmp: torch.export.save(program, tmp))
-    # The ONNX exporter's optimiser logs every pass at INFO: keep the user's log to our lines.
-    for name in ("onnxscript", "onnx_ir"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    atomic_write(
-        out_dir / "student.onnx",
-        lambda tmp: torch.onnx.export(
-            deployable,
-            (example,),
-            str(tmp),
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_shapes=(batch,),
-            external_data=False,
-            verbose=False,
-        ),
-    )
-    write_json(out_dir / "result.json", summary)  # last: its presence says the other files are whole
+    onnx = out_dir / "student.onnx"
+    atomic_write(onnx, lambda tmp: export_onnx(deployed, tmp, input_shape))
+    return onnx
 
 
-def _require_onnx() -> None:
-    """Fail before training, not after, when the ONNX exporter's packages are missing."""
-    import importlib.util
+def _latency_runtime(student: StudentFile) -> Runtime | None:
+    """The study's latency runtime, when this machine has it (else a warning: the student is trained anyway,
+    and the figure is only a check of the searched one)."""
+    from kdnas.runtimes import runtime_for
 
-    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise KdnasError(f"the ONNX export needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    runtime = runtime_for(student.cfg.latency)
+    try:
+        runtime.require()
+    except KdnasError as err:
+        log.warning("latency: %s; the trained student will not be timed", err)
+        return None
+    return runtime
 
 
 def train_student(
@@ -182,6 +158,7 @@ def train_student(
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from kdnas.data import AugmentedViews, load_data
+    from kdnas.deploy import require_onnx_export
     from kdnas.measure import resolve_device
     from kdnas.models import build_model, count_params
     from kdnas.teacher import LiveTeacher
@@ -191,7 +168,8 @@ def train_student(
     recipe = cfg.train if epochs is None else dataclasses.replace(cfg.train, epochs=epochs)
     train_device = resolve_device(device)
     warn_if_emulated(train_device, recipe.precision, cfg.teacher.train.precision if student.kd.alpha > 0 else "auto")
-    _require_onnx()
+    require_onnx_export()
+    runtime = _latency_runtime(student)
     torch.manual_seed(cfg.seed)  # as the search did before building every candidate: same initial weights
     model = build_model(student.arch)
     params = count_params(model)
@@ -245,6 +223,9 @@ def train_student(
         "val_curve": result.val_accuracy,
         "searched_val_accuracy": student.measured_val_accuracy,
         "test_accuracy": test_accuracy,
+        "latency_runtime": cfg.latency.runtime,
+        "latency_ms": None,
+        "searched_latency_ms": student.measured_latency_ms,
         "train_seconds": result.seconds,
         "device": str(train_device),
         "torch_version": str(torch.__version__),
@@ -253,10 +234,25 @@ def train_student(
     }
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _save(model, student, data.info, out_dir, summary)
+        onnx = _save(model, student, data.info, out_dir, summary)
+        if runtime is not None:  # the file just written, on the runtime the search timed it on
+            info = data.info
+            summary["latency_ms"] = runtime.time_deployed(
+                model, onnx, (info.in_channels, info.image_size, info.image_size)
+            )
+        write_json(out_dir / "result.json", summary)  # last: its presence says the other files are whole
     except OSError as err:
         raise KdnasError(f"cannot write to {out_dir} ({err.strerror}); pass a writable --out") from None
     return summary
+
+
+def _latency_words(summary: Mapping[str, Any]) -> str:
+    """The trained student's latency on the study's runtime beside the searched figure, in words."""
+    runtime, measured, searched = summary["latency_runtime"], summary["latency_ms"], summary["searched_latency_ms"]
+    searched_words = f"searched {searched:.3f} ms" if searched is not None else "not recorded by the search"
+    if measured is None:
+        return f"latency on {runtime} not timed here ({searched_words})"
+    return f"latency {measured:.3f} ms on {runtime} ({searched_words})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"trial {s['trial']} {s['arch']}: val accuracy {100 * s['val_accuracy']:.2f}% (searched "
             f"{100 * s['searched_val_accuracy']:.2f}%), test accuracy {percent(s['test_accuracy'])}, "
-            f"{s['params']:,} params, {s['epochs']} epochs; saved in {out_dir}"
+            f"{s['params']:,} params, {_latency_words(s)}, {s['epochs']} epochs; saved in {out_dir}"
         )
         return 0
 

@@ -7,8 +7,10 @@ the tests that retrain a student or open the report in a browser.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +59,7 @@ TEACHER = {
 }
 
 
-def _trial(number: int) -> optuna.trial.FrozenTrial:
+def _trial(number: int, metrics: Sequence[str]) -> optuna.trial.FrozenTrial:
     status, width, alpha, decay, accuracy, params, latency, reason = SYNTHETIC_TRIALS[number]
     values = {
         "base_width": width,
@@ -71,6 +73,8 @@ def _trial(number: int) -> optuna.trial.FrozenTrial:
     if decay != "none":
         values["decay_rate"] = 1.0
     attrs = {"status": status, "arch": f"resnet w{width} b1-1-1", "params": params, "macs": 100 * params}
+    if "size_kb" in metrics:  # the search measures the size only for a study that uses it
+        attrs["size_kb"] = 10 + 4 * params / 1024
     if not math.isnan(latency):
         attrs["latency_ms"] = latency
     if reason:
@@ -84,13 +88,18 @@ def _trial(number: int) -> optuna.trial.FrozenTrial:
         params=values,
         distributions={name: _DISTRIBUTIONS[name] for name in values},
         user_attrs=attrs,
-        values=[accuracy, float(params), latency] if trained else None,
+        values=[{"val_accuracy": accuracy, "latency_ms": latency, **attrs}[m] for m in metrics] if trained else None,
     )
 
 
-def synthetic_study(run_dir: Path, trials: list[int] | None = None) -> optuna.Study:
-    """Store a study named ``smoke`` in ``run_dir/study.db`` holding ``trials`` of SYNTHETIC_TRIALS (default all)."""
+def synthetic_study(
+    run_dir: Path, trials: list[int] | None = None, metrics: Sequence[str] | None = None
+) -> optuna.Study:
+    """Store a study named ``smoke`` in ``run_dir/study.db`` holding ``trials`` of SYNTHETIC_TRIALS (default all),
+    optimising ``metrics`` (default: the smoke study's)."""
     cfg = load_study(STUDY)
+    if metrics is not None:
+        cfg = dataclasses.replace(cfg, objectives=dataclasses.replace(cfg.objectives, metrics=tuple(metrics)))
     run_dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=cfg.name,
@@ -100,7 +109,7 @@ def synthetic_study(run_dir: Path, trials: list[int] | None = None) -> optuna.St
     study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict(), default=list)))
     study.set_user_attr("teacher", TEACHER)
     for number in SYNTHETIC_TRIALS if trials is None else trials:
-        study.add_trial(_trial(number))
+        study.add_trial(_trial(number, cfg.objectives.metrics))
     return study
 
 

@@ -16,7 +16,7 @@ from kdnas.results import trials_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from speed import Clairvoyant, replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
+from speed import Clairvoyant, rank_correlation, replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
 
 
 @pytest.mark.slow
@@ -31,14 +31,20 @@ def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    for header in ("== throughput", "== flops", "== memory", "== early stopping", "== gpu"):
+    for header in ("== throughput", "== flops", "== memory", "== early stopping", "== gpu", "== runtimes"):
         assert header in out, out
     assert "speed-up over the naive reference" in out and "cached-teacher trial / no-teacher trial" in out
     assert "2 one-thread trials side by side" in out
     assert re.search(r"GFLOP/s = +[\d.]+% of +[\d.]+ peak", out) and "MiB" in out
     assert "compute to reach the no-early-stopping hypervolume" in out
     assert "replayed, compute to reach the no-early-stopping hypervolume" in out
+    assert re.search(r"rank correlation \(Spearman\) of torch and ONNX Runtime latency over 2 networks: [-\d.]+", out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rank_correlation_is_spearmans() -> None:
+    assert rank_correlation([1.0, 2.0, 3.0, 4.0], [10.0, 30.0, 20.0, 40.0]) == pytest.approx(0.8)  # one swap
+    assert rank_correlation([1.0, 2.0, 3.0], [0.3, 0.2, 0.1]) == pytest.approx(-1.0)
 
 
 @pytest.mark.slow

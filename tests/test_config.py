@@ -20,7 +20,7 @@ from kdnas.config import (
 from kdnas.data import DATASETS
 from kdnas.distill import ALPHA_SCHEDULES
 from kdnas.errors import KdnasError
-from kdnas.models import ARCHITECTURES
+from kdnas.families import FAMILIES
 from kdnas.pruning import EARLY_STOP_POLICIES
 from kdnas.samplers import SAMPLERS
 from kdnas.trainer import PRECISIONS
@@ -218,6 +218,13 @@ def test_unknown_keys_are_rejected_with_a_suggestion(tmp_path, text, expected):
         pytest.param("[budget]\ntrials = 0\n", "trials must be at least 1, got 0", id="trials-0"),
         pytest.param("[latency]\nthreads = 0\n", "threads must be at least 1, got 0", id="threads-0"),
         pytest.param("[constraints]\nmax_params = 0\n", "max_params must be at least 1, got 0", id="max-params-0"),
+        pytest.param("[constraints]\nmax_macs = 0\n", "max_macs must be at least 1, got 0", id="max-macs-0"),
+        pytest.param("[constraints]\nmax_size_kb = 0\n", "max_size_kb must be > 0, got 0.0", id="max-size-0"),
+        pytest.param(
+            '[latency]\nruntime = "command"\ncommand = "bench {onnx}"\ntimeout_s = 0\n',
+            "timeout_s must be > 0, got 0.0",
+            id="timeout-0",
+        ),
         pytest.param('name = ""\n', "name must not be empty", id="empty-name"),
     ],
 )
@@ -305,8 +312,11 @@ def test_log_flag_that_is_not_a_bool_is_rejected(tmp_path):
         ),
         pytest.param(
             '[objectives]\nmetrics = ["val_accuracy", "flops"]\n',
-            "unknown metric 'flops'; known: val_accuracy, params, latency_ms",
+            "unknown metric 'flops'; known: latency_ms, macs, params, size_kb, val_accuracy",
             id="metric",
+        ),
+        pytest.param(
+            '[objectives]\nmetrics = ["val_accuracy", "mac"]\n', "unknown metric 'mac' (did you mean 'macs'?)", id="mac"
         ),
         pytest.param(
             '[objectives]\nmetrics = ["params"]\n', "metrics must include 'val_accuracy'", id="metric-without-accuracy"
@@ -330,8 +340,7 @@ def test_errors_name_the_file(tmp_path):
 # Every key that names a registered thing: its TOML with {} for the name, the registry, where the name arrives.
 NAMED = {
     "dataset": ('[data]\ndataset = "{}"\n', DATASETS, lambda c: c.data.dataset),
-    "student-arch": ('[student]\narch = "{}"\n', ARCHITECTURES, lambda c: c.student.arch),
-    "teacher-arch": ('[teacher]\narch = "{}"\n', ARCHITECTURES, lambda c: c.teacher.arch),
+    "student-family": ('[student]\nfamily = "{}"\n', FAMILIES, lambda c: c.student.family),
     "alpha-decay": ('[kd]\nalpha_decay = ["{}"]\n', ALPHA_SCHEDULES, lambda c: c.kd.alpha_decay.choices[0]),
     "precision": ('[train]\nprecision = "{}"\n', PRECISIONS, lambda c: c.train.precision),
     "teacher-precision": ('[teacher.train]\nprecision = "{}"\n', PRECISIONS, lambda c: c.teacher.train.precision),
@@ -352,8 +361,6 @@ def test_every_registered_name_loads_where_it_is_named(tmp_path, key, name):
 @pytest.mark.parametrize(
     ("key", "typo", "where", "suggestion"),
     [
-        pytest.param("student-arch", "resnte", "[student] arch", "resnet", id="student-arch"),
-        pytest.param("teacher-arch", "resnte", "[teacher] arch", "resnet", id="teacher-arch"),
         pytest.param("alpha-decay", "cosin", "[kd] alpha_decay", "cosine", id="alpha-decay"),
         pytest.param("precision", "bf16", "[train] precision", "bfloat16", id="precision"),
         pytest.param("teacher-precision", "float23", "[teacher.train] precision", "float32", id="teacher-precision"),
@@ -367,6 +374,60 @@ def test_misspelled_names_fail_at_load_with_a_suggestion(tmp_path, key, typo, wh
         f"{tmp_path / 'mine.toml'}: {where}: unknown {registry.kind} {typo!r} (did you mean {suggestion!r}?); "
         f"known: {', '.join(sorted(registry.names()))}"
     )
+
+
+FAMILY_CHOICES = 'known: mbconv, resnet, or "import:package.module:Class"'
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        pytest.param('[student]\nfamily = "mbconf"\n', "[student] family", id="student"),
+        pytest.param('[student]\narch = "mbconf"\n', "[student] family", id="student-old-name"),
+        pytest.param('[teacher]\nfamily = "mbconf"\n', "[teacher] family", id="teacher"),
+        pytest.param('[teacher]\narch = "mbconf"\n', "[teacher] family", id="teacher-old-name"),
+    ],
+)
+def test_misspelled_family_fails_at_load_with_a_suggestion(tmp_path, text, where):
+    assert load_error(tmp_path, text) == (
+        f"{tmp_path / 'mine.toml'}: {where}: unknown student family 'mbconf' (did you mean 'mbconv'?); {FAMILY_CHOICES}"
+    )
+
+
+def test_arch_is_the_old_name_of_family(tmp_path):
+    cfg = load_study(str(write_study(tmp_path, '[student]\narch = "mbconv"\n[teacher]\narch = "resnet"\n')))
+    assert (cfg.student.family, cfg.teacher.family) == ("mbconv", "resnet")
+    both = load_error(tmp_path, '[student]\narch = "resnet"\nfamily = "mbconv"\n')
+    assert both.endswith("[student] gives both family and arch (its old name); keep family")
+
+
+def test_unknown_knob_of_a_family_suggests_the_closest(tmp_path):
+    assert load_error(tmp_path, '[student]\nfamily = "mbconv"\nkernels = 3\n').endswith(
+        "[student] unknown knob 'kernels' in student; did you mean 'kernel'?"
+    )
+    assert load_error(tmp_path, "[student]\nexpand = 3\n").endswith(
+        "[student] unknown knob 'expand' in student; known knobs: stages, base_width, blocks"
+    )
+
+
+def test_configs_saved_before_families_load_as_resnet():
+    # config.json, the study's stored config and student files of older versions hold [student] this way.
+    base_width = {"kind": "int", "low": 4, "high": 8, "step": 4, "log": False, "choices": None}
+    blocks = {"kind": "int", "low": 1, "high": 2, "step": None, "log": False, "choices": None}
+    old = {"arch": "resnet", "stages": 2, "base_width": base_width, "blocks": blocks}
+    new = {"student": {"stages": 2, "base_width": {"low": 4, "high": 8, "step": 4}, "blocks": {"low": 1, "high": 2}}}
+    assert study_from_dict({"name": "x", "student": old}) == study_from_dict({"name": "x", **new})
+
+
+def test_resnet_studies_keep_their_space_hash():
+    # Measured before student families existed: trials stored by that version stay comparable.
+    from kdnas.study import search_space_hash
+
+    assert search_space_hash(load_study("fashion")) == "28680633b24eec84"
+    assert search_space_hash(load_study("smoke")) == "2ee9e01da7a222cc"
+    cfg = study_from_dict({"name": "x", "student": {"family": "resnet", "stages": 3}, "teacher": {"family": "resnet"}})
+    assert search_space_hash(cfg) == search_space_hash(StudyConfig(name="x"))
+    assert search_space_hash(study_from_dict({"name": "x", "student": {"family": "mbconv"}})) != search_space_hash(cfg)
 
 
 DATASET_CHOICES = "known: cifar10, cifar100, fashion_mnist, imagefolder, or torchvision:<Class>"
@@ -419,9 +480,79 @@ def test_bad_latency_device_fails_at_load(tmp_path, device, expected):
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            '[latency]\nruntime = "onnxruntim"\n',
+            "runtime: unknown latency runtime 'onnxruntim' (did you mean 'onnxruntime'?); "
+            "known: command, onnxruntime, torch",
+            id="runtime-typo",
+        ),
+        pytest.param(
+            '[latency]\ncommand = "bench {onnx}"\n',
+            "command does not apply to runtime 'torch'; it is for runtime 'command'",
+            id="command-for-torch",
+        ),
+        pytest.param(
+            '[latency]\nruntime = "command"\ncommand = "bench {onnx}"\nrepeats = 5\n',
+            "repeats does not apply to runtime 'command'; it is for runtime 'torch' or 'onnxruntime'",
+            id="repeats-for-command",
+        ),
+        pytest.param(
+            '[latency]\nruntime = "command"\n',
+            'runtime "command" needs command, a command line with {onnx}',
+            id="command-missing",
+        ),
+        pytest.param(
+            '[latency]\nruntime = "command"\ncommand = "bench model.onnx"\n',
+            "command 'bench model.onnx' lacks {onnx}, the ONNX file to time",
+            id="command-without-onnx",
+        ),
+        pytest.param(
+            '[latency]\nruntime = "command"\ncommand = "bench {onnx} --cores {cores}"\n',
+            "command 'bench {onnx} --cores {cores}' has unknown placeholder(s) {cores}; known: {onnx}, {batch}, "
+            "{threads} (write {{ and }} for literal braces)",
+            id="command-placeholder",
+        ),
+        pytest.param(
+            '[latency]\nruntime = "command"\ncommand = "bench \'{onnx}"\n',
+            'command "bench \'{onnx}" cannot be read: No closing quotation',
+            id="command-quote",
+        ),
+        pytest.param(
+            '[latency]\nruntime = "onnxruntime"\ndevice = "cuda"\n',
+            "runtime 'onnxruntime' times on ONNX Runtime's CPU execution provider; device must be 'cpu', got 'cuda'",
+            id="onnxruntime-on-cuda",
+        ),
+    ],
+)
+def test_bad_latency_runtime_settings_fail_at_load(tmp_path, text, expected):
+    assert load_error(tmp_path, text).startswith(f"{tmp_path / 'mine.toml'}: [latency] {expected}")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('[latency]\nruntime = "onnxruntime"\nthreads = 2\nrepeats = 20\n', id="onnxruntime"),
+        pytest.param(
+            '[latency]\nruntime = "command"\ncommand = "adb-bench --model {onnx} -b {batch} -t {threads}"\n'
+            "timeout_s = 30\nbatch_size = 4\n",
+            id="command",
+        ),
+        pytest.param('[objectives]\nmetrics = ["val_accuracy", "macs", "size_kb"]\n', id="macs-and-size"),
+        pytest.param("[constraints]\nmax_macs = 5_000_000\nmax_size_kb = 200\n", id="macs-and-size-limits"),
+    ],
+)
+def test_runtimes_and_cost_measures_load_and_round_trip(tmp_path, text):
+    cfg = load_study(str(write_study(tmp_path, text)))
+    assert study_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
     ("text", "mistake"),
     [
-        pytest.param('[student]\narch = "resnte"\n', "[student] arch: unknown architecture 'resnte'", id="arch"),
+        pytest.param('[student]\nfamily = "resnte"\n', "[student] family: unknown student family", id="family"),
+        pytest.param('[student]\nfamily = "mbconv"\nkernel = [3, 4]\n', "[student] kernel: a kernel size", id="kernel"),
         pytest.param(
             '[data]\ndataset = "fashoin_mnist"\n', "[data] dataset: unknown dataset 'fashoin_mnist'", id="dataset"
         ),
@@ -478,8 +609,8 @@ def test_name_in_file_wins_over_file_name(tmp_path):
 )
 def test_searchable_int_forms(tmp_path, text, expected):
     cfg = load_study(str(write_study(tmp_path, f"[student]\n{text}\n")))
-    assert cfg.student.base_width == expected
-    assert all(type(v) is int for v in (cfg.student.base_width.low, cfg.student.base_width.high))
+    assert cfg.student.knobs["base_width"] == expected
+    assert all(type(v) is int for v in (cfg.student.knobs["base_width"].low, cfg.student.knobs["base_width"].high))
 
 
 @pytest.mark.parametrize(
@@ -592,6 +723,24 @@ def test_a_key_set_to_its_default_hashes_as_the_key_left_out():
     assert section_hash(DataConfig()) != section_hash(DataConfig(limit_val=500))
     nested = TeacherConfig(train=TrainRecipe(epochs=11))
     assert section_hash(TeacherConfig()) != section_hash(nested)
+
+
+@pytest.mark.parametrize(
+    ("study", "expected"),
+    [
+        pytest.param(None, "c080692883b88174", id="defaults"),
+        pytest.param("smoke", "2ee9e01da7a222cc", id="smoke"),
+        pytest.param("fashion", "28680633b24eec84", id="fashion"),
+    ],
+)
+def test_stored_studies_keep_their_space_hash(study, expected):
+    # Hashes of studies stored before latency runtimes, MACs and size objectives: the new keys' defaults
+    # keep them, so those studies stay comparable with new runs.
+    from kdnas.study import search_space_hash
+
+    cfg = StudyConfig("x") if study is None else load_study(study)
+    assert search_space_hash(cfg) == expected
+    assert cfg.objectives.metrics == ("val_accuracy", "params", "latency_ms")
 
 
 def test_a_key_added_later_with_a_default_keeps_stored_hashes():

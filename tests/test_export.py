@@ -43,6 +43,7 @@ def _export(study_dir, out, *args: str) -> int:
         pytest.param(["--max-params", "10000"], 3, id="knee-of-two-is-most-accurate"),
         pytest.param(["--trial", "7"], 7, id="trial"),
         pytest.param(["--trial", "3", "--max-params", "5000"], 3, id="trial-within-limits"),
+        pytest.param(["--pick", "max-accuracy", "--max-macs", "1000000"], 3, id="max-macs"),
     ],
 )
 def test_export_picks(study_dir, out, capsys, args, trial):
@@ -67,6 +68,11 @@ def test_export_picks(study_dir, out, capsys, args, trial):
         ),
         pytest.param(["--trial", "99"], "the study has no trial 99; its trials are 0..8", id="unknown-trial"),
         pytest.param(["--trial", "2", "--max-params", "6000"], "trial 2 is outside --max-params 6,000", id="outside"),
+        pytest.param(
+            ["--max-size-kb", "50"],
+            "--max-size-kb: this study's trials have no figure of KiB of exported ONNX",
+            id="unmeasured-size",
+        ),
         pytest.param(
             ["--max-params", "1000", "--max-latency-ms", "0.2"],
             "no complete trial meets --max-params 1,000 and --max-latency-ms 0.2 (of 6); closest: trial 6 "
@@ -95,11 +101,10 @@ def test_exported_file_holds_everything_needed_to_retrain(study_dir, out):
     assert record["format"] == "kdnas-student/1"
     assert record["study"] == "smoke" and "kdnas_version" in record
     assert record["arch"] == {
-        "arch": "resnet",
+        "family": "resnet",
         "in_channels": 1,
         "num_classes": 10,
-        "base_width": 4,
-        "blocks": [1, 1, 1],
+        "spec": {"base_width": 4, "blocks": [1, 1, 1]},
     }
     assert record["kd"] == {"temperature": 4.0, "alpha": 0.7, "alpha_decay": "cosine", "decay_rate": 1.0}
     assert record["measured"] | {"val_curve": None} == {
@@ -108,14 +113,17 @@ def test_exported_file_holds_everything_needed_to_retrain(study_dir, out):
         "params": 5_000,
         "macs": 500_000,
         "latency_ms": 0.6,
+        "latency_runtime": "torch",
         "latency_device": "cpu",
+        "size_kb": None,  # the smoke study does not optimise the size: not measured
         "train_seconds": 13.0,
     }
+    assert student_file.read_student(out).measured_latency_ms == 0.6
     assert record["teacher"]["fingerprint"] == TEACHER["fingerprint"]
     assert record["teacher"]["sha256"] is None  # the hand-made study has no teacher file
     assert record["config"] == json.loads(json.dumps(load_study("smoke").to_dict(), default=list))
     student = student_file.read_student(out)
-    assert (student.arch.base_width, student.arch.blocks, student.kd.alpha_decay) == (4, (1, 1, 1), "cosine")
+    assert (student.arch.spec, student.kd.alpha_decay) == ({"base_width": 4, "blocks": [1, 1, 1]}, "cosine")
     assert student.cfg == load_study("smoke") and student.trial == 3
 
 
@@ -130,3 +138,12 @@ def test_knee_is_the_front_point_farthest_from_the_chord():
     # On (log10 params, accuracy) scaled to [0, 1]: (0, 0), (1/3, 0.25), (2/3, 0.95), (1, 1).
     assert export.knee(front) == 12
     assert export.knee(front.iloc[:2]) == 11  # no interior point: the most accurate
+
+
+def test_size_limit_on_a_study_that_measures_the_size(tmp_path):
+    from kdnas.results import trials_frame
+
+    df = trials_frame(synthetic_study(tmp_path / "run", metrics=("val_accuracy", "params", "size_kb")))
+    # size_kb = 10 + 4 * params / 1024: 50 KiB admits the trials of at most 10,240 params, like --max-params.
+    assert export.pick_trial(df, "max-accuracy", limits={"size_kb": 50}) == 3
+    assert export.pick_trial(df, "max-accuracy", limits={"params": 10_240}) == 3

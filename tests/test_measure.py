@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from kdnas.measure import (
     Cost,
     LatencyTable,
     count_macs,
+    device_model,
     measure_cost,
     measure_latencies,
     measure_latency,
@@ -44,7 +47,7 @@ def test_count_macs_of_strided_conv():
 
 def test_count_macs_of_smallest_resnet():
     # w4 b1 on 1x8x8: stem conv 4*64*9, two block convs 4*64*36 each, head 4*10 (pooling and BN are not MACs).
-    model = build_model(ArchSpec("resnet", 1, 10, 4, (1,)))
+    model = build_model(ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1,)}))
     assert count_macs(model, (1, 8, 8)) == 4 * 64 * 9 + 2 * 4 * 64 * 36 + 40
 
 
@@ -89,7 +92,7 @@ def test_measure_latency_leaves_the_model_untouched():
 
 
 def test_measure_cost_combines_the_three():
-    model = build_model(ArchSpec("resnet", 1, 10, 4, (1,)))
+    model = build_model(ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1,)}))
     cost = measure_cost(model, (1, 8, 8), FAST)
     assert isinstance(cost, Cost)
     assert (cost.params, cost.macs) == (count_params(model), count_macs(model, (1, 8, 8)))
@@ -136,7 +139,7 @@ def test_latency_on_missing_cuda_is_a_user_error():
 
 
 def test_latency_table_times_each_network_once_per_setup(tmp_path, caplog):
-    arch = ArchSpec("resnet", 1, 10, 4, (1,))
+    arch = ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1,)})
     model = build_model(arch)
     first = LatencyTable(tmp_path, FAST, (1, 8, 8)).latency_ms(model, arch)
     # Another table on the same file (a later run): the stored figure, not a new timing, which would
@@ -155,7 +158,7 @@ def test_latency_table_times_each_network_once_per_setup(tmp_path, caplog):
 
 
 def test_latency_table_times_a_whole_space_once_and_skips_networks_over_the_limit(tmp_path):
-    archs = [ArchSpec("resnet", 1, 10, w, (1,)) for w in (4, 8, 16)]
+    archs = [ArchSpec("resnet", 1, 10, {"base_width": w, "blocks": (1,)}) for w in (4, 8, 16)]
     table = LatencyTable(tmp_path, FAST, (1, 8, 8))
     known = table.latency_ms(build_model(archs[0]), archs[0])
     limit = count_params(build_model(archs[1]))  # w16 is over it: never trained, so never timed
@@ -176,3 +179,32 @@ def test_measure_latencies_times_the_networks_in_turn_in_rounds():
     assert len(latencies) == 2 and all(t > 0 for t in latencies)
     # Warm-up of each, then rounds of 10, 10 and 5 runs taking the networks in turn.
     assert "".join(seen) == "aabb" + "a" * 10 + "b" * 10 + "a" * 10 + "b" * 10 + "a" * 5 + "b" * 5
+
+
+def test_torch_tables_keep_the_setup_words_of_tables_written_before_runtimes(tmp_path):
+    # The key of a latency.json figure on torch: unchanged, so stored tables need no retiming.
+    table = LatencyTable(tmp_path, LatencyConfig(), (1, 28, 28))
+    assert table.setup == (
+        f"cpu ({device_model('cpu')}), batch 1 x 1x28x28, 1 threads, 10 warm-up + 50 timed runs, "
+        f"torch {torch.__version__}"
+    )
+
+
+def test_latency_table_keeps_each_runtime_apart_and_times_on_it(tmp_path):
+    arch = ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1,)})
+    model = build_model(arch)
+    torch_ms = LatencyTable(tmp_path, FAST, (1, 8, 8)).latency_ms(model, arch)
+    script = "import sys; print('p50', 7.5, 'ms')"
+    cfg = LatencyConfig(runtime="command", command=f"{sys.executable} -c {shlex.quote(script)} {{onnx}}")
+    table = LatencyTable(tmp_path, cfg, (1, 8, 8), mean=(0.3,), std=(0.3,))
+    assert table.setup.startswith("command `") and table.setup.endswith(f"exported by torch {torch.__version__}")
+    assert table.latency_ms(model, arch) == 7.5
+    stored = json.loads((tmp_path / "latency.json").read_text())
+    assert [networks["resnet w4 b1, 1 -> 10"] for networks in stored.values()] == [torch_ms, 7.5]
+
+
+def test_time_all_skips_networks_over_max_macs(tmp_path):
+    archs = [ArchSpec("resnet", 1, 10, {"base_width": w, "blocks": (1,)}) for w in (4, 8)]
+    table = LatencyTable(tmp_path, FAST, (1, 8, 8))
+    assert table.time_all(archs, max_macs=count_macs(build_model(archs[0]), (1, 8, 8))) == 1
+    assert list(json.loads((tmp_path / "latency.json").read_text())[table.setup]) == ["resnet w4 b1, 1 -> 10"]

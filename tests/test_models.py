@@ -1,7 +1,9 @@
-"""The residual family: parameter counts against an independent formula, shapes, the registry."""
+"""The resnet family and ArchSpec: parameter counts against an independent formula, shapes, the registry,
+the pre-family record form."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -9,7 +11,8 @@ import pytest
 import torch
 
 from kdnas.errors import KdnasError
-from kdnas.models import ARCHITECTURES, ArchSpec, build_model, count_params
+from kdnas.families import FAMILIES
+from kdnas.models import ArchSpec, build_model, count_params
 
 
 def expected_params(in_channels: int, num_classes: int, base_width: int, blocks: tuple[int, ...]) -> int:
@@ -47,20 +50,20 @@ SPECS = [
 
 @pytest.mark.parametrize(("in_channels", "num_classes", "base_width", "blocks"), SPECS)
 def test_parameter_count_matches_formula(in_channels, num_classes, base_width, blocks):
-    model = build_model(ArchSpec("resnet", in_channels, num_classes, base_width, blocks))
+    model = build_model(ArchSpec("resnet", in_channels, num_classes, {"base_width": base_width, "blocks": blocks}))
     assert count_params(model) == expected_params(in_channels, num_classes, base_width, blocks)
 
 
 def test_parameter_count_golden_values():
     # By hand. w4 b1, 1 channel, 10 classes: stem 36 + 8, block 144 + 8 + 144 + 8, head 40 + 10.
-    assert count_params(build_model(ArchSpec("resnet", 1, 10, 4, (1,)))) == 398
+    assert count_params(build_model(ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1,)}))) == 398
     # ResNet-20 (He et al. 2016): 269,722 with zero-padding shortcuts, plus the two 1x1 projections + BN
     # used here: 16*32 + 2*32 + 32*64 + 2*64 = 2,752.
-    assert count_params(build_model(ArchSpec("resnet", 3, 10, 16, (3, 3, 3)))) == 272_474
+    assert count_params(build_model(ArchSpec("resnet", 3, 10, {"base_width": 16, "blocks": (3, 3, 3)}))) == 272_474
 
 
 def test_count_params_skips_frozen_parameters_and_bn_statistics():
-    model = build_model(ArchSpec("resnet", 1, 10, 4, (1,)))
+    model = build_model(ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1,)}))
     model.head.weight.requires_grad_(False)
     assert count_params(model) == 398 - 40
     assert sum(b.numel() for b in model.buffers()) > 0  # running stats exist but are not counted
@@ -75,26 +78,25 @@ def test_count_params_skips_frozen_parameters_and_bn_statistics():
     ],
 )
 def test_output_shape(in_channels, num_classes, size, blocks):
-    model = build_model(ArchSpec("resnet", in_channels, num_classes, 4, blocks)).eval()
+    model = build_model(ArchSpec("resnet", in_channels, num_classes, {"base_width": 4, "blocks": blocks})).eval()
     with torch.no_grad():
         out = model(torch.randn(3, in_channels, size, size))
     assert out.shape == (3, num_classes)
     assert torch.isfinite(out).all()
 
 
-def test_registry_lists_resnet():
-    assert "resnet" in ARCHITECTURES.names()
-    assert "resnet" in ARCHITECTURES
+def test_registry_lists_resnet_first():
+    assert FAMILIES.names()[0] == "resnet"
 
 
-def test_unknown_architecture_lists_the_known_ones():
-    with pytest.raises(KdnasError, match=r"unknown architecture 'vgg'; known: .*resnet"):
-        build_model(ArchSpec("vgg", 3, 10, 8, (1,)))
+def test_unknown_family_lists_the_known_ones():
+    with pytest.raises(KdnasError, match=r"unknown student family 'vgg'; known: mbconv, resnet, or \"import:"):
+        build_model(ArchSpec("vgg", 3, 10, {"base_width": 8, "blocks": (1,)}))
 
 
 def test_registering_a_name_twice_is_an_error():
     with pytest.raises(ValueError, match="already registered"):
-        ARCHITECTURES.register("resnet")(object)
+        FAMILIES.register("resnet")(object)
 
 
 @pytest.mark.parametrize(
@@ -107,11 +109,11 @@ def test_registering_a_name_twice_is_an_error():
 )
 def test_invalid_spec_is_rejected(base_width, blocks):
     with pytest.raises(KdnasError, match="invalid architecture"):
-        ArchSpec("resnet", 3, 10, base_width, blocks)
+        build_model(ArchSpec("resnet", 3, 10, {"base_width": base_width, "blocks": blocks}))
 
 
 def test_same_seed_builds_the_same_weights():
-    spec = ArchSpec("resnet", 1, 10, 4, (1, 1))
+    spec = ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1, 1)})
     torch.manual_seed(3)
     a = build_model(spec).state_dict()
     torch.manual_seed(3)
@@ -120,12 +122,29 @@ def test_same_seed_builds_the_same_weights():
 
 
 def test_describe():
-    assert ArchSpec("resnet", 1, 10, 16, (1, 2, 1)).describe() == "resnet w16 b1-2-1"
+    assert ArchSpec("resnet", 1, 10, {"base_width": 16, "blocks": (1, 2, 1)}).describe() == "resnet w16 b1-2-1"
+
+
+def test_spec_compares_and_hashes_as_json_reads_it_back():
+    spec = ArchSpec("resnet", 1, 10, {"base_width": 16, "blocks": (1, 2)})
+    read_back = ArchSpec("resnet", 1, 10, {"blocks": [1, 2], "base_width": 16})
+    assert spec == read_back and hash(spec) == hash(read_back)
+    assert spec != ArchSpec("resnet", 1, 10, {"base_width": 16, "blocks": [2, 1]})
+
+
+def test_records_written_before_families_read_as_resnet():
+    old = {"arch": "resnet", "in_channels": 1, "num_classes": 10, "base_width": 4, "blocks": [1, 2]}
+    assert ArchSpec.from_dict(old, "arch") == ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": [1, 2]})
+
+
+def test_records_round_trip_through_their_dict():
+    spec = ArchSpec("mbconv", 3, 10, {"width_mult": 0.5, "depth": [1]})
+    assert ArchSpec.from_dict(dataclasses.asdict(spec), "arch") == spec
 
 
 @pytest.mark.parametrize("size", [28, 7], ids=["even", "odd"])
 def test_strided_shortcut_is_a_strided_1x1_convolution(size):
-    block = build_model(ArchSpec("resnet", 1, 10, 4, (1, 1))).stages[1].double().eval()
+    block = build_model(ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1, 1)})).stages[1].double().eval()
     x = torch.randn(2, 4, size, size, dtype=torch.float64)
     conv, bn = block.shortcut
     with torch.no_grad():
@@ -143,7 +162,8 @@ def test_narrow_students_train_in_channels_last_on_the_cpu():
         "import torch\n"
         "from kdnas.models import ArchSpec, build_model\n"
         "for width in (1, 2, 4, 6):\n"
-        "    model = build_model(ArchSpec('resnet', 1, 10, width, (1, 1, 1))).to(memory_format=torch.channels_last)\n"
+        "    spec = ArchSpec('resnet', 1, 10, {'base_width': width, 'blocks': (1, 1, 1)})\n"
+        "    model = build_model(spec).to(memory_format=torch.channels_last)\n"
         "    for _ in range(3):\n"
         "        model(torch.randn(64, 1, 28, 28)).sum().backward()\n"
     )

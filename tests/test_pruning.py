@@ -84,6 +84,17 @@ def test_latency_is_ignored_when_it_is_not_an_objective() -> None:
     assert stopper.reason_to_stop(_curve(9, 50_000, 1.0, 0.8), [slower_but_smaller]) is not None
 
 
+@pytest.mark.parametrize("cost", ["macs", "size_kb"])
+def test_macs_and_size_count_as_size_when_they_are_objectives(cost: str) -> None:
+    stopper = EarlyStopper(EarlyStopConfig(), ("val_accuracy", cost), 4, VAL_IMAGES)
+    me = Curve(9, 50_000, 1.0, (0.8,), False, macs=2e6, size_kb=200.0)
+    cheaper = Curve(1, 90_000, 9.0, (0.9,) * 4, True, macs=1e6, size_kb=100.0)  # larger and slower, cheaper in `cost`
+    dearer = Curve(2, 10_000, 0.1, (0.9,) * 4, True, macs=3e6, size_kb=300.0)
+    unmeasured = Curve(3, 10_000, 0.1, (0.9,) * 4, True)  # a trial stored without that cost is no evidence
+    assert stopper.reason_to_stop(me, [cheaper]) is not None
+    assert stopper.reason_to_stop(me, [dearer, unmeasured]) is None
+
+
 def _complete(gains: list[float], first: float = 0.70) -> list[Curve]:
     """Complete trials, larger than any judged here, that gained ``gains`` from epoch 1 to the end."""
     return [_curve(n, 500_000, 9.0, first, first, first, first + g) for n, g in enumerate(gains)]

@@ -9,13 +9,14 @@ from kdnas.config import SamplerConfig
 from kdnas.data import DATASETS
 from kdnas.distill import ALPHA_SCHEDULES
 from kdnas.errors import KdnasError
-from kdnas.models import ARCHITECTURES
+from kdnas.families import FAMILIES
 from kdnas.pruning import EARLY_STOP_POLICIES
 from kdnas.registry import Registry
+from kdnas.runtimes import RUNTIMES
 from kdnas.samplers import SAMPLERS, build_sampler
 from kdnas.trainer import PRECISIONS
 
-REGISTRIES = [DATASETS, ARCHITECTURES, ALPHA_SCHEDULES, PRECISIONS, SAMPLERS, EARLY_STOP_POLICIES]
+REGISTRIES = [DATASETS, FAMILIES, ALPHA_SCHEDULES, PRECISIONS, SAMPLERS, EARLY_STOP_POLICIES, RUNTIMES]
 
 
 def _colours() -> Registry[int]:

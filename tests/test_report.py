@@ -63,6 +63,8 @@ def test_trials_frame_pareto_flags(synthetic_frame):
     assert _trials(synthetic_frame, "pareto") == {0, 1, 2, 3, 6}  # all three objectives
     assert _trials(synthetic_frame, "front_params") == {2, 3, 6}
     assert _trials(synthetic_frame, "front_latency") == {0, 1, 2, 3}
+    assert _trials(synthetic_frame, "front_macs") == {2, 3, 6}  # recorded for every trial
+    assert not synthetic_frame["front_size"].any() and synthetic_frame["size_kb"].isna().all()  # not measured
     assert _trials(synthetic_frame, "distilled") == {2, 3, 4, 5, 6, 7, 8}
 
 
@@ -89,7 +91,7 @@ def test_hypervolume_history_is_cumulative_and_normalised(synthetic_frame):
 
 def test_largest_student_params_is_the_widest_deepest_student():
     cfg = load_study("smoke")
-    assert results.largest_student_params(cfg, 1, 10) == 19_810  # resnet w8 b1-1-1, as the smoke search measures it
+    assert results.largest_student_params(cfg, 1, 10, 28) == 19_810  # resnet w8 b1-1-1, as the smoke search measures it
 
 
 def test_report_cli_writes_report_and_tables(tmp_path, capsys):
@@ -103,9 +105,26 @@ def test_report_cli_writes_report_and_tables(tmp_path, capsys):
     page = (run_dir / "report.html").read_text()
     for div in ("fig-params", "fig-latency", "fig-kd", "fig-hypervolume", "fig-importance", "fig-parallel"):
         assert f'id="{div}"' in page
+    assert 'id="fig-macs"' not in page and 'id="fig-size"' not in page  # costs the study does not optimise
     assert "<script src=" not in page  # plotly.js is inlined: the page opens with no network
+    assert "<th>size</th>" not in page  # not measured
     assert "teacher: 90.00% val" in page
     assert "6 complete, 1 diverged, 1 duplicate, 1 rejected" in page
+
+
+def test_a_study_of_macs_and_size_has_their_fronts_and_figures(tmp_path):
+    run_dir = tmp_path / "run"
+    df = results.trials_frame(synthetic_study(run_dir, metrics=("val_accuracy", "macs", "size_kb")))
+    # MACs and size grow with the parameters here: the same front as accuracy vs params.
+    assert _trials(df, "front_macs") == _trials(df, "front_size") == _trials(df, "front_params") == {2, 3, 6}
+    assert _trials(df, "pareto") == {2, 3, 6}  # latency is no objective of this study
+    assert df.set_index("trial").loc[3, "size_kb"] == 10 + 4 * 5_000 / 1024
+    assert report.main(["--study", "smoke", "--out", str(run_dir), "-q"]) == 0
+    page = (run_dir / "report.html").read_text()
+    for div in ("fig-params", "fig-latency", "fig-macs", "fig-size"):
+        assert f'id="{div}"' in page
+    assert "ONNX file size (KiB)" in page and "ONNX file 29.5 KiB" in page  # the axis, and trial 3's hover text
+    assert "<th>size</th>" in page and "<td>29.5 KiB</td>" in page  # the Pareto table's column
 
 
 def test_report_flags_the_students_that_beat_the_teacher(tmp_path):

@@ -55,3 +55,12 @@ def test_the_search_table_and_the_report_list_the_same_front_without_duplicates(
     listed = [int(line.split()[0]) for line in lines[2:]]
     assert listed == table["trial"].tolist() and 8 not in listed
     assert listed[0] == 2  # most accurate first
+
+
+def test_pareto_table_shows_the_size_when_measured_and_fits_long_architecture_names(tmp_path, capsys):
+    table = pareto_table(trials_frame(synthetic_study(tmp_path / "run", metrics=("val_accuracy", "params", "size_kb"))))
+    table.loc[table.index[0], "arch"] = "mbconv x0.75 hardswish d1-2-3-1 e3-4-6-3 k3-5-3-5 se0-1-0-1"
+    print_pareto_table(table, "smoke")
+    header, *rows = capsys.readouterr().out.splitlines()[1:]
+    assert header.split()[-1] == "size" and all(row.endswith(" KiB") for row in rows)
+    assert len({len(row) for row in rows}) == 1  # columns stay aligned

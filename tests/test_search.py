@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -115,6 +116,29 @@ def test_constraints_reject_before_training(tmp_path: Path) -> None:
     assert all(t.state == optuna.trial.TrialState.PRUNED for t in rejected)
     assert all("max_params" in t.user_attrs["reason"] and "val_curve" not in t.user_attrs for t in rejected)
     assert len(complete) == 2 and all(t.user_attrs["params"] <= 6_000 for t in complete)
+
+
+@needs_data
+def test_a_study_on_onnxruntime_optimises_macs_and_size_and_rejects_by_macs(tmp_path: Path) -> None:
+    text = (STUDIES_DIR / "smoke.toml").read_text().replace("[latency]\n", '[latency]\nruntime = "onnxruntime"\n')
+    extra = '[objectives]\nmetrics = ["val_accuracy", "macs", "size_kb", "latency_ms"]\n\n[constraints]\n'
+    path = tmp_path / "onnx.toml"
+    path.write_text(f"{text}\n{extra}max_macs = 1_000_000\n")  # w4 b1-1-1: 605,408 MACs; w8: 2,364,864
+    out = tmp_path / "run"
+    assert main(["--study", str(path), "--out", str(out), "--no-progress", "--trials", "2"]) == 0
+    study = _load(out, "onnx")
+    (setup, timed), *others = json.loads((out / "latency.json").read_text()).items()
+    assert not others and setup.startswith("onnxruntime ") and list(timed) == ["resnet w4 b1-1-1, 1 -> 10"]
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 2
+    for trial in complete:
+        a = trial.user_attrs
+        assert trial.values[1:] == [a["macs"], a["size_kb"], a["latency_ms"]] and a["macs"] == 605_408
+        assert 4 * a["params"] / 1024 < a["size_kb"] < 4 * a["params"] / 1024 + 64  # float32 weights and the graph
+        assert a["latency_ms"] == timed["resnet w4 b1-1-1, 1 -> 10"]
+    rejected = [t for t in study.trials if t.user_attrs.get("status") == "rejected"]
+    assert all(t.user_attrs["reason"] == "2,364,864 MACs > max_macs 1,000,000" for t in rejected)
+    assert all("size_kb" not in t.user_attrs for t in rejected)  # rejected by MACs before the export
 
 
 @needs_data
@@ -232,7 +256,7 @@ def test_a_new_tpe_study_queues_its_random_startup_trials_smallest_first(tmp_pat
     study = open_study(cfg, f"sqlite:///{tmp_path / 'study.db'}", DATASETS.get("fashion_mnist"))
     queued = [t.system_attrs["fixed_params"] for t in study.get_trials(deepcopy=False)]
     assert len(queued) == cfg.sampler.startup_trials
-    sizes = [count_params(build_model(specs_from_params(p, cfg, 1, 10)[0])) for p in queued]
+    sizes = [count_params(build_model(specs_from_params(p, cfg, 1, 10, 28)[0])) for p in queued]
     assert sizes == sorted(sizes) and len(set(sizes)) > 1
     # The candidates TPE's own random start-up draws with that seed, in another order.
     tpe = optuna.create_study(
@@ -241,7 +265,7 @@ def test_a_new_tpe_study_queues_its_random_startup_trials_smallest_first(tmp_pat
     drawn = []
     for _ in range(cfg.sampler.startup_trials):
         trial = tpe.ask()
-        suggest(trial, cfg, 1, 10)
+        suggest(trial, cfg, 1, 10, 28)
         drawn.append(trial.params)
     assert sorted(map(str, drawn)) == sorted(map(str, queued))
     # Opened again (a resumed run), nothing more is queued.

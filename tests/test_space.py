@@ -9,7 +9,7 @@ import optuna
 from kdnas.config import StudyConfig, study_from_dict
 from kdnas.distill import ALPHA_SCHEDULES, KDSpec
 from kdnas.models import ArchSpec
-from kdnas.space import architectures, specs_from_params, suggest
+from kdnas.space import architectures, space_size, specs_from_params, suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -38,7 +38,7 @@ def sampled_trials(cfg: StudyConfig, n: int, seed: int = 0):
     out = []
     for _ in range(n):
         trial = study.ask()
-        arch, kd = suggest(trial, cfg, 3, 10)
+        arch, kd = suggest(trial, cfg, 3, 10, 32)
         study.tell(trial, 0.0)
         out.append((study.get_trials(deepcopy=False)[-1], arch, kd))
     return out
@@ -55,8 +55,8 @@ def test_fixed_trial_gives_exactly_its_params():
         "alpha_decay": "cosine",
         "decay_rate": 1.5,
     }
-    arch, kd = suggest(optuna.trial.FixedTrial(params), config(), 1, 10)
-    assert arch == ArchSpec("resnet", 1, 10, 12, (1, 3, 2))
+    arch, kd = suggest(optuna.trial.FixedTrial(params), config(), 1, 10, 32)
+    assert arch == ArchSpec("resnet", 1, 10, {"base_width": 12, "blocks": (1, 3, 2)})
     assert kd == KDSpec(temperature=2.5, alpha=0.3, alpha_decay="cosine", decay_rate=1.5)
 
 
@@ -70,14 +70,14 @@ def test_fixed_trial_without_decay_rate_for_constant_alpha():
         "alpha": 0.5,
         "alpha_decay": "none",
     }
-    _, kd = suggest(optuna.trial.FixedTrial(params), config(), 1, 10)
+    _, kd = suggest(optuna.trial.FixedTrial(params), config(), 1, 10, 32)
     assert kd == KDSpec(temperature=4.0, alpha=0.5, alpha_decay="none", decay_rate=1.0)
 
 
 def test_sampled_values_stay_in_the_configured_ranges():
     for trial, arch, kd in sampled_trials(config(), 40):
-        assert 8 <= arch.base_width <= 32 and arch.base_width % 4 == 0
-        assert len(arch.blocks) == 3 and all(1 <= b <= 3 for b in arch.blocks)
+        assert 8 <= arch.spec["base_width"] <= 32 and arch.spec["base_width"] % 4 == 0
+        assert len(arch.spec["blocks"]) == 3 and all(1 <= b <= 3 for b in arch.spec["blocks"])
         assert 1.0 <= kd.temperature <= 8.0
         assert 0.0 <= kd.alpha <= 1.0
         assert math.isclose(kd.alpha * 10, round(kd.alpha * 10), abs_tol=1e-9)  # on the 0.1 grid
@@ -85,12 +85,12 @@ def test_sampled_values_stay_in_the_configured_ranges():
         if kd.alpha_decay != "none":
             assert 0.5 <= kd.decay_rate <= 3.0
         assert (arch.in_channels, arch.num_classes) == (3, 10)
-        assert trial.params["base_width"] == arch.base_width
+        assert trial.params["base_width"] == arch.spec["base_width"]
 
 
 def test_sampler_explores_the_space():
     results = sampled_trials(config(), 40)
-    assert len({arch.base_width for _, arch, _ in results}) > 3
+    assert len({arch.spec["base_width"] for _, arch, _ in results}) > 3
     assert {kd.alpha_decay for _, _, kd in results} == {"none", "linear", "cosine", "exponential"}
 
 
@@ -111,7 +111,7 @@ def test_decay_rate_exists_only_for_a_decaying_alpha():
 
 def test_stored_params_rebuild_the_same_specs():
     for trial, arch, kd in sampled_trials(config(), 25, seed=3):
-        assert specs_from_params(trial.params, config(), 3, 10) == (arch, kd)
+        assert specs_from_params(trial.params, config(), 3, 10, 32) == (arch, kd)
 
 
 def test_specs_from_params_matches_suggest_on_a_fixed_trial():
@@ -125,7 +125,9 @@ def test_specs_from_params_matches_suggest_on_a_fixed_trial():
         "alpha_decay": "exponential",
         "decay_rate": 0.8,
     }
-    assert specs_from_params(params, config(), 1, 10) == suggest(optuna.trial.FixedTrial(params), config(), 1, 10)
+    assert specs_from_params(params, config(), 1, 10, 32) == suggest(
+        optuna.trial.FixedTrial(params), config(), 1, 10, 32
+    )
 
 
 def test_scalar_values_come_out_fixed():
@@ -134,7 +136,7 @@ def test_scalar_values_come_out_fixed():
         kd={"temperature": 4.0, "alpha": 0.7, "alpha_decay": "linear", "decay_rate": 2.0},
     )
     for trial, arch, kd in sampled_trials(cfg, 5):
-        assert (arch.base_width, arch.blocks) == (16, (2, 2, 2))
+        assert arch.spec == {"base_width": 16, "blocks": [2, 2, 2]}
         assert kd == KDSpec(temperature=4.0, alpha=0.7, alpha_decay="linear", decay_rate=2.0)
         assert trial.params["base_width"] == 16
 
@@ -142,15 +144,15 @@ def test_scalar_values_come_out_fixed():
 def test_choice_lists_are_categorical():
     cfg = config(student={"base_width": [8, 24]}, kd={"temperature": [1.0, 4.0]})
     results = sampled_trials(cfg, 20)
-    assert {arch.base_width for _, arch, _ in results} == {8, 24}
+    assert {arch.spec["base_width"] for _, arch, _ in results} == {8, 24}
     assert {kd.temperature for _, _, kd in results} == {1.0, 4.0}
     assert isinstance(results[0][0].distributions["base_width"], optuna.distributions.CategoricalDistribution)
 
 
 def test_number_of_stages_sets_the_blocks_params():
     params = {"base_width": 8, "blocks_1": 1, "blocks_2": 2, "temperature": 4.0, "alpha": 0.5, "alpha_decay": "none"}
-    arch, _ = specs_from_params(params, config(student={"stages": 2}), 1, 10)
-    assert arch.blocks == (1, 2)
+    arch, _ = specs_from_params(params, config(student={"stages": 2}), 1, 10, 32)
+    assert arch.spec["blocks"] == [1, 2]
 
 
 def test_alpha_grid_contains_exactly_zero():
@@ -173,18 +175,19 @@ def test_alpha_zero_replays_exactly():
         "alpha": 0.0,
         "alpha_decay": "none",
     }
-    _, kd = specs_from_params(params, config(), 1, 10)
+    _, kd = specs_from_params(params, config(), 1, 10, 32)
     assert kd.alpha == 0.0 and kd.alpha_at(0.5) == 0.0
 
 
 def test_architectures_are_every_network_the_sampler_can_draw():
     cfg = config()
-    every = architectures(cfg, 3, 10)
+    every = list(architectures(cfg, 3, 10, 32))
+    assert space_size(cfg) == len(every)
     assert len(every) == len(set(every)) == 7 * 3**3  # widths 8..32 step 4, 1..3 blocks in each of 3 stages
     drawn = {arch for _, arch, _ in sampled_trials(cfg, 600)}
     assert drawn <= set(every) and len(drawn) > 150
 
     chosen = config(student={"base_width": [24, 8], "blocks": {"low": 1, "high": 2}, "stages": 2})
-    assert [(a.base_width, a.blocks) for a in architectures(chosen, 1, 10)] == [
-        (w, (b1, b2)) for w in (8, 24) for b1 in (1, 2) for b2 in (1, 2)
+    assert [(a.spec["base_width"], a.spec["blocks"]) for a in architectures(chosen, 1, 10, 28)] == [
+        (w, [b1, b2]) for w in (8, 24) for b1 in (1, 2) for b2 in (1, 2)
     ]

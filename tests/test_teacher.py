@@ -71,7 +71,7 @@ def rebuilt_for_other_weights(caplog) -> list[str]:
 
 def test_weights_hash_ignores_memory_format_and_sees_every_value_and_dtype():
     torch.manual_seed(0)
-    model = build_model(ArchSpec("resnet", 1, 4, 4, (1,)))
+    model = build_model(ArchSpec("resnet", 1, 4, {"base_width": 4, "blocks": (1,)}))
     plain = weights_sha256(model.state_dict())
     assert len(plain) == 64
     assert weights_sha256(model.to(memory_format=torch.channels_last).state_dict()) == plain
@@ -101,8 +101,38 @@ def test_first_call_trains_and_saves(tiny_data, tmp_path):
     assert blob["spec"] == dataclasses.asdict(teacher.spec)
     assert blob["teacher_config"] == dataclasses.asdict(TEACHER)
     assert (blob["val_accuracy"], blob["test_accuracy"]) == (teacher.val_accuracy, teacher.test_accuracy)
-    assert teacher.spec == ArchSpec("resnet", 1, 4, 4, (1,))
+    assert teacher.spec == ArchSpec("resnet", 1, 4, {"base_width": 4, "blocks": (1,)})
     assert not teacher.model.training
+
+
+def test_teacher_file_written_before_families_is_reused(tiny_data, tmp_path):
+    first = obtain_teacher(study(), tiny_data, tmp_path)
+    path = tmp_path / "teacher.pt"
+    blob = stored(path)
+    spec = blob["spec"]
+    blob["spec"] = {"arch": spec["family"], "in_channels": 1, "num_classes": 4, **spec["spec"]}  # the old form
+    torch.save(blob, path)
+    again = obtain_teacher(study(), tiny_data, tmp_path)
+    assert again.spec == first.spec and same_weights(again.model, first.model)
+
+
+def test_teacher_of_another_family_trains_and_is_rebuilt_from_its_file(tiny_data, tmp_path):
+    knobs = {
+        "stages": 2,
+        "width_mult": 0.5,
+        "activation": "hardswish",
+        "depth": 1,
+        "expand": 2,
+        "kernel": 3,
+        "se": True,
+    }
+    section = TeacherConfig(family="mbconv", knobs=knobs, train=TEACHER.train)
+    first = obtain_teacher(study(section), tiny_data, tmp_path)
+    assert first.spec == teacher_spec(study(section), tiny_data)
+    assert first.describe() == "mbconv x0.5 hardswish d1-1 e2-2 k3-3 se1-1"
+    assert first.spec.spec["strides"] == [1, 1, 2]  # 8 px: one halving, at stage 2
+    again = obtain_teacher(study(section), tiny_data, tmp_path)
+    assert again.spec == first.spec and same_weights(again.model, first.model)
 
 
 def test_second_call_reuses_the_stored_teacher(tiny_data, tmp_path, caplog):
@@ -230,7 +260,7 @@ def test_missing_checkpoint_is_a_user_error(tiny_data, tmp_path):
 
 def test_checkpoint_of_another_architecture_is_a_user_error(tiny_data, tmp_path):
     checkpoint = tmp_path / "wide.pt"
-    torch.save(build_model(ArchSpec("resnet", 1, 4, 8, (1,))).state_dict(), checkpoint)
+    torch.save(build_model(ArchSpec("resnet", 1, 4, {"base_width": 8, "blocks": (1,)})).state_dict(), checkpoint)
     cfg = study(dataclasses.replace(TEACHER, checkpoint=str(checkpoint)))
     shapes = r"16 keys of other shape: stem\.0\.0\.weight \(8, 1, 3, 3\) not \(4, 1, 3, 3\), "
     with pytest.raises(

@@ -240,7 +240,7 @@ def test_check_teacher_rebuilds_an_import_teacher_with_the_same_weights(factorie
         path=out / "best_student.json",
         record={},
         cfg=cfg,
-        arch=ArchSpec("resnet", 1, 4, 4, (1,)),
+        arch=ArchSpec("resnet", 1, 4, {"base_width": 4, "blocks": (1,)}),
         kd=KDSpec(temperature=2.0, alpha=0.5),
         trial=0,
         measured_params=0,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,12 +59,20 @@ def _edited(record: dict, path: str, value) -> dict:
             id="unknown-version",
         ),
         pytest.param(("arch", ...), "missing key 'arch'", id="no-arch"),
-        pytest.param(("arch.base_width", 0), "invalid architecture: base_width=0", id="zero-width"),
-        pytest.param(("arch.blocks", []), "invalid architecture: base_width=4, blocks=[]", id="no-blocks"),
-        pytest.param(("arch.blocks", [1, "2"]), "arch.blocks must be of type int, got '2'", id="blocks-type"),
-        pytest.param(("arch.base_width", 4.5), "arch.base_width must be of type int, got 4.5", id="float-width"),
+        pytest.param(("arch.spec.base_width", 0), "invalid architecture: base_width=0", id="zero-width"),
+        pytest.param(("arch.spec.blocks", []), "invalid architecture: base_width=4, blocks=[]", id="no-blocks"),
+        pytest.param(
+            ("arch.spec.blocks", [1, "2"]), "invalid architecture: base_width=4, blocks=[1, '2']", id="blocks-type"
+        ),
+        pytest.param(("arch.spec.base_width", 4.5), "invalid architecture: base_width=4.5", id="float-width"),
+        pytest.param(
+            ("arch.spec.blocks", ...), "arch resnet {'base_width': 4} does not build (KeyError", id="no-blocks-key"
+        ),
         pytest.param(("arch.depth", 3), "unknown key 'depth' in [arch]", id="unknown-arch-key"),
-        pytest.param(("arch.arch", "vgg"), "unknown architecture 'vgg'; known: resnet", id="unknown-family"),
+        pytest.param(("arch.family", "vgg"), "unknown student family 'vgg'", id="unknown-family"),
+        pytest.param(
+            ("arch.family", "import:nowhere_at_all:Space"), "module 'nowhere_at_all' does not import", id="import"
+        ),
         pytest.param(("arch.num_classes", 100), "but fashion_mnist has 1 and 10", id="wrong-classes"),
         pytest.param(("kd.alpha", 2.0), "alpha must be in [0, 1], got 2.0", id="alpha"),
         pytest.param(("kd.alpha_decay", "step"), "unknown alpha schedule 'step'", id="schedule"),
@@ -134,10 +144,34 @@ def test_train_reproduces_the_searched_accuracy_and_size(exported, trained):
     assert 0 < result["test_accuracy"] <= 1
 
 
+def test_train_times_the_student_on_the_studys_runtime_beside_the_searched_figure(exported, trained):
+    measured = json.loads(exported.read_text())["measured"]
+    result = json.loads((trained / "result.json").read_text())
+    assert result["latency_runtime"] == measured["latency_runtime"] == "torch"
+    assert result["searched_latency_ms"] == measured["latency_ms"] > 0 and result["latency_ms"] > 0
+
+
+def test_train_times_the_onnx_file_it_wrote_with_the_studys_command(exported, tmp_path, capsys):
+    # The command checks that it was handed the student.onnx kdnas.train wrote, and prints a latency.
+    out = tmp_path / "trained"
+    # Fails (exit 1, no number) unless handed the very file kdnas.train wrote.
+    onnx = str((out / "student.onnx").resolve())
+    check = f"import sys; sys.argv[1] == {onnx!r} or sys.exit(1); print('p50 1.25 ms')"
+    record = json.loads(exported.read_text())
+    record["config"]["latency"] = {"runtime": "command", "command": shlex.join([sys.executable, "-c", check, "{onnx}"])}
+    config = tmp_path / "student.json"
+    config.write_text(json.dumps(record))
+    argv = ["--config", str(config), "--out", str(out), "--device", "cpu", "--epochs", "1", "--no-progress", "-q"]
+    assert train.main(argv) == 0
+    assert json.loads((out / "result.json").read_text())["latency_ms"] == 1.25
+    searched = record["measured"]["latency_ms"]
+    assert f", latency 1.250 ms on command (searched {searched:.3f} ms), 1 epochs;" in capsys.readouterr().out
+
+
 def test_saved_weights_rebuild_the_student(exported, trained):
     blob = torch.load(trained / "student.pt", weights_only=True)
     assert blob["format"] == "kdnas-student-weights/1"
-    model = build_model(ArchSpec(**{**blob["arch"], "blocks": tuple(blob["arch"]["blocks"])}))
+    model = build_model(ArchSpec.from_dict(blob["arch"], "arch"))
     model.load_state_dict(blob["state_dict"])
     assert count_params(model) == json.loads(exported.read_text())["measured"]["params"]
     assert blob["student"] == json.loads(exported.read_text())
@@ -149,7 +183,7 @@ def test_exported_programs_match_the_weights(trained):
     import onnxruntime
 
     blob = torch.load(trained / "student.pt", weights_only=True)
-    model = build_model(ArchSpec(**{**blob["arch"], "blocks": tuple(blob["arch"]["blocks"])}))
+    model = build_model(ArchSpec.from_dict(blob["arch"], "arch"))
     model.load_state_dict(blob["state_dict"])
     images = torch.randint(0, 256, (5, 1, 28, 28), generator=torch.Generator().manual_seed(0)).float()
     mean, std = (255 * torch.tensor(blob["input"][k]).view(1, -1, 1, 1) for k in ("mean", "std"))
@@ -226,7 +260,7 @@ def test_check_teacher_accepts_the_exported_checkpoint(exported, tmp_path):
 def test_train_refuses_a_teacher_checkpoint_replaced_in_place(exported, tmp_path, capsys):
     config, checkpoint = checkpoint_export(exported, tmp_path)
     recorded = json.loads(config.read_text())["teacher"]["spec"]
-    spec = ArchSpec(**{**recorded, "blocks": tuple(recorded["blocks"])})
+    spec = ArchSpec.from_dict(recorded, "spec")
     torch.manual_seed(1)
     torch.save(build_model(spec).state_dict(), checkpoint)  # same path and architecture, other weights
     out = tmp_path / "out"

@@ -29,7 +29,7 @@ from kdnas.trainer import (
     warn_if_emulated,
 )
 
-SPEC = ArchSpec("resnet", 1, 4, 8, (1,))  # the quadrant task: 1 channel, 4 classes
+SPEC = ArchSpec("resnet", 1, 4, {"base_width": 8, "blocks": (1,)})  # the quadrant task: 1 channel, 4 classes
 RECIPE = TrainRecipe(epochs=2, batch_size=16, lr=0.3, warmup_epochs=0.5)
 
 
@@ -252,9 +252,16 @@ def test_soft_targets_are_not_asked_once_alpha_has_decayed_to_zero(tiny_data):
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_cached_and_live_soft_targets_give_the_same_training(tiny_data, tmp_path, precision):
     views = AugmentedViews(tiny_data)
-    teacher_model = seeded_model(11, ArchSpec("resnet", 1, 4, 8, (1, 1)))
+    teacher_model = seeded_model(11, ArchSpec("resnet", 1, 4, {"base_width": 8, "blocks": (1, 1)}))
     fit(teacher_model, views, TrainRecipe(epochs=2, batch_size=32, lr=0.3))
-    teacher = Teacher(teacher_model.eval(), ArchSpec("resnet", 1, 4, 8, (1, 1)), 0.0, 0.0, "test-teacher", None)
+    teacher = Teacher(
+        teacher_model.eval(),
+        ArchSpec("resnet", 1, 4, {"base_width": 8, "blocks": (1, 1)}),
+        0.0,
+        0.0,
+        "test-teacher",
+        None,
+    )
     # A cache batch size unlike the student's, so the teacher sees other groupings than during training.
     cache = soft_targets_for(teacher, views, RECIPE.epochs, tmp_path, batch_size=50, precision=precision)
     kd = KDSpec(temperature=3.0, alpha=0.7, alpha_decay="cosine", decay_rate=1.0)

@@ -48,7 +48,7 @@ def test_three_local_workers_share_a_journal_and_build_the_teacher_once(tmp_path
     assert "several workers share" in err and (out / "study.journal").is_file() and not (out / "study.db").exists()
     assert err.count("teacher: training") == 1 and err.count("teacher: reusing") == 3  # built once, loaded by each
     # Both networks of the space were timed before any worker trained, and the trials use those figures.
-    assert "latency: timed 2 networks of the space side by side" in err
+    assert "latency: timed 2 networks of the space on torch" in err
     timed = next(iter(json.loads((out / "latency.json").read_text()).values()))
     trained = _check_consistent(_study(out), 5)
     assert {t.user_attrs["latency_ms"] for t in trained} <= set(timed.values()) and len(timed) == 2
