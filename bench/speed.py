@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import math
 import multiprocessing
 import resource
@@ -42,10 +41,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from _runs import compute_curve, fewer_training_images, search  # bench/ is scripts, not a package
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdnas.cli import setup_logging
-from kdnas.config import DataConfig, EarlyStopConfig, StudyConfig, TrainRecipe, load_study
+from kdnas.config import EarlyStopConfig, StudyConfig, TrainRecipe, load_study
 from kdnas.data import AugmentedViews, DatasetInfo, ImageData, load_data
 from kdnas.distill import KDSpec, kd_loss
 from kdnas.measure import count_macs
@@ -431,34 +431,6 @@ def memory(study: str, data_dir: Path, threads: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path):
-    """Run the search quietly; the stored study."""
-    import optuna
-
-    from kdnas.runner import run_search
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = run_search(cfg, run_dir, storage=f"sqlite:///{storage}", device="auto", data_dir=data_dir)
-    if code != 0:
-        raise SystemExit(f"error: the search of {cfg.name!r} failed (exit code {code})")
-    return optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{storage}")
-
-
-def compute_curve(df, cfg: StudyConfig, train_images: int) -> tuple[list[float], list[float]]:
-    """Cumulative training FLOPs and hypervolume after each trial of a trials frame, in trial order."""
-    from kdnas.data import DATASETS
-    from kdnas.results import hypervolume_history, largest_student_params
-
-    info = DATASETS.get(cfg.data.dataset)  # the bench's studies use built-in datasets
-    df = df.sort_values("trial")
-    hv = hypervolume_history(
-        df, largest_student_params(cfg, info.in_channels, info.num_classes, info.image_size)
-    ).tolist()
-    # 6 FLOPs per MAC and image: a multiply-add is 2 FLOPs, backward costs about twice the forward.
-    cost = (df["epochs"] * df["macs"].fillna(0) * 6 * train_images).where(df["status"] != "duplicate", 0)
-    return cost.cumsum().tolist(), hv
-
-
 def replay_early_stopping(study, stopper: EarlyStopper | Clairvoyant):
     """The trials frame of a study run without early stopping, as if ``stopper`` had judged each trial
     after each epoch against the trials before it (one worker): the same candidates, so the figure is
@@ -543,7 +515,7 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
     policy = dataclasses.replace(policy, **{k: v for k, v in overrides.items() if v is not None})
     data_cfg = cfg.data
     if args.es_limit_train:
-        data_cfg = _fewer_training_images(cfg.data, args.es_limit_train)
+        data_cfg = fewer_training_images(cfg.data, args.es_limit_train)
     trials = args.es_trials or cfg.budget.trials
     base = dataclasses.replace(
         cfg, data=data_cfg, budget=dataclasses.replace(cfg.budget, trials=trials, timeout_min=None)
@@ -575,7 +547,7 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         for seed in range(args.es_seeds):
             plain = dataclasses.replace(base, seed=seed, early_stop=EarlyStopConfig(policy="none"))
-            plain_study = _search(plain, run_dir, run_dir / f"none-{seed}.db", args.data_dir)
+            plain_study = search(plain, run_dir, run_dir / f"none-{seed}.db", args.data_dir)
             plain_trials = trials_frame(plain_study)
             cost0, hv0 = compute_curve(plain_trials, base, train_images)
             if args.es_replay_only:
@@ -615,12 +587,6 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
             )
 
 
-def _fewer_training_images(cfg: DataConfig, train_images: int) -> DataConfig:
-    """``cfg`` limited to ``train_images`` training images; ``limit_train`` keeps the study's validation set
-    (early stopping compares validation accuracies, and a smaller set would make every lead noise)."""
-    return dataclasses.replace(cfg, limit_train=train_images)
-
-
 def _grow_until_reached(
     cfg: StudyConfig, run_dir: Path, args: argparse.Namespace, train_images: int, cost0: float, hv0: float
 ):
@@ -632,7 +598,7 @@ def _grow_until_reached(
     trials, budget = cfg.budget.trials, cfg.budget.trials
     while True:  # the same study, resumed with a larger budget: the same trials, then more
         grown = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, trials=budget))
-        study = _search(grown, run_dir, run_dir / f"es-{cfg.seed}.db", args.data_dir)
+        study = search(grown, run_dir, run_dir / f"es-{cfg.seed}.db", args.data_dir)
         cost, hv = compute_curve(trials_frame(study), cfg, train_images)
         reach = _first_reach(cost, hv, hv0)
         if reach is not None or cost[-1] >= cost0 or budget >= trials * args.es_extra:
@@ -752,9 +718,10 @@ def runtimes(cfg: StudyConfig, info: DatasetInfo, tiny: bool, networks: int) -> 
         f"{onnxruntime.__version__} (torch: {seconds['torch']:.0f} s; onnxruntime, exports included: "
         f"{seconds['onnxruntime']:.0f} s)"
     )
-    print(f"{'network':<22} {'params':>9} {'torch ms':>9} {'ORT ms':>9} {'ORT/torch':>9}")
+    width = max(len(arch.describe()) for arch in archs)
+    print(f"{'network':<{width}} {'params':>9} {'torch ms':>9} {'ORT ms':>9} {'ORT/torch':>9}")
     for arch, model, eager, ort in zip(archs, models, figures["torch"], figures["onnxruntime"], strict=True):
-        print(f"{arch.describe():<22} {count_params(model):>9,} {eager:9.3f} {ort:9.3f} {ort / eager:9.2f}")
+        print(f"{arch.describe():<{width}} {count_params(model):>9,} {eager:9.3f} {ort:9.3f} {ort / eager:9.2f}")
     correlation = rank_correlation(figures["torch"], figures["onnxruntime"])
     print(
         f"rank correlation (Spearman) of torch and ONNX Runtime latency over {len(archs)} networks: {correlation:.3f}"

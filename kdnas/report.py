@@ -32,7 +32,7 @@ from kdnas.results import (
     HYPERVOLUME_MARGIN,
     NO_KD_ALPHA,
     hypervolume_history,
-    largest_student_params,
+    hypervolume_reference,
     pareto_front,
     pareto_table,
     trials_frame,
@@ -526,11 +526,8 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
     complete = int((df["status"] == TrialStatus.COMPLETE).sum())
     accuracy_index = cfg.objectives.metrics.index("val_accuracy")
     teacher = study.user_attrs.get("teacher")
-    # 10% above the largest student, so that the largest students still add area.
     info = stored_data_info(study, cfg)
-    reference = math.ceil(
-        HYPERVOLUME_MARGIN * largest_student_params(cfg, info.in_channels, info.num_classes, info.image_size)
-    )
+    reference = hypervolume_reference(cfg, info.in_channels, info.num_classes, info.image_size)
     gain = kd_gain(df)
     kd_note = ""
     if not (~df["distilled"] & (df["status"] == TrialStatus.COMPLETE)).any():
@@ -562,8 +559,9 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
             "Search progress",
             "Hypervolume of the (accuracy, parameters) front after each trial: the share of the area between "
             f"a reference point (0% accuracy, {reference:,} parameters: {HYPERVOLUME_MARGIN - 1:.0%} above the "
-            "largest student of the search space) and a perfect student with no parameters that the found "
-            "students dominate. It rises while the search still finds better trade-offs.",
+            "largest student the study can keep: the space's largest, or max_params when smaller) and a perfect "
+            "student with no parameters that the found students dominate. It rises while the search still finds "
+            "better trade-offs.",
             _hypervolume_figure(hypervolume_history(df, reference), reference),
             "",
             "fig-hypervolume",

@@ -28,11 +28,12 @@ __all__ = [
     "pareto_front",
     "pareto_table",
     "largest_student_params",
+    "hypervolume_reference",
     "hypervolume_2d",
     "hypervolume_history",
 ]
 
-# The hypervolume's reference point lies this factor above the largest student's parameter count.
+# The hypervolume's reference point lies this factor above the largest student a study can keep.
 HYPERVOLUME_MARGIN = 1.1
 # Below this initial alpha the soft term barely moves training: such trials are the no-distillation baseline.
 NO_KD_ALPHA = 0.05
@@ -159,6 +160,16 @@ def largest_student_params(cfg: StudyConfig, in_channels: int, num_classes: int,
     from kdnas.space import extreme_student
 
     return count_params(build_model(extreme_student(cfg, in_channels, num_classes, image_size)))
+
+
+def hypervolume_reference(cfg: StudyConfig, in_channels: int, num_classes: int, image_size: int) -> int:
+    """Parameters of the hypervolume's reference point: 10% above the largest student the study can keep,
+    the space's largest or ``max_params`` when that is smaller (so the largest kept students still add area,
+    and a space mostly beyond the limit does not shrink every study's figure)."""
+    largest = largest_student_params(cfg, in_channels, num_classes, image_size)
+    if cfg.constraints.max_params is not None:
+        largest = min(largest, cfg.constraints.max_params)
+    return math.ceil(HYPERVOLUME_MARGIN * largest)
 
 
 def hypervolume_2d(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:

@@ -42,6 +42,34 @@ def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
+@pytest.mark.needs("dataset-fashion-mnist")
+def test_families_bench_compares_two_studies_sharing_one_teacher_and_reads_kept_runs_again(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "families.py"), "--tiny", "--threads", "1"]
+    command += ["--out", str(tmp_path / "runs")]
+    first, again = (subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600) for _ in "12")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stderr.count("teacher: training") == 1  # the second study reuses the first one's teacher
+    out = first.stdout
+    assert "'smoke' (resnet), 'smoke-mbconv' (mbconv)" in out and "latency on onnxruntime" in out
+    assert re.search(r"smoke-mbconv +0 +2 +0 +[\d.]+ +\d+ +[\d.]+ +[\d.]+ +[\d.]+%", out), out
+    assert "accuracy-vs-latency front of 'smoke-mbconv', seed 0" in out and "mbconv x0.5 relu d1-1-1-1" in out
+    assert "best validation accuracy within a latency budget" in out
+    assert sorted(p.name for p in (tmp_path / "runs").glob("*.db")) == ["smoke-0.db", "smoke-mbconv-0.db"]
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trial   0" not in again.stderr and again.stdout == first.stdout
+
+
+def test_families_bench_refuses_studies_that_differ_beyond_their_students(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "families.py"), "--studies", "fashion,smoke"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: 'smoke' and 'fashion' differ in [data]: the bench compares studies that differ only in [student]"
+    ]
+    assert not list(tmp_path.iterdir())
+
+
 def test_rank_correlation_is_spearmans() -> None:
     assert rank_correlation([1.0, 2.0, 3.0, 4.0], [10.0, 30.0, 20.0, 40.0]) == pytest.approx(0.8)  # one swap
     assert rank_correlation([1.0, 2.0, 3.0], [0.3, 0.2, 0.1]) == pytest.approx(-1.0)

@@ -94,6 +94,15 @@ def test_largest_student_params_is_the_widest_deepest_student():
     assert results.largest_student_params(cfg, 1, 10, 28) == 19_810  # resnet w8 b1-1-1, as the smoke search measures it
 
 
+def test_hypervolume_reference_is_ten_percent_above_the_largest_student_the_study_can_keep():
+    cfg = load_study("smoke")
+    assert results.hypervolume_reference(cfg, 1, 10, 28) == math.ceil(1.1 * 19_810)
+    # fashion-mbconv's largest network (738,562 params) lies beyond its max_params: the limit bounds the area.
+    mbconv = load_study("fashion-mbconv")
+    assert results.largest_student_params(mbconv, 1, 10, 28) > mbconv.constraints.max_params == 300_000
+    assert results.hypervolume_reference(mbconv, 1, 10, 28) == 330_000
+
+
 def test_report_cli_writes_report_and_tables(tmp_path, capsys):
     run_dir = tmp_path / "run"
     synthetic_study(run_dir)
