@@ -186,11 +186,11 @@ def hypervolume_2d(points: Sequence[tuple[float, float]], reference: tuple[float
     return area
 
 
-def hypervolume_history(df: pd.DataFrame, reference_params: int) -> pd.Series:
-    """Hypervolume of (accuracy, parameters) after each trial, normalised to [0, 1].
+def hypervolume_history(df: pd.DataFrame, reference: float, cost: str = "params") -> pd.Series:
+    """Hypervolume of (accuracy, ``cost``) after each trial, normalised to [0, 1].
 
-    The reference point is 0% accuracy at ``reference_params`` parameters; 1.0 would be a perfect
-    student with no parameters. Points are (1 - accuracy, params / reference_params), minimised.
+    The reference point is 0% accuracy at ``reference`` of the cost (parameters by default); 1.0 would be
+    a perfect student that costs nothing. Points are (1 - accuracy, cost / reference), minimised.
     """
     import pandas as pd
 
@@ -198,7 +198,8 @@ def hypervolume_history(df: pd.DataFrame, reference_params: int) -> pd.Series:
     points: list[tuple[float, float]] = []
     history = []
     for row in ordered.itertuples():
-        if row.status == TrialStatus.COMPLETE and row.params <= reference_params:
-            points.append((1.0 - row.val_accuracy, row.params / reference_params))
+        spent = getattr(row, cost)
+        if row.status == TrialStatus.COMPLETE and spent <= reference:
+            points.append((1.0 - row.val_accuracy, spent / reference))
         history.append(hypervolume_2d(points, (1.0, 1.0)))
     return pd.Series(history, index=ordered["trial"].to_numpy(), name="hypervolume")

@@ -1,4 +1,5 @@
-"""bench/speed.py runs end to end on a tiny setting and prints every section's figures (never asserted)."""
+"""The benches (bench/speed.py, families.py, methods.py) run end to end on tiny settings and print their figures
+(never asserted); their helpers compute what they claim."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from kdnas.results import trials_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+import methods  # noqa: E402  (bench/ is scripts, not a package)
 from speed import Clairvoyant, rank_correlation, replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
 
 
@@ -68,6 +70,34 @@ def test_families_bench_refuses_studies_that_differ_beyond_their_students(tmp_pa
         "error: 'smoke' and 'fashion' differ in [data]: the bench compares studies that differ only in [student]"
     ]
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.needs("dataset-fashion-mnist")
+def test_methods_bench_runs_every_method_over_seeds_and_refuses_a_folder_of_other_settings(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "methods.py"), "--tiny", "--threads", "1", "--out", "runs"]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = first.stdout
+    assert first.stderr.count("teacher: training") == 1  # one teacher for every method and seed
+    for method in ("kdnas", "random", "arch-then-kd", "fixed-kd", "kdnas-no-es"):
+        assert re.search(rf"^{method} +[\d.]+ \+- [\d.]+ +[\d.]+ \+- [\d.]+ ", out, re.M), out
+    assert re.search(r"^random .* 100% \+- 0% of random's compute \(2 of 2 seeds\)$", out, re.M), out
+    assert re.search(r"^kdnas-no-es +[\d.]+ \+- [\d.]+% \(2\) ", out, re.M), out
+    assert (tmp_path / "runs" / "methods.html").read_text().count('class="plotly-graph-div"') == 2
+    # The same folder with another budget is refused in one line, before anything is trained.
+    other = subprocess.run([*command, "--trials", "4"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert other.returncode == 1
+    assert other.stderr.strip().splitlines() == [
+        "error: runs holds runs made with other settings (study.budget.trials: 3 there, 4 here); pass another "
+        "--out, or the options those runs were made with"
+    ]
+
+
+def test_mean_interval_uses_students_t() -> None:
+    assert methods.mean_interval([1.0]) == (1.0, 0.0)
+    mean, half = methods.mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.30 * 1.0 / 3**0.5)
 
 
 def test_rank_correlation_is_spearmans() -> None:
