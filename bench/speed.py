@@ -23,6 +23,9 @@ Sections (figures are printed, never asserted):
 - runtimes: every network of the study's space (or --runtime-networks drawn at random) timed at
   batch 1 in eager torch and in ONNX Runtime (the deployed export), each runtime side by side as a
   search times it, and the rank correlation of the two.
+- anchor: one network of the space timed on the study's runtime beside the anchor network, in rounds a
+  few seconds apart (as a search samples a network and kdnas.train times the trained one, minutes or
+  hours apart): its figure alone and scaled to the anchor's first figure, and how far each strays.
 
 Teachers in the throughput and flops sections have untrained weights: speed does not depend on them.
 """
@@ -55,7 +58,7 @@ from kdnas.space import extreme_student
 from kdnas.teacher import Teacher, soft_targets_for, teacher_spec
 from kdnas.trainer import autocast, fit, native_bfloat16, resolve_precision
 
-SECTIONS = ("throughput", "flops", "memory", "early-stopping", "gpu", "runtimes")
+SECTIONS = ("throughput", "flops", "memory", "early-stopping", "gpu", "runtimes", "anchor")
 KD = KDSpec(temperature=4.0, alpha=0.7, alpha_decay="none")
 
 
@@ -85,6 +88,8 @@ def main() -> None:
         gpu(args.tiny)
     if "runtimes" in sections:
         runtimes(cfg, data.info, args.tiny, args.runtime_networks)
+    if "anchor" in sections:
+        anchor(cfg, data.info, args.tiny)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -726,6 +731,40 @@ def runtimes(cfg: StudyConfig, info: DatasetInfo, tiny: bool, networks: int) -> 
     print(
         f"rank correlation (Spearman) of torch and ONNX Runtime latency over {len(archs)} networks: {correlation:.3f}"
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# anchor
+# ---------------------------------------------------------------------------------------------------
+
+
+def anchor(cfg: StudyConfig, info: DatasetInfo, tiny: bool, rounds: int = 8, pause_s: float = 5.0) -> None:
+    """Does scaling by the anchor network make figures timed at different moments comparable?"""
+    from kdnas.measure import anchor_network, anchored
+    from kdnas.runtimes import runtime_for
+
+    rounds, pause_s = (2, 0.0) if tiny else (rounds, pause_s)
+    arch = _networks_of(cfg, info, 1)[0]
+    models = [build_model(arch).eval(), anchor_network(info.in_channels)]
+    runtime = runtime_for(dataclasses.replace(cfg.latency, warmup=1, repeats=3) if tiny else cfg.latency)
+    shape = (info.in_channels, info.image_size, info.image_size)
+    print(
+        f"\n== anchor: {arch.describe()} on {cfg.latency.runtime}, {rounds} rounds {pause_s:g} s apart, beside "
+        "the anchor network; 'anchored': scaled to the anchor's figure in round 0"
+    )
+    print(f"{'round':>5} {'alone ms':>9} {'anchor ms':>9} {'anchored ms':>11}")
+    alone, scaled, reference = [], [], None
+    for i in range(rounds):
+        if i:
+            time.sleep(pause_s)
+        network_ms, anchor_ms = runtime.measure(models, shape, info.mean, info.std)
+        reference = reference or anchor_ms
+        alone.append(network_ms)
+        scaled.append(anchored(network_ms, anchor_ms, reference))
+        print(f"{i:>5} {network_ms:9.3f} {anchor_ms:9.3f} {scaled[-1]:11.3f}", flush=True)
+    for what, figures in (("alone", alone), ("anchored", scaled)):
+        strays = max(abs(f / figures[0] - 1) for f in figures)
+        print(f"{what}: {min(figures):.3f} to {max(figures):.3f} ms, at most {100 * strays:.1f}% from round 0")
 
 
 if __name__ == "__main__":

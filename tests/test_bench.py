@@ -33,7 +33,7 @@ def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    for header in ("== throughput", "== flops", "== memory", "== early stopping", "== gpu", "== runtimes"):
+    for header in ("== throughput", "== flops", "== memory", "== early stopping", "== gpu", "== runtimes", "== anchor"):
         assert header in out, out
     assert "speed-up over the naive reference" in out and "cached-teacher trial / no-teacher trial" in out
     assert "2 one-thread trials side by side" in out
@@ -41,6 +41,7 @@ def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
     assert "compute to reach the no-early-stopping hypervolume" in out
     assert "replayed, compute to reach the no-early-stopping hypervolume" in out
     assert re.search(r"rank correlation \(Spearman\) of torch and ONNX Runtime latency over 2 networks: [-\d.]+", out)
+    assert re.search(r"^anchored: [\d.]+ to [\d.]+ ms, at most [\d.]+% from round 0$", out, re.M)
     assert list(tmp_path.iterdir()) == []
 
 
