@@ -99,10 +99,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, required=True, help="the folder that keeps every run")
-    parser.add_argument("--tiny", action="store_true", help="the smoke study, 2 seeds, 3 trials: checks the script")
+    parser.add_argument("--tiny", action="store_true", help="the smoke study, 2 seeds, 2 trials: checks the script")
     args = parser.parse_args()
     if args.tiny:
-        args.study, args.limit_train, args.trials, args.seeds, args.sizes = "smoke", 0, 3, 2, "6000,20000"
+        # 2 trials: with KD fixed, smoke's space holds 2 candidates.
+        args.study, args.limit_train, args.seeds, args.sizes = "smoke", 0, 2, "6000,20000"
+        args.trials = args.trials or 2
     return args
 
 
@@ -226,6 +228,7 @@ def _retrain(cfg: StudyConfig, study, trial: int, args: argparse.Namespace, epoc
     if kd is not None:
         record["kd"] = dataclasses.asdict(KDSpec(**kd))
     config = out_dir.with_suffix(".json")
+    config.parent.mkdir(parents=True, exist_ok=True)
     write_json(config, record)
     return train_student(read_student(config), out_dir, epochs=epochs, data_dir=args.data_dir)
 
@@ -236,11 +239,12 @@ def _retrain(cfg: StudyConfig, study, trial: int, args: argparse.Namespace, epoc
 
 
 def _references(base: StudyConfig, args: argparse.Namespace) -> dict[str, float]:
-    """The hypervolume reference points, fixed per folder: 10% above the largest student the study can keep
-    (parameters), and 10% above that student's latency (timed once, kept in the folder)."""
+    """The hypervolume reference points, fixed per folder: 10% above the largest student the study can keep,
+    in parameters, and 10% above the space's largest student's figure in the folder's latency table, where
+    the searches timed every candidate (the same anchored machine state)."""
     from kdnas.data import load_data
+    from kdnas.measure import LatencyTable
     from kdnas.models import build_model
-    from kdnas.runtimes import runtime_for
     from kdnas.space import extreme_student
 
     path = args.out / "bench-references.json"
@@ -250,10 +254,10 @@ def _references(base: StudyConfig, args: argparse.Namespace) -> dict[str, float]
     info = data.info
     shape = (info.in_channels, info.num_classes, info.image_size)
     params = hypervolume_reference(base, *shape)
-    largest = build_model(extreme_student(base, *shape, largest=True)).eval()
-    latency = runtime_for(base.latency).measure(
-        [largest], (info.in_channels, info.image_size, info.image_size), info.mean, info.std
-    )[0]
+    largest = extreme_student(base, *shape, largest=True)
+    input_shape = (info.in_channels, info.image_size, info.image_size)
+    table = LatencyTable(args.out, base.latency, input_shape, mean=info.mean, std=info.std)
+    latency = table.latency_ms(build_model(largest), largest)
     references = {"params": params, "latency_ms": 1.1 * latency, "train_images": len(data.train)}
     write_json(path, references)
     return references

@@ -35,6 +35,8 @@ __all__ = [
 
 # The hypervolume's reference point lies this factor above the largest student a study can keep.
 HYPERVOLUME_MARGIN = 1.1
+# The distillation settings a trial samples, as its parameters are named.
+KD_PARAMS = ("temperature", "alpha", "alpha_decay", "decay_rate")
 # Below this initial alpha the soft term barely moves training: such trials are the no-distillation baseline.
 NO_KD_ALPHA = 0.05
 # Each cost -> the column flagging the front of accuracy against it alone.
@@ -111,7 +113,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     import pandas as pd
 
     trials = study.get_trials(deepcopy=False)
-    param_names = list(dict.fromkeys(name for t in trials for name in t.params))
+    # Every distillation column, even one no trial sampled (decay_rate when every decay is "none").
+    param_names = list(dict.fromkeys([*(name for t in trials for name in t.params), *KD_PARAMS]))
     rows = []
     for t in trials:
         a = t.user_attrs

@@ -145,6 +145,13 @@ def test_hypervolume_reference_is_ten_percent_above_the_largest_student_the_stud
     assert results.hypervolume_reference(mbconv, 1, 10, 28) == 330_000
 
 
+def test_report_of_a_study_whose_alpha_never_decays_has_every_distillation_column(tmp_path):
+    study = synthetic_study(tmp_path, trials=[0, 1, 6, 7])  # alpha_decay "none" in all: decay_rate never sampled
+    df = results.trials_frame(study)
+    assert df["decay_rate"].isna().all()
+    assert report.write_report(study, load_study("smoke"), tmp_path, df).is_file()
+
+
 def test_report_cli_writes_report_and_tables(tmp_path, capsys):
     run_dir = tmp_path / "run"
     synthetic_study(run_dir)
