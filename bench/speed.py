@@ -23,6 +23,9 @@ Sections (figures are printed, never asserted):
 - runtimes: every network of the study's space (or --runtime-networks drawn at random) timed at
   batch 1 in eager torch and in ONNX Runtime (the deployed export), each runtime side by side as a
   search times it, and the rank correlation of the two.
+- anchor: one network of the space timed on the study's runtime beside the anchor network, in rounds a
+  few seconds apart (as a search samples a network and kdnas.train times the trained one, minutes or
+  hours apart): its figure alone and scaled to the anchor's first figure, and how far each strays.
 
 Teachers in the throughput and flops sections have untrained weights: speed does not depend on them.
 """
@@ -32,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import math
 import multiprocessing
 import resource
@@ -42,10 +44,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from _runs import compute_curve, fewer_training_images, search  # bench/ is scripts, not a package
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdnas.cli import setup_logging
-from kdnas.config import DataConfig, EarlyStopConfig, StudyConfig, TrainRecipe, load_study
+from kdnas.config import EarlyStopConfig, StudyConfig, TrainRecipe, load_study
 from kdnas.data import AugmentedViews, DatasetInfo, ImageData, load_data
 from kdnas.distill import KDSpec, kd_loss
 from kdnas.measure import count_macs
@@ -55,7 +58,7 @@ from kdnas.space import extreme_student
 from kdnas.teacher import Teacher, soft_targets_for, teacher_spec
 from kdnas.trainer import autocast, fit, native_bfloat16, resolve_precision
 
-SECTIONS = ("throughput", "flops", "memory", "early-stopping", "gpu", "runtimes")
+SECTIONS = ("throughput", "flops", "memory", "early-stopping", "gpu", "runtimes", "anchor")
 KD = KDSpec(temperature=4.0, alpha=0.7, alpha_decay="none")
 
 
@@ -85,6 +88,8 @@ def main() -> None:
         gpu(args.tiny)
     if "runtimes" in sections:
         runtimes(cfg, data.info, args.tiny, args.runtime_networks)
+    if "anchor" in sections:
+        anchor(cfg, data.info, args.tiny)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -431,34 +436,6 @@ def memory(study: str, data_dir: Path, threads: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path):
-    """Run the search quietly; the stored study."""
-    import optuna
-
-    from kdnas.runner import run_search
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = run_search(cfg, run_dir, storage=f"sqlite:///{storage}", device="auto", data_dir=data_dir)
-    if code != 0:
-        raise SystemExit(f"error: the search of {cfg.name!r} failed (exit code {code})")
-    return optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{storage}")
-
-
-def compute_curve(df, cfg: StudyConfig, train_images: int) -> tuple[list[float], list[float]]:
-    """Cumulative training FLOPs and hypervolume after each trial of a trials frame, in trial order."""
-    from kdnas.data import DATASETS
-    from kdnas.results import hypervolume_history, largest_student_params
-
-    info = DATASETS.get(cfg.data.dataset)  # the bench's studies use built-in datasets
-    df = df.sort_values("trial")
-    hv = hypervolume_history(
-        df, largest_student_params(cfg, info.in_channels, info.num_classes, info.image_size)
-    ).tolist()
-    # 6 FLOPs per MAC and image: a multiply-add is 2 FLOPs, backward costs about twice the forward.
-    cost = (df["epochs"] * df["macs"].fillna(0) * 6 * train_images).where(df["status"] != "duplicate", 0)
-    return cost.cumsum().tolist(), hv
-
-
 def replay_early_stopping(study, stopper: EarlyStopper | Clairvoyant):
     """The trials frame of a study run without early stopping, as if ``stopper`` had judged each trial
     after each epoch against the trials before it (one worker): the same candidates, so the figure is
@@ -543,7 +520,7 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
     policy = dataclasses.replace(policy, **{k: v for k, v in overrides.items() if v is not None})
     data_cfg = cfg.data
     if args.es_limit_train:
-        data_cfg = _fewer_training_images(cfg.data, args.es_limit_train)
+        data_cfg = fewer_training_images(cfg.data, args.es_limit_train)
     trials = args.es_trials or cfg.budget.trials
     base = dataclasses.replace(
         cfg, data=data_cfg, budget=dataclasses.replace(cfg.budget, trials=trials, timeout_min=None)
@@ -575,7 +552,7 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         for seed in range(args.es_seeds):
             plain = dataclasses.replace(base, seed=seed, early_stop=EarlyStopConfig(policy="none"))
-            plain_study = _search(plain, run_dir, run_dir / f"none-{seed}.db", args.data_dir)
+            plain_study = search(plain, run_dir, run_dir / f"none-{seed}.db", args.data_dir)
             plain_trials = trials_frame(plain_study)
             cost0, hv0 = compute_curve(plain_trials, base, train_images)
             if args.es_replay_only:
@@ -615,12 +592,6 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
             )
 
 
-def _fewer_training_images(cfg: DataConfig, train_images: int) -> DataConfig:
-    """``cfg`` limited to ``train_images`` training images; ``limit_train`` keeps the study's validation set
-    (early stopping compares validation accuracies, and a smaller set would make every lead noise)."""
-    return dataclasses.replace(cfg, limit_train=train_images)
-
-
 def _grow_until_reached(
     cfg: StudyConfig, run_dir: Path, args: argparse.Namespace, train_images: int, cost0: float, hv0: float
 ):
@@ -632,7 +603,7 @@ def _grow_until_reached(
     trials, budget = cfg.budget.trials, cfg.budget.trials
     while True:  # the same study, resumed with a larger budget: the same trials, then more
         grown = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, trials=budget))
-        study = _search(grown, run_dir, run_dir / f"es-{cfg.seed}.db", args.data_dir)
+        study = search(grown, run_dir, run_dir / f"es-{cfg.seed}.db", args.data_dir)
         cost, hv = compute_curve(trials_frame(study), cfg, train_images)
         reach = _first_reach(cost, hv, hv0)
         if reach is not None or cost[-1] >= cost0 or budget >= trials * args.es_extra:
@@ -752,13 +723,48 @@ def runtimes(cfg: StudyConfig, info: DatasetInfo, tiny: bool, networks: int) -> 
         f"{onnxruntime.__version__} (torch: {seconds['torch']:.0f} s; onnxruntime, exports included: "
         f"{seconds['onnxruntime']:.0f} s)"
     )
-    print(f"{'network':<22} {'params':>9} {'torch ms':>9} {'ORT ms':>9} {'ORT/torch':>9}")
+    width = max(len(arch.describe()) for arch in archs)
+    print(f"{'network':<{width}} {'params':>9} {'torch ms':>9} {'ORT ms':>9} {'ORT/torch':>9}")
     for arch, model, eager, ort in zip(archs, models, figures["torch"], figures["onnxruntime"], strict=True):
-        print(f"{arch.describe():<22} {count_params(model):>9,} {eager:9.3f} {ort:9.3f} {ort / eager:9.2f}")
+        print(f"{arch.describe():<{width}} {count_params(model):>9,} {eager:9.3f} {ort:9.3f} {ort / eager:9.2f}")
     correlation = rank_correlation(figures["torch"], figures["onnxruntime"])
     print(
         f"rank correlation (Spearman) of torch and ONNX Runtime latency over {len(archs)} networks: {correlation:.3f}"
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# anchor
+# ---------------------------------------------------------------------------------------------------
+
+
+def anchor(cfg: StudyConfig, info: DatasetInfo, tiny: bool, rounds: int = 8, pause_s: float = 5.0) -> None:
+    """Does scaling by the anchor network make figures timed at different moments comparable?"""
+    from kdnas.measure import anchor_network, anchored
+    from kdnas.runtimes import runtime_for
+
+    rounds, pause_s = (2, 0.0) if tiny else (rounds, pause_s)
+    arch = _networks_of(cfg, info, 1)[0]
+    models = [build_model(arch).eval(), anchor_network(info.in_channels)]
+    runtime = runtime_for(dataclasses.replace(cfg.latency, warmup=1, repeats=3) if tiny else cfg.latency)
+    shape = (info.in_channels, info.image_size, info.image_size)
+    print(
+        f"\n== anchor: {arch.describe()} on {cfg.latency.runtime}, {rounds} rounds {pause_s:g} s apart, beside "
+        "the anchor network; 'anchored': scaled to the anchor's figure in round 0"
+    )
+    print(f"{'round':>5} {'alone ms':>9} {'anchor ms':>9} {'anchored ms':>11}")
+    alone, scaled, reference = [], [], None
+    for i in range(rounds):
+        if i:
+            time.sleep(pause_s)
+        network_ms, anchor_ms = runtime.measure(models, shape, info.mean, info.std)
+        reference = reference or anchor_ms
+        alone.append(network_ms)
+        scaled.append(anchored(network_ms, anchor_ms, reference))
+        print(f"{i:>5} {network_ms:9.3f} {anchor_ms:9.3f} {scaled[-1]:11.3f}", flush=True)
+    for what, figures in (("alone", alone), ("anchored", scaled)):
+        strays = max(abs(f / figures[0] - 1) for f in figures)
+        print(f"{what}: {min(figures):.3f} to {max(figures):.3f} ms, at most {100 * strays:.1f}% from round 0")
 
 
 if __name__ == "__main__":

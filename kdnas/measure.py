@@ -27,6 +27,9 @@ __all__ = [
     "Cost",
     "check_device_name",
     "LatencyTable",
+    "anchor_network",
+    "anchor_spec",
+    "anchored",
     "count_macs",
     "measure_latency",
     "measure_latencies",
@@ -104,6 +107,25 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def anchor_spec(in_channels: int) -> ArchSpec:
+    """The network every latency measurement times side by side with the networks it is for (see
+    ``LatencyTable``): a small residual CNN."""
+    return ArchSpec("resnet", in_channels, 10, {"base_width": 8, "blocks": (1, 1, 1)})
+
+
+def anchor_network(in_channels: int) -> nn.Module:
+    """``anchor_spec``'s network, its weights fixed."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return build_model(anchor_spec(in_channels)).eval()
+
+
+def anchored(latency_ms: float, anchor_ms: float, reference_ms: float | None) -> float:
+    """``latency_ms``, timed beside the anchor (``anchor_ms`` then), in the machine state of the anchor's
+    reference figure (``reference_ms``; the figure as timed when there is none)."""
+    return latency_ms if reference_ms is None else latency_ms * reference_ms / anchor_ms
+
+
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig) -> float:
     """Milliseconds of one inference forward pass on ``cfg.device`` (see ``measure_latencies``)."""
     return measure_latencies([model], input_shape, cfg)[0]
@@ -177,6 +199,13 @@ class LatencyTable:
     torch version) is part of the key: another machine, runtime or setting times again. Delete the
     file to time everything again.
 
+    Every timing runs ``anchor_network`` side by side with the networks, and each figure is scaled by
+    the anchor's first figure in this setup over its figure now (``anchored``): a 2-core VM's speed drifts
+    by up to 1.8x from one minute to the next, so networks timed at different moments (a space too large
+    to time at once, each network timed when sampled; ``kdnas.train`` timing the trained student) would
+    otherwise differ by that much. Measured: one network timed 8 times over a minute, 0.172 to 0.277 ms
+    alone, 1.83 to 2.04 times the anchor (docs/benchmarks.md).
+
     Args:
         mean, std: the data's normalisation (0..1 scale), built into the graph of runtimes that time the
             deployed ONNX export; eager torch times the network alone, as it always did.
@@ -197,6 +226,13 @@ class LatencyTable:
         self.mean, self.std = tuple(mean), tuple(std)
         self.runtime = runtime_for(cfg)
         self.setup = self.runtime.setup(input_shape)
+        self.anchor_key = f"anchor: {_network(anchor_spec(input_shape[0]))}"
+
+    @property
+    def anchor_reference_ms(self) -> float | None:
+        """The anchor's first figure in this setup (the machine state every stored figure is scaled to), or
+        None before anything was timed."""
+        return self._read().get(self.setup, {}).get(self.anchor_key)
 
     def latency_ms(self, model: nn.Module, arch: ArchSpec) -> float:
         """The stored latency of ``arch`` in this setup; ``model`` (that network) is timed if there is none."""
@@ -228,7 +264,10 @@ class LatencyTable:
         return len(missing)
 
     def _measure(self, models: Sequence[nn.Module]) -> list[float]:
-        return self.runtime.measure(models, self.input_shape, self.mean, self.std)
+        anchor = anchor_network(self.input_shape[0])
+        anchor_ms, *figures = self.runtime.measure([anchor, *models], self.input_shape, self.mean, self.std)
+        reference = self._store({self.anchor_key: anchor_ms})[self.anchor_key]
+        return [anchored(ms, anchor_ms, reference) for ms in figures]
 
     def _store(self, measured: dict[str, float]) -> dict[str, float]:
         """Add ``measured`` ({network: ms}) to the file; the stored figures (the first one written wins)."""

@@ -106,6 +106,8 @@ class Objective:
         if latency is None:
             latency = self.latencies.latency_ms(model, arch)
         trial.set_user_attr("latency_ms", latency)
+        # What kdnas.train scales the trained student's figure by, to compare it with this one.
+        trial.set_user_attr("latency_anchor_ms", self.latencies.anchor_reference_ms)
         if limit.max_latency_ms is not None and latency > limit.max_latency_ms:
             _prune(trial, TrialStatus.REJECTED, f"latency {latency:.3f} ms > max_latency_ms {limit.max_latency_ms}")
         try:

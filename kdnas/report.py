@@ -32,7 +32,7 @@ from kdnas.results import (
     HYPERVOLUME_MARGIN,
     NO_KD_ALPHA,
     hypervolume_history,
-    largest_student_params,
+    hypervolume_reference,
     pareto_front,
     pareto_table,
     trials_frame,
@@ -46,12 +46,15 @@ if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
 
-__all__ = ["kd_gain", "write_report", "build_parser", "main"]
+__all__ = ["kd_gain", "kd_pairs", "write_report", "build_parser", "main"]
 
 log = logging.getLogger(__name__)
 
 _FAINT = "rgba(120, 120, 120, 0.35)"
 _FRONT = "#d62728"
+# A student without distillation stands for "the same size" when it has more than 1/COMPARABLE_SIZE of
+# the distilled one's parameters (and no more): a much smaller one would make distillation look better.
+COMPARABLE_SIZE = 1.5
 _KD = "#1f77b4"
 _NO_KD = "#ff7f0e"
 # Each cost's axis label; the report draws accuracy against params and latency (always measured) and
@@ -70,28 +73,53 @@ _COST_LABELS = {
 
 
 def kd_gain(df: pd.DataFrame) -> pd.DataFrame:
-    """The best accuracy reachable within each size, without and with distillation, and the difference.
+    """What distillation bought at each size, like for like.
 
-    Rows are the sizes (parameter counts) on either front; ``no_kd`` / ``kd`` are the best validation
-    accuracy of complete trials with at most that many parameters (NaN when there is none), ``gain``
-    is ``kd - no_kd``.
+    Rows are the sizes (parameter counts) on either front, without and with distillation. ``kd`` /
+    ``no_kd`` are the best validation accuracy of complete trials with / without it of a comparable size:
+    at most that many parameters and more than 1 / ``COMPARABLE_SIZE`` of it (``smallest``), NaN where that
+    side has no such trial (a 38k-parameter student without distillation says nothing about what
+    distillation bought at 170k). ``gain`` is ``kd - no_kd``; ``kd_trial``, ``no_kd_trial``,
+    ``temperature``, ``alpha`` and ``alpha_decay`` name the two trials and the settings of the distilled
+    one (does the best temperature or alpha change with size?).
     """
-    import numpy as np
     import pandas as pd
 
     done = df[df["status"] == TrialStatus.COMPLETE]
-    fronts = {}
-    for column, distilled in (("no_kd", False), ("kd", True)):
-        fronts[column] = pareto_front(done[done["distilled"] == distilled], "params")
-    sizes = sorted(set(fronts["no_kd"]["params"]) | set(fronts["kd"]["params"]))
-    table = pd.DataFrame({"params": sizes})
-    for column, front in fronts.items():
-        # A front is sorted by size with rising accuracy: the best within a size is its last row not above it.
-        at = np.searchsorted(front["params"].to_numpy(dtype=float), table["params"].to_numpy(dtype=float), "right")
-        accuracy = front["val_accuracy"].to_numpy()
-        table[column] = [accuracy[i - 1] if i > 0 else math.nan for i in at]
+    sides = {"no_kd": done[~done["distilled"].astype(bool)], "kd": done[done["distilled"].astype(bool)]}
+    sizes = sorted(set().union(*(pareto_front(side, "params")["params"] for side in sides.values())))
+    rows = []
+    for size in sizes:
+        row: dict[str, Any] = {"params": size, "smallest": math.floor(size / COMPARABLE_SIZE) + 1}
+        for column, side in sides.items():
+            within = side[(side["params"] <= size) & (side["params"] >= row["smallest"])]
+            best = within.sort_values(["val_accuracy", "params"], ascending=[False, True]).head(1)
+            row[column] = best["val_accuracy"].iloc[0] if len(best) else math.nan
+            row[f"{column}_trial"] = best["trial"].iloc[0] if len(best) else math.nan
+            if column == "kd":
+                for name in ("temperature", "alpha", "alpha_decay"):
+                    row[name] = best[name].iloc[0] if len(best) and name in best else math.nan
+        rows.append(row)
+    columns = ["params", "smallest", "no_kd", "no_kd_trial", "kd", "kd_trial", "temperature", "alpha", "alpha_decay"]
+    table = pd.DataFrame(rows, columns=columns)
     table["gain"] = table["kd"] - table["no_kd"]
     return table
+
+
+def kd_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """Architectures trained both without and with distillation: the best validation accuracy each way and
+    the gain, exactly like for like; most parameters last."""
+    import pandas as pd
+
+    done = df[df["status"] == TrialStatus.COMPLETE]
+    rows = []
+    for (arch, params), group in done.groupby(["arch", "params"], sort=False):
+        distilled = group["distilled"].astype(bool)
+        if distilled.all() or not distilled.any():
+            continue
+        no_kd, kd = group[~distilled]["val_accuracy"].max(), group[distilled]["val_accuracy"].max()
+        rows.append({"arch": arch, "params": params, "no_kd": no_kd, "kd": kd, "gain": kd - no_kd})
+    return pd.DataFrame(rows, columns=["arch", "params", "no_kd", "kd", "gain"]).sort_values("params", kind="stable")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -194,6 +222,39 @@ def _tradeoff_figure(df: pd.DataFrame, size: str, teacher: dict[str, Any] | None
     return fig
 
 
+def _lone_words(row: Any) -> str:
+    """Which side of a ``kd_gain`` row has no trial, in words."""
+    missing = "without distillation" if math.isnan(row.no_kd) else "with distillation"
+    return f"no student {missing} of {row.smallest:,} to {row.params:,} params"
+
+
+def _kd_table_html(gain: pd.DataFrame, pairs: pd.DataFrame) -> str:
+    """The comparison behind the figure: per size, both students and the distilled one's settings; then the
+    architectures trained both ways."""
+    rows = []
+    for row in gain.itertuples():
+        kd = "-" if math.isnan(row.kd) else f"{100 * row.kd:.2f}% (trial {row.kd_trial:.0f})"
+        settings = "" if math.isnan(row.kd) else f"T {row.temperature:.2g}, alpha {row.alpha:.2g}, {row.alpha_decay}"
+        no_kd = "-" if math.isnan(row.no_kd) else f"{100 * row.no_kd:.2f}% (trial {row.no_kd_trial:.0f})"
+        gained = _lone_words(row) if math.isnan(row.gain) else f"{100 * row.gain:+.2f} points"
+        cells = (f"{row.smallest:,} to {row.params:,}", no_kd, kd, settings, gained)
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("params", "without KD", "with KD", "its settings", "gain"))
+    parts = [f'<table class="pareto"><tr>{head}</tr>{"".join(rows)}</table>']
+    if len(pairs):
+        paired = "".join(
+            f"<tr><td>{html.escape(str(p.arch))}</td><td>{p.params:,.0f}</td><td>{100 * p.no_kd:.2f}%</td>"
+            f"<td>{100 * p.kd:.2f}%</td><td>{100 * p.gain:+.2f} points</td></tr>"
+            for p in pairs.itertuples()
+        )
+        head = "".join(f"<th>{h}</th>" for h in ("architecture", "params", "without KD", "with KD", "gain"))
+        parts.append(
+            '<p class="why">The same architectures trained both ways (the best of each):</p>'
+            f'<table class="pareto"><tr>{head}</tr>{paired}</table>'
+        )
+    return "\n".join(parts)
+
+
 def _kd_figure(df: pd.DataFrame, gain: pd.DataFrame) -> go.Figure:
     """Fronts without and with distillation, and the accuracy distillation added at each size."""
     import plotly.graph_objects as go
@@ -241,13 +302,27 @@ def _kd_figure(df: pd.DataFrame, gain: pd.DataFrame) -> go.Figure:
         row=2,
         col=1,
     )
+    lone = gain[gain["gain"].isna()]
+    fig.add_trace(
+        go.Scatter(
+            x=lone["params"],
+            y=[0.0] * len(lone),
+            mode="markers",
+            name="no student of comparable size on the other side",
+            marker=dict(size=9, symbol="x", color="grey"),
+            hovertext=[_lone_words(row) for row in lone.itertuples()],
+            hoverinfo="text",
+        ),
+        row=2,
+        col=1,
+    )
     fig.add_hline(y=0, line=dict(color="grey", width=1), row=2, col=1)
     fig.update_xaxes(type="log")
     fig.update_xaxes(title_text="parameters", row=2, col=1)
     fig.update_yaxes(title_text="val accuracy (%)", row=1, col=1)
     fig.update_yaxes(title_text="gain (points)", rangemode="tozero", row=2, col=1)
     fig.update_layout(
-        title="What distillation bought: best accuracy within each size",
+        title="What distillation bought: best accuracy at comparable sizes",
         height=560,
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
         margin=dict(t=80, b=50),
@@ -526,11 +601,8 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
     complete = int((df["status"] == TrialStatus.COMPLETE).sum())
     accuracy_index = cfg.objectives.metrics.index("val_accuracy")
     teacher = study.user_attrs.get("teacher")
-    # 10% above the largest student, so that the largest students still add area.
     info = stored_data_info(study, cfg)
-    reference = math.ceil(
-        HYPERVOLUME_MARGIN * largest_student_params(cfg, info.in_channels, info.num_classes, info.image_size)
-    )
+    reference = hypervolume_reference(cfg, info.in_channels, info.num_classes, info.image_size)
     gain = kd_gain(df)
     kd_note = ""
     if not (~df["distilled"] & (df["status"] == TrialStatus.COMPLETE)).any():
@@ -552,18 +624,22 @@ def _page(study: optuna.Study, cfg: StudyConfig, df: pd.DataFrame) -> str:
         ),
         _section(
             "What distillation bought",
-            f"The best accuracy reachable within each parameter budget, by students trained without the teacher "
-            f"(alpha &lt; {NO_KD_ALPHA}) and with it; the dots below are the difference.",
+            f"The best accuracy at each size on either front, by students trained without the teacher "
+            f"(alpha &lt; {NO_KD_ALPHA}) and with it, each among students of comparable size (at most that many "
+            f"parameters and more than 1/{COMPARABLE_SIZE:g} of it); the dots below are the difference, and a "
+            "grey x marks a size where one side has no such student.",
             _kd_figure(df, gain),
             kd_note,
             "fig-kd",
-        ),
+        )
+        + _kd_table_html(gain, kd_pairs(df)),
         _section(
             "Search progress",
             "Hypervolume of the (accuracy, parameters) front after each trial: the share of the area between "
             f"a reference point (0% accuracy, {reference:,} parameters: {HYPERVOLUME_MARGIN - 1:.0%} above the "
-            "largest student of the search space) and a perfect student with no parameters that the found "
-            "students dominate. It rises while the search still finds better trade-offs.",
+            "largest student the study can keep: the space's largest, or max_params when smaller) and a perfect "
+            "student with no parameters that the found students dominate. It rises while the search still finds "
+            "better trade-offs.",
             _hypervolume_figure(hypervolume_history(df, reference), reference),
             "",
             "fig-hypervolume",

@@ -28,12 +28,15 @@ __all__ = [
     "pareto_front",
     "pareto_table",
     "largest_student_params",
+    "hypervolume_reference",
     "hypervolume_2d",
     "hypervolume_history",
 ]
 
-# The hypervolume's reference point lies this factor above the largest student's parameter count.
+# The hypervolume's reference point lies this factor above the largest student a study can keep.
 HYPERVOLUME_MARGIN = 1.1
+# The distillation settings a trial samples, as its parameters are named.
+KD_PARAMS = ("temperature", "alpha", "alpha_decay", "decay_rate")
 # Below this initial alpha the soft term barely moves training: such trials are the no-distillation baseline.
 NO_KD_ALPHA = 0.05
 # Each cost -> the column flagging the front of accuracy against it alone.
@@ -110,7 +113,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     import pandas as pd
 
     trials = study.get_trials(deepcopy=False)
-    param_names = list(dict.fromkeys(name for t in trials for name in t.params))
+    # Every distillation column, even one no trial sampled (decay_rate when every decay is "none").
+    param_names = list(dict.fromkeys([*(name for t in trials for name in t.params), *KD_PARAMS]))
     rows = []
     for t in trials:
         a = t.user_attrs
@@ -161,6 +165,16 @@ def largest_student_params(cfg: StudyConfig, in_channels: int, num_classes: int,
     return count_params(build_model(extreme_student(cfg, in_channels, num_classes, image_size)))
 
 
+def hypervolume_reference(cfg: StudyConfig, in_channels: int, num_classes: int, image_size: int) -> int:
+    """Parameters of the hypervolume's reference point: 10% above the largest student the study can keep,
+    the space's largest or ``max_params`` when that is smaller (so the largest kept students still add area,
+    and a space mostly beyond the limit does not shrink every study's figure)."""
+    largest = largest_student_params(cfg, in_channels, num_classes, image_size)
+    if cfg.constraints.max_params is not None:
+        largest = min(largest, cfg.constraints.max_params)
+    return math.ceil(HYPERVOLUME_MARGIN * largest)
+
+
 def hypervolume_2d(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
     """The area dominated by ``points`` (both coordinates minimised) and bounded by ``reference``.
 
@@ -175,11 +189,11 @@ def hypervolume_2d(points: Sequence[tuple[float, float]], reference: tuple[float
     return area
 
 
-def hypervolume_history(df: pd.DataFrame, reference_params: int) -> pd.Series:
-    """Hypervolume of (accuracy, parameters) after each trial, normalised to [0, 1].
+def hypervolume_history(df: pd.DataFrame, reference: float, cost: str = "params") -> pd.Series:
+    """Hypervolume of (accuracy, ``cost``) after each trial, normalised to [0, 1].
 
-    The reference point is 0% accuracy at ``reference_params`` parameters; 1.0 would be a perfect
-    student with no parameters. Points are (1 - accuracy, params / reference_params), minimised.
+    The reference point is 0% accuracy at ``reference`` of the cost (parameters by default); 1.0 would be
+    a perfect student that costs nothing. Points are (1 - accuracy, cost / reference), minimised.
     """
     import pandas as pd
 
@@ -187,7 +201,8 @@ def hypervolume_history(df: pd.DataFrame, reference_params: int) -> pd.Series:
     points: list[tuple[float, float]] = []
     history = []
     for row in ordered.itertuples():
-        if row.status == TrialStatus.COMPLETE and row.params <= reference_params:
-            points.append((1.0 - row.val_accuracy, row.params / reference_params))
+        spent = getattr(row, cost)
+        if row.status == TrialStatus.COMPLETE and spent <= reference:
+            points.append((1.0 - row.val_accuracy, spent / reference))
         history.append(hypervolume_2d(points, (1.0, 1.0)))
     return pd.Series(history, index=ordered["trial"].to_numpy(), name="hypervolume")

@@ -84,9 +84,18 @@ class Runtime(abc.ABC):
         by each model; ``mean`` and ``std`` are the data's normalisation, built into exported graphs."""
 
     @abc.abstractmethod
-    def time_deployed(self, model: nn.Module, onnx: Path, input_shape: tuple[int, ...]) -> float:
-        """Milliseconds of a trained student, whose deployed export ``kdnas.train`` wrote to ``onnx``: the file
-        itself for runtimes that time ONNX files, so the figure printed is the deployed file's."""
+    def time_deployed(
+        self,
+        model: nn.Module,
+        onnx: Path,
+        input_shape: tuple[int, ...],
+        anchor: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> tuple[float, float]:
+        """Milliseconds of a trained student, whose deployed export ``kdnas.train`` wrote to ``onnx`` (the file
+        itself for runtimes that time ONNX files, so the figure is the deployed file's), and of ``anchor``,
+        timed side by side (``kdnas.measure.LatencyTable``)."""
 
     def _batch_line(self, input_shape: tuple[int, ...]) -> str:
         return f"batch {self.cfg.batch_size} x {'x'.join(map(str, input_shape))}, {self.cfg.threads} threads"
@@ -130,10 +139,19 @@ class TorchRuntime(Runtime):
 
         return measure_latencies(models, input_shape, self.cfg)
 
-    def time_deployed(self, model: nn.Module, onnx: Path, input_shape: tuple[int, ...]) -> float:
-        from kdnas.measure import measure_latency
+    def time_deployed(
+        self,
+        model: nn.Module,
+        onnx: Path,
+        input_shape: tuple[int, ...],
+        anchor: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> tuple[float, float]:
+        from kdnas.measure import measure_latencies
 
-        return measure_latency(model, input_shape, self.cfg)
+        student_ms, anchor_ms = measure_latencies([model, anchor], input_shape, self.cfg)
+        return student_ms, anchor_ms
 
 
 class _OnnxFileRuntime(Runtime):
@@ -142,24 +160,40 @@ class _OnnxFileRuntime(Runtime):
     def measure(
         self, models: Sequence[nn.Module], input_shape: tuple[int, ...], mean: Sequence[float], std: Sequence[float]
     ) -> list[float]:
-        from kdnas.deploy import deployable, export_onnx
-
         with tempfile.TemporaryDirectory(prefix="kdnas-latency-") as tmp:
-            paths = []
-            for i, model in enumerate(models):
-                path = Path(tmp) / f"network{i}.onnx"
-                try:
-                    export_onnx(deployable(model, mean, std), path, input_shape)
-                except KdnasError as err:
-                    raise KdnasError(
-                        f'{err}; it cannot be timed on runtime {self.cfg.runtime!r}: set [latency] runtime = "torch" '
-                        "to time networks in eager PyTorch"
-                    ) from None
-                paths.append(path)
+            paths = [
+                self._export(model, Path(tmp) / f"network{i}.onnx", input_shape, mean, std)
+                for i, model in enumerate(models)
+            ]
             return self.time_files(paths, input_shape)
 
-    def time_deployed(self, model: nn.Module, onnx: Path, input_shape: tuple[int, ...]) -> float:
-        return self.time_files([onnx], input_shape)[0]
+    def time_deployed(
+        self,
+        model: nn.Module,
+        onnx: Path,
+        input_shape: tuple[int, ...],
+        anchor: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> tuple[float, float]:
+        with tempfile.TemporaryDirectory(prefix="kdnas-latency-") as tmp:
+            anchor_file = self._export(anchor, Path(tmp) / "anchor.onnx", input_shape, mean, std)
+            student_ms, anchor_ms = self.time_files([onnx, anchor_file], input_shape)
+        return student_ms, anchor_ms
+
+    def _export(
+        self, model: nn.Module, path: Path, input_shape: tuple[int, ...], mean: Sequence[float], std: Sequence[float]
+    ) -> Path:
+        from kdnas.deploy import deployable, export_onnx
+
+        try:
+            export_onnx(deployable(model, mean, std), path, input_shape)
+        except KdnasError as err:
+            raise KdnasError(
+                f'{err}; it cannot be timed on runtime {self.cfg.runtime!r}: set [latency] runtime = "torch" '
+                "to time networks in eager PyTorch"
+            ) from None
+        return path
 
     @abc.abstractmethod
     def time_files(self, paths: Sequence[Path], input_shape: tuple[int, ...]) -> list[float]:

@@ -75,6 +75,7 @@ def student_record(run: StudyRun, trial_number: int, selection: Mapping[str, Any
             "params": a["params"],
             "macs": a["macs"],
             "latency_ms": a["latency_ms"],
+            "latency_anchor_ms": a.get("latency_anchor_ms"),
             "latency_runtime": cfg.latency.runtime,
             "latency_device": cfg.latency.device,
             "size_kb": a.get("size_kb"),
@@ -103,6 +104,7 @@ class _Measured:
     params: int
     val_accuracy: float
     latency_ms: float | None = None  # on the study's [latency] runtime
+    latency_anchor_ms: float | None = None  # the anchor's reference figure it is scaled to (kdnas.measure)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class StudentFile:
     teacher_fingerprint: str
     teacher_sha256: str | None
     measured_latency_ms: float | None = None  # on the study's [latency] runtime; None in files that lack it
+    measured_latency_anchor_ms: float | None = None  # the anchor's reference figure; None in files that lack it
 
     def data_cache_dir(self, fallback: Path) -> Path:
         """Where the search kept the decoded images of an image folder (its run directory), if it still
@@ -191,6 +194,7 @@ def read_student(path: Path) -> StudentFile:
             teacher_fingerprint=teacher.fingerprint,
             teacher_sha256=teacher.sha256,
             measured_latency_ms=measured.latency_ms,
+            measured_latency_anchor_ms=measured.latency_anchor_ms,
         )
         _check_fits_dataset(student)
     except KdnasError as err:

@@ -159,7 +159,7 @@ def train_student(
 
     from kdnas.data import AugmentedViews, load_data
     from kdnas.deploy import require_onnx_export
-    from kdnas.measure import resolve_device
+    from kdnas.measure import anchor_network, anchored, resolve_device
     from kdnas.models import build_model, count_params
     from kdnas.teacher import LiveTeacher
     from kdnas.trainer import TrainingDiverged, evaluate, fit, warn_if_emulated
@@ -237,9 +237,11 @@ def train_student(
         onnx = _save(model, student, data.info, out_dir, summary)
         if runtime is not None:  # the file just written, on the runtime the search timed it on
             info = data.info
-            summary["latency_ms"] = runtime.time_deployed(
-                model, onnx, (info.in_channels, info.image_size, info.image_size)
-            )
+            shape = (info.in_channels, info.image_size, info.image_size)
+            anchor = anchor_network(info.in_channels)
+            latency, anchor_ms = runtime.time_deployed(model, onnx, shape, anchor, info.mean, info.std)
+            # In the machine state of the searched figure (kdnas.measure.LatencyTable), where the file says it.
+            summary["latency_ms"] = anchored(latency, anchor_ms, student.measured_latency_anchor_ms)
         write_json(out_dir / "result.json", summary)  # last: its presence says the other files are whole
     except OSError as err:
         raise KdnasError(f"cannot write to {out_dir} ({err.strerror}); pass a writable --out") from None

@@ -1,4 +1,5 @@
-"""bench/speed.py runs end to end on a tiny setting and prints every section's figures (never asserted)."""
+"""The benches (bench/speed.py, families.py, methods.py) run end to end on tiny settings and print their figures
+(never asserted); their helpers compute what they claim."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from kdnas.results import trials_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+import methods  # noqa: E402  (bench/ is scripts, not a package)
 from speed import Clairvoyant, rank_correlation, replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
 
 
@@ -31,7 +33,7 @@ def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    for header in ("== throughput", "== flops", "== memory", "== early stopping", "== gpu", "== runtimes"):
+    for header in ("== throughput", "== flops", "== memory", "== early stopping", "== gpu", "== runtimes", "== anchor"):
         assert header in out, out
     assert "speed-up over the naive reference" in out and "cached-teacher trial / no-teacher trial" in out
     assert "2 one-thread trials side by side" in out
@@ -39,7 +41,65 @@ def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
     assert "compute to reach the no-early-stopping hypervolume" in out
     assert "replayed, compute to reach the no-early-stopping hypervolume" in out
     assert re.search(r"rank correlation \(Spearman\) of torch and ONNX Runtime latency over 2 networks: [-\d.]+", out)
+    assert re.search(r"^anchored: [\d.]+ to [\d.]+ ms, at most [\d.]+% from round 0$", out, re.M)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.needs("dataset-fashion-mnist")
+def test_families_bench_compares_two_studies_sharing_one_teacher_and_reads_kept_runs_again(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "families.py"), "--tiny", "--threads", "1"]
+    command += ["--out", str(tmp_path / "runs")]
+    first, again = (subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600) for _ in "12")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stderr.count("teacher: training") == 1  # the second study reuses the first one's teacher
+    out = first.stdout
+    assert "'smoke' (resnet), 'smoke-mbconv' (mbconv)" in out and "latency on onnxruntime" in out
+    assert re.search(r"smoke-mbconv +0 +2 +0 +[\d.]+ +\d+ +[\d.]+ +[\d.]+ +[\d.]+%", out), out
+    assert "accuracy-vs-latency front of 'smoke-mbconv', seed 0" in out and "mbconv x0.5 relu d1-1-1-1" in out
+    assert "best validation accuracy within a latency budget" in out
+    assert sorted(p.name for p in (tmp_path / "runs").glob("*.db")) == ["smoke-0.db", "smoke-mbconv-0.db"]
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trial   0" not in again.stderr and again.stdout == first.stdout
+
+
+def test_families_bench_refuses_studies_that_differ_beyond_their_students(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "families.py"), "--studies", "fashion,smoke"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: 'smoke' and 'fashion' differ in [data]: the bench compares studies that differ only in [student]"
+    ]
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.needs("dataset-fashion-mnist")
+def test_methods_bench_runs_every_method_over_seeds_and_refuses_a_folder_of_other_settings(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "methods.py"), "--tiny", "--threads", "1", "--out", "runs"]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = first.stdout
+    assert first.stderr.count("teacher: training") == 1  # one teacher for every method and seed
+    for method in ("kdnas", "random", "arch-then-kd", "fixed-kd", "kdnas-no-es"):
+        assert re.search(rf"^{method} +[\d.]+ \+- [\d.]+ +[\d.]+ \+- [\d.]+ ", out, re.M), out
+    assert re.search(r"^random .* \d+% \+- \d+% of random's compute \(2 of 2 seeds\)$", out, re.M), out
+    assert not re.search(r"HV latency\n(.*\n)*.* 0\.0000 \+- 0\.0000 ", out)  # the trials lie inside the reference
+    assert re.search(r"^kdnas-no-es +[\d.]+ \+- [\d.]+% \([12]\) +[\d.]+ \+- [\d.]+% \(2\)$", out, re.M), out
+    assert (tmp_path / "runs" / "methods.html").read_text().count('class="plotly-graph-div"') == 2
+    # The same folder with another budget is refused in one line, before anything is trained.
+    other = subprocess.run([*command, "--trials", "4"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert other.returncode == 1
+    assert other.stderr.strip().splitlines() == [
+        "error: runs holds runs made with other settings (study.budget.trials: 2 there, 4 here); pass another "
+        "--out, or the options those runs were made with"
+    ]
+
+
+def test_mean_interval_uses_students_t() -> None:
+    assert methods.mean_interval([1.0]) == (1.0, 0.0)
+    mean, half = methods.mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.30 * 1.0 / 3**0.5)
 
 
 def test_rank_correlation_is_spearmans() -> None:

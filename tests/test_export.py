@@ -113,6 +113,7 @@ def test_exported_file_holds_everything_needed_to_retrain(study_dir, out):
         "params": 5_000,
         "macs": 500_000,
         "latency_ms": 0.6,
+        "latency_anchor_ms": None,  # a hand-made study: no anchor figure recorded
         "latency_runtime": "torch",
         "latency_device": "cpu",
         "size_kb": None,  # the smoke study does not optimise the size: not measured

@@ -138,6 +138,9 @@ def test_latency_on_missing_cuda_is_a_user_error():
         measure_latency(conv_linear(), (2, 8, 8), LatencyConfig(device="cuda", warmup=0, repeats=1))
 
 
+ANCHOR = "anchor: resnet w8 b1-1-1, 1 -> 10"
+
+
 def test_latency_table_times_each_network_once_per_setup(tmp_path, caplog):
     arch = ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1,)})
     model = build_model(arch)
@@ -148,13 +151,14 @@ def test_latency_table_times_each_network_once_per_setup(tmp_path, caplog):
     other_setup = LatencyTable(tmp_path, LatencyConfig(warmup=1, repeats=4), (1, 8, 8))
     assert other_setup.latency_ms(model, arch) != first  # timed again: the setup is part of the key
     stored = json.loads((tmp_path / "latency.json").read_text())
-    assert len(stored) == 2 and all(list(networks) == ["resnet w4 b1, 1 -> 10"] for networks in stored.values())
+    assert len(stored) == 2 and all(list(networks) == [ANCHOR, "resnet w4 b1, 1 -> 10"] for networks in stored.values())
 
     (tmp_path / "latency.json").write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="kdnas.measure"):
         again = LatencyTable(tmp_path, FAST, (1, 8, 8)).latency_ms(model, arch)
     assert "unreadable" in caplog.text and "timing networks again" in caplog.text
-    assert json.loads((tmp_path / "latency.json").read_text()) == {next(iter(stored)): {"resnet w4 b1, 1 -> 10": again}}
+    assert list(json.loads((tmp_path / "latency.json").read_text())) == [next(iter(stored))]
+    assert json.loads((tmp_path / "latency.json").read_text())[next(iter(stored))]["resnet w4 b1, 1 -> 10"] == again
 
 
 def test_latency_table_times_a_whole_space_once_and_skips_networks_over_the_limit(tmp_path):
@@ -164,11 +168,10 @@ def test_latency_table_times_a_whole_space_once_and_skips_networks_over_the_limi
     limit = count_params(build_model(archs[1]))  # w16 is over it: never trained, so never timed
     assert table.time_all(archs, max_params=limit) == 1  # w4 was already in the table
     stored = next(iter(json.loads((tmp_path / "latency.json").read_text()).values()))
-    assert (
-        list(stored) == ["resnet w4 b1, 1 -> 10", "resnet w8 b1, 1 -> 10"] and stored["resnet w4 b1, 1 -> 10"] == known
-    )
+    assert list(stored) == [ANCHOR, "resnet w4 b1, 1 -> 10", "resnet w8 b1, 1 -> 10"]
+    assert stored["resnet w4 b1, 1 -> 10"] == known
     assert table.time_all(archs, max_params=limit) == 0
-    assert table.time_all(archs) == 1 and len(json.loads((tmp_path / "latency.json").read_text())[table.setup]) == 3
+    assert table.time_all(archs) == 1 and len(json.loads((tmp_path / "latency.json").read_text())[table.setup]) == 4
 
 
 def test_measure_latencies_times_the_networks_in_turn_in_rounds():
@@ -203,8 +206,24 @@ def test_latency_table_keeps_each_runtime_apart_and_times_on_it(tmp_path):
     assert [networks["resnet w4 b1, 1 -> 10"] for networks in stored.values()] == [torch_ms, 7.5]
 
 
+def test_figures_timed_at_different_moments_are_scaled_to_the_anchors_first_figure(tmp_path):
+    # A command whose machine runs twice as slow at the second call: the anchor (timed beside each network)
+    # slows as much, and the stored figure of the second network is in the first call's state.
+    script = (
+        "import pathlib, sys; calls = pathlib.Path(sys.argv[2]); n = len(calls.read_text()) if calls.exists() else 0; "
+        "calls.write_text('x' * (n + 1)); print(2.0 * (1 + n // 2) * (3 if 'network1' in sys.argv[1] else 1))"
+    )
+    counter = tmp_path / "calls"
+    cfg = LatencyConfig(runtime="command", command=f"{sys.executable} -c {shlex.quote(script)} {{onnx}} {counter}")
+    table = LatencyTable(tmp_path, cfg, (1, 8, 8), mean=(0.3,), std=(0.3,))
+    archs = [ArchSpec("resnet", 1, 10, {"base_width": w, "blocks": (1,)}) for w in (4, 8)]
+    assert table.latency_ms(build_model(archs[0]), archs[0]) == 6.0  # anchor 2 ms, the network 3x it
+    assert table.latency_ms(build_model(archs[1]), archs[1]) == 6.0  # both twice as slow: 12 ms, 6 in the first state
+    assert table.anchor_reference_ms == 2.0
+
+
 def test_time_all_skips_networks_over_max_macs(tmp_path):
     archs = [ArchSpec("resnet", 1, 10, {"base_width": w, "blocks": (1,)}) for w in (4, 8)]
     table = LatencyTable(tmp_path, FAST, (1, 8, 8))
     assert table.time_all(archs, max_macs=count_macs(build_model(archs[0]), (1, 8, 8))) == 1
-    assert list(json.loads((tmp_path / "latency.json").read_text())[table.setup]) == ["resnet w4 b1, 1 -> 10"]
+    assert list(json.loads((tmp_path / "latency.json").read_text())[table.setup]) == [ANCHOR, "resnet w4 b1, 1 -> 10"]

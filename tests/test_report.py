@@ -78,20 +78,78 @@ def test_kd_gain_compares_best_accuracy_within_each_size(synthetic_frame):
     assert gain["params"].tolist() == [2_000, 5_000, 20_000]
     assert math.isnan(gain["no_kd"].iloc[0])  # nothing without distillation is that small
     assert gain["gain"].iloc[1:].tolist() == pytest.approx([0.08, 0.05])
+    assert gain["kd_trial"].tolist() == [6, 3, 2] and gain["no_kd_trial"].iloc[1:].tolist() == [1, 0]
+    assert gain["alpha"].tolist() == [0.3, 0.7, 0.5] and gain["alpha_decay"].tolist() == ["none", "cosine", "linear"]
+
+
+def _student(trial: int, params: int, accuracy: float, alpha: float, arch: str = "") -> dict:
+    return {
+        "trial": trial,
+        "status": "complete",
+        "arch": arch or f"net{trial}",
+        "params": params,
+        "val_accuracy": accuracy,
+        "distilled": alpha >= results.NO_KD_ALPHA,
+        "temperature": 4.0,
+        "alpha": alpha,
+        "alpha_decay": "none",
+    }
+
+
+def test_kd_gain_never_compares_a_distilled_student_with_a_much_smaller_one():
+    # The case: a 170k distilled student against the only student without KD, of 38k parameters.
+    df = pd.DataFrame([_student(0, 38_000, 0.88, 0.0), _student(1, 170_000, 0.91, 0.8), _student(2, 36_000, 0.87, 0.6)])
+    gain = report.kd_gain(df).set_index("params")
+    assert math.isnan(gain.loc[170_000, "no_kd"]) and math.isnan(gain.loc[170_000, "gain"])
+    assert gain.loc[170_000, "smallest"] == 113_334 and gain.loc[170_000, "kd"] == 0.91
+    assert gain.loc[38_000, "gain"] == pytest.approx(-0.01)  # 36k distilled against 38k without: comparable
+
+
+def test_kd_pairs_lists_architectures_trained_both_ways():
+    df = pd.DataFrame(
+        [
+            _student(0, 20_000, 0.80, 0.0, "a"),
+            _student(1, 20_000, 0.84, 0.9, "a"),
+            _student(2, 20_000, 0.83, 0.5, "a"),
+            _student(3, 9_000, 0.70, 0.5, "b"),  # distilled only: no pair
+        ]
+    )
+    pairs = report.kd_pairs(df)
+    assert pairs["arch"].tolist() == ["a"] and pairs["gain"].tolist() == pytest.approx([0.04])
 
 
 def test_hypervolume_history_is_cumulative_and_normalised(synthetic_frame):
-    history = results.hypervolume_history(synthetic_frame, reference_params=40_000)
+    history = results.hypervolume_history(synthetic_frame, 40_000)
     assert list(history.index) == list(SYNTHETIC_TRIALS)
     assert history.is_monotonic_increasing
     # Trial 0 alone: (1 - 0.8) error at 20k of 40k params dominates 0.8 * 0.5 of the unit square.
     assert history.loc[0] == pytest.approx(0.8 * 0.5)
     assert history.loc[4] == history.loc[3]  # a rejected trial adds nothing
+    # Against latency: trial 0 (80% at 1.0 ms of 2.0) covers 0.8 * 0.5; trial 7 (2.0 ms) is at the reference.
+    latency = results.hypervolume_history(synthetic_frame, 2.0, "latency_ms")
+    assert latency.loc[0] == pytest.approx(0.8 * 0.5)
+    assert latency.loc[7] == latency.loc[6]
 
 
 def test_largest_student_params_is_the_widest_deepest_student():
     cfg = load_study("smoke")
     assert results.largest_student_params(cfg, 1, 10, 28) == 19_810  # resnet w8 b1-1-1, as the smoke search measures it
+
+
+def test_hypervolume_reference_is_ten_percent_above_the_largest_student_the_study_can_keep():
+    cfg = load_study("smoke")
+    assert results.hypervolume_reference(cfg, 1, 10, 28) == math.ceil(1.1 * 19_810)
+    # fashion-mbconv's largest network (738,562 params) lies beyond its max_params: the limit bounds the area.
+    mbconv = load_study("fashion-mbconv")
+    assert results.largest_student_params(mbconv, 1, 10, 28) > mbconv.constraints.max_params == 300_000
+    assert results.hypervolume_reference(mbconv, 1, 10, 28) == 330_000
+
+
+def test_report_of_a_study_whose_alpha_never_decays_has_every_distillation_column(tmp_path):
+    study = synthetic_study(tmp_path, trials=[0, 1, 6, 7])  # alpha_decay "none" in all: decay_rate never sampled
+    df = results.trials_frame(study)
+    assert df["decay_rate"].isna().all()
+    assert report.write_report(study, load_study("smoke"), tmp_path, df).is_file()
 
 
 def test_report_cli_writes_report_and_tables(tmp_path, capsys):

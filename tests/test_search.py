@@ -128,7 +128,8 @@ def test_a_study_on_onnxruntime_optimises_macs_and_size_and_rejects_by_macs(tmp_
     assert main(["--study", str(path), "--out", str(out), "--no-progress", "--trials", "2"]) == 0
     study = _load(out, "onnx")
     (setup, timed), *others = json.loads((out / "latency.json").read_text()).items()
-    assert not others and setup.startswith("onnxruntime ") and list(timed) == ["resnet w4 b1-1-1, 1 -> 10"]
+    assert not others and setup.startswith("onnxruntime ")
+    assert list(timed) == ["anchor: resnet w8 b1-1-1, 1 -> 10", "resnet w4 b1-1-1, 1 -> 10"]
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 2
     for trial in complete:

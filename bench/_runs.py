@@ -1,0 +1,48 @@
+"""What the benches share: a study searched quietly into a kept run folder, and its training compute
+against hypervolume (the x and y of every "performance over compute" figure)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+from pathlib import Path
+
+from kdnas.config import DataConfig, StudyConfig
+
+
+def search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path):
+    """Run the search of ``cfg`` in ``run_dir`` (where the teacher, soft targets and latency figures of every
+    study sharing its settings are kept once) with its trials in SQLite ``storage``; the stored study. A study
+    already holding its budget trains nothing: kept runs are read again."""
+    import optuna
+
+    from kdnas.runner import run_search
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the bench prints its own tables; progress stays on stderr
+        code = run_search(cfg, run_dir, storage=f"sqlite:///{storage}", device="auto", data_dir=data_dir)
+    if code != 0:
+        raise SystemExit(f"error: the search of {cfg.name!r} failed (exit code {code})")
+    return optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{storage}")
+
+
+def fewer_training_images(cfg: DataConfig, train_images: int | None) -> DataConfig:
+    """``cfg`` limited to ``train_images`` training images (None: all); ``limit_train`` keeps the study's
+    validation set (a smaller one would turn every lead into noise)."""
+    return cfg if not train_images else dataclasses.replace(cfg, limit_train=train_images)
+
+
+def compute_curve(df, cfg: StudyConfig, train_images: int) -> tuple[list[float], list[float]]:
+    """Cumulative training FLOPs and hypervolume (accuracy vs parameters) after each trial of a trials frame,
+    in trial order."""
+    from kdnas.data import DATASETS
+    from kdnas.results import hypervolume_history, hypervolume_reference
+
+    info = DATASETS.get(cfg.data.dataset)  # the benches' studies use built-in datasets
+    df = df.sort_values("trial")
+    hv = hypervolume_history(
+        df, hypervolume_reference(cfg, info.in_channels, info.num_classes, info.image_size)
+    ).tolist()
+    # 6 FLOPs per MAC and image: a multiply-add is 2 FLOPs, backward costs about twice the forward.
+    cost = (df["epochs"] * df["macs"].fillna(0) * 6 * train_images).where(df["status"] != "duplicate", 0)
+    return cost.cumsum().tolist(), hv

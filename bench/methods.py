@@ -1,0 +1,403 @@
+"""Does searching the student's architecture together with its distillation settings pay? kdnas against
+random search, against "search without KD, then distil" and against fixed KD settings, at equal training
+compute, over seeds. Every figure is measured in this run or in the kept runs it reads again.
+
+    python bench/methods.py --study fashion --limit-train 12000 --seeds 5 --out runs/bench-methods-fashion
+    python bench/methods.py --study cifar-cpu --limit-train 10000 --seeds 5 --out runs/bench-methods-cifar
+    python bench/methods.py --tiny --out /tmp/methods      # seconds: checks that the script runs
+
+Methods, each searched with the same data, space, recipe, teacher and trial budget:
+  (a) kdnas        the study's sampler over architecture + KD settings, with its early stopping
+  (b) random       random search over the same joint space, no early stopping
+  (c) arch-then-kd the study's sampler over architectures with alpha = 0 (no KD), then the students on its
+                   accuracy-vs-parameters front distilled with T = 4, alpha = 0.9, no decay (counted in its compute)
+  (d) fixed-kd     the study's sampler over architectures, KD fixed at T = 4, alpha = 0.9, no decay
+  (e) kdnas-no-es  as (a) without early stopping (separates the sampler from the stopping)
+
+Compute is training FLOPs (epochs x MACs x 6 x training images, as bench/speed.py counts it; the teacher's
+soft targets are computed once per folder and not counted). Printed, never asserted: per method the
+hypervolume of (validation accuracy, parameters) and of (accuracy, latency) at the end, mean and 95% interval
+over seeds; the compute each needs to reach random search's final hypervolume; and the test accuracy of
+the student each method would hand over within --sizes parameters (its best by validation accuracy,
+trained again with kdnas.train for --retrain-epochs), averaged over seeds. methods.html in --out draws
+hypervolume against compute.
+
+Runs are kept in --out (one teacher, soft-target cache and latency table for all): a later invocation reads
+finished seeds again, resumes an interrupted one and trains only what is missing. A folder made with other
+settings is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from _runs import compute_curve, fewer_training_images, search  # bench/ is scripts, not a package
+
+from kdnas.cli import setup_logging
+from kdnas.config import EarlyStopConfig, KDSpace, StudyConfig, dataclass_from_dict, load_study
+from kdnas.distill import KDSpec
+from kdnas.files import write_json, write_text
+from kdnas.results import hypervolume_history, hypervolume_reference, pareto_front, trials_frame
+from kdnas.status import TrialStatus
+
+METHODS = {
+    "kdnas": "(a) the study's sampler over architecture + KD, its early stopping",
+    "random": "(b) random search over the same space, no early stopping",
+    "arch-then-kd": "(c) the sampler over architectures without KD, then its front distilled (T 4, alpha 0.9)",
+    "fixed-kd": "(d) the sampler over architectures, KD fixed at T 4, alpha 0.9",
+    "kdnas-no-es": "(e) as (a) without early stopping",
+}
+# The usual recipe people distil with (Hinton et al.'s T, a strong soft term).
+USUAL_KD = {"temperature": 4.0, "alpha": 0.9, "alpha_decay": "none"}
+NO_KD = {"temperature": 4.0, "alpha": 0.0, "alpha_decay": "none"}
+# Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond the table).
+T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+
+
+def main() -> None:
+    args = _parse_args()
+    torch.set_num_threads(args.threads)
+    base = _base_study(args)
+    methods = args.methods.split(",")
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"error: unknown method(s) {', '.join(sorted(unknown))}; known: {', '.join(METHODS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = _check_settings(args, base)
+    print(
+        f"kdnas methods bench: torch {torch.__version__}, {args.threads} threads; study {base.name!r}, "
+        f"{base.budget.trials} trials, {args.seeds} seeds, training images: {base.data.limit_train or 'all'}, "
+        f"student epochs {base.train.epochs}, retrained for {settings['retrain_epochs']}; runs in {args.out}"
+    )
+    runs: dict[tuple[str, int], object] = {}
+    for seed in range(args.seeds):
+        for method in methods:
+            print(f"methods: {method}, seed {seed}", file=sys.stderr, flush=True)
+            runs[method, seed] = _run(method, seed, base, args)
+    references = _references(base, args)
+    curves = {key: _curves(run, references) for key, run in runs.items()}
+    _print_hypervolumes(methods, args.seeds, curves, references)
+    _print_students(methods, args, runs)
+    _write_figure(args.out / "methods.html", methods, args.seeds, curves, references, base.name)
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", default="fashion")
+    parser.add_argument("--limit-train", type=int, default=12_000, help="training images (0: the study's own)")
+    parser.add_argument("--trials", type=int, default=0, help="trials per method and seed (0: the study's budget)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 of every method")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
+    parser.add_argument("--sizes", default="25000,50000,100000", help="parameter budgets of the students table")
+    parser.add_argument("--retrain-epochs", type=int, default=0, help="epochs of the retrained students (0: search's)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, required=True, help="the folder that keeps every run")
+    parser.add_argument("--tiny", action="store_true", help="the smoke study, 2 seeds, 2 trials: checks the script")
+    args = parser.parse_args()
+    if args.tiny:
+        # 2 trials: with KD fixed, smoke's space holds 2 candidates.
+        args.study, args.limit_train, args.seeds, args.sizes = "smoke", 0, 2, "6000,20000"
+        args.trials = args.trials or 2
+    return args
+
+
+def _base_study(args: argparse.Namespace) -> StudyConfig:
+    cfg = load_study(args.study)
+    trials = args.trials or cfg.budget.trials
+    return dataclasses.replace(
+        cfg,
+        data=fewer_training_images(cfg.data, args.limit_train),
+        budget=dataclasses.replace(cfg.budget, trials=trials, timeout_min=None),
+    )
+
+
+def _check_settings(args: argparse.Namespace, base: StudyConfig) -> dict:
+    """The bench's settings, stored in the folder on first use; a folder made with others is refused."""
+    settings = {
+        "study": json.loads(json.dumps(base.to_dict(), default=list)),
+        "retrain_epochs": args.retrain_epochs or base.train.epochs,
+    }
+    path = args.out / "bench-settings.json"
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        difference = _first_difference(kept, settings)
+        if difference:
+            raise SystemExit(
+                f"error: {args.out} holds runs made with other settings ({difference}); pass another --out, "
+                "or the options those runs were made with"
+            )
+    else:
+        write_json(path, settings)
+    return settings
+
+
+def _first_difference(kept, asked, where: str = "") -> str | None:
+    """'study.data.limit_train: 12000 there, 10000 here' for the first value that differs, or None."""
+    if isinstance(kept, dict) and isinstance(asked, dict):
+        for key in sorted(set(kept) | set(asked)):
+            found = _first_difference(kept.get(key), asked.get(key), f"{where}.{key}" if where else key)
+            if found:
+                return found
+        return None
+    return None if kept == asked else f"{where}: {kept!r} there, {asked!r} here"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The methods
+# ---------------------------------------------------------------------------------------------------
+
+
+def method_study(base: StudyConfig, method: str, seed: int) -> StudyConfig:
+    """The study a method searches: ``base`` with its sampler, KD space or early stopping changed."""
+    no_stopping = EarlyStopConfig(policy="none")
+    changes = {
+        "kdnas": {},
+        "random": {"sampler": dataclasses.replace(base.sampler, name="random"), "early_stop": no_stopping},
+        "arch-then-kd": {"kd": dataclass_from_dict(KDSpace, NO_KD, "kd")},
+        "fixed-kd": {"kd": dataclass_from_dict(KDSpace, USUAL_KD, "kd")},
+        "kdnas-no-es": {"early_stop": no_stopping},
+    }[method]
+    return dataclasses.replace(base, name=f"{base.name}-{method}", seed=seed, **changes)
+
+
+@dataclasses.dataclass
+class MethodRun:
+    """One method and seed: its study's trials frame (in the order they cost compute) and its config."""
+
+    cfg: StudyConfig
+    frame: object  # pandas.DataFrame: trials_frame rows, then (arch-then-kd) the distilled retrains
+    study: object  # optuna.Study
+
+
+def _run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace) -> MethodRun:
+    import pandas as pd
+
+    cfg = method_study(base, method, seed)
+    study = search(cfg, args.out, args.out / f"{method}-{seed}.db", args.data_dir)
+    frame = trials_frame(study)
+    if method == "arch-then-kd":
+        front = pareto_front(frame[frame["status"] == TrialStatus.COMPLETE], "params")
+        distilled = [
+            _distilled_row(cfg, study, int(trial), args, len(frame) + i) for i, trial in enumerate(front["trial"])
+        ]
+        frame = pd.concat([frame, pd.DataFrame(distilled)], ignore_index=True)
+    return MethodRun(cfg, frame, study)
+
+
+def _distilled_row(cfg: StudyConfig, study, trial: int, args: argparse.Namespace, number: int) -> dict:
+    """Trial ``trial`` of an arch-then-kd search distilled with the usual recipe for the search's epochs, as a
+    trials-frame row numbered ``number`` (after the search's trials: its compute comes after theirs)."""
+    summary = _retrain(cfg, study, trial, args, cfg.train.epochs, USUAL_KD)
+    searched = study.trials[trial].user_attrs
+    return {
+        "trial": number,
+        "status": TrialStatus.COMPLETE,
+        "arch": summary["arch"],
+        "val_accuracy": summary["val_accuracy"],
+        "test_accuracy": summary["test_accuracy"],
+        "params": summary["params"],
+        "macs": searched["macs"],
+        "latency_ms": searched["latency_ms"],
+        "epochs": summary["epochs"],
+        "distilled": True,
+        "retrain_of": trial,
+    }
+
+
+def _retrain(cfg: StudyConfig, study, trial: int, args: argparse.Namespace, epochs: int, kd=None) -> dict:
+    """Trial ``trial`` trained again by kdnas.train for ``epochs`` (with the distillation settings ``kd`` when
+    given), its summary; kept in the folder, so a finished retraining is read again and an interrupted one
+    redone."""
+    from kdnas.rundir import StudyRun
+    from kdnas.student_file import read_student, student_record
+    from kdnas.train import train_student
+
+    what = "usual-kd" if kd else "as-searched"
+    out_dir = args.out / "retrained" / f"{cfg.name}-s{cfg.seed}-t{trial}-{what}-e{epochs}"
+    result = out_dir / "result.json"
+    if result.is_file():  # written last by kdnas.train: the training finished
+        return json.loads(result.read_text())
+    record = student_record(StudyRun(study, cfg, args.out), trial, {"bench": what})
+    if kd is not None:
+        record["kd"] = dataclasses.asdict(KDSpec(**kd))
+    config = out_dir.with_suffix(".json")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    write_json(config, record)
+    return train_student(read_student(config), out_dir, epochs=epochs, data_dir=args.data_dir)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hypervolume against compute
+# ---------------------------------------------------------------------------------------------------
+
+
+def _references(base: StudyConfig, args: argparse.Namespace) -> dict[str, float]:
+    """The hypervolume reference points, fixed per folder: 10% above the largest student the study can keep,
+    in parameters, and 10% above the space's largest student's figure in the folder's latency table, where
+    the searches timed every candidate (the same anchored machine state)."""
+    from kdnas.data import load_data
+    from kdnas.measure import LatencyTable
+    from kdnas.models import build_model
+    from kdnas.space import extreme_student
+
+    path = args.out / "bench-references.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    data = load_data(base.data, args.data_dir, download=False)
+    info = data.info
+    shape = (info.in_channels, info.num_classes, info.image_size)
+    params = hypervolume_reference(base, *shape)
+    largest = extreme_student(base, *shape, largest=True)
+    input_shape = (info.in_channels, info.image_size, info.image_size)
+    table = LatencyTable(args.out, base.latency, input_shape, mean=info.mean, std=info.std)
+    latency = table.latency_ms(build_model(largest), largest)
+    references = {"params": params, "latency_ms": 1.1 * latency, "train_images": len(data.train)}
+    write_json(path, references)
+    return references
+
+
+def _curves(run: MethodRun, references: dict[str, float]) -> dict[str, list[float]]:
+    """Cumulative compute and both hypervolumes after each row of a method's frame."""
+    cost, hv_params = compute_curve(run.frame, run.cfg, references["train_images"])
+    hv_latency = hypervolume_history(run.frame, references["latency_ms"], "latency_ms").tolist()
+    return {"compute": cost, "params": hv_params, "latency_ms": hv_latency}
+
+
+def mean_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95% interval (Student's t; 0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, T975.get(n - 1, 1.96) * sd / math.sqrt(n)
+
+
+def first_reach(compute: list[float], hv: list[float], target: float) -> float | None:
+    """The compute at which a hypervolume curve first reached ``target``, or None."""
+    return next((c for c, h in zip(compute, hv, strict=True) if h >= target - 1e-12), None)
+
+
+def _print_hypervolumes(methods: list[str], seeds: int, curves: dict, references: dict[str, float]) -> None:
+    print(
+        f"\n== hypervolume at the end (mean +- 95% interval over {seeds} seeds); references: 0% accuracy at "
+        f"{references['params']:,.0f} parameters, at {references['latency_ms']:.3f} ms; compute in TFLOP"
+    )
+    print(f"{'method':<13} {'HV params':>16} {'HV latency':>16} {'TFLOP':>14}   to reach random's final HV (params)")
+    for method in methods:
+        hv_p = mean_interval([curves[method, s]["params"][-1] for s in range(seeds)])
+        hv_l = mean_interval([curves[method, s]["latency_ms"][-1] for s in range(seeds)])
+        spent = mean_interval([curves[method, s]["compute"][-1] / 1e12 for s in range(seeds)])
+        reach = "-"
+        if ("random", 0) in curves:
+            shares = []
+            for s in range(seeds):
+                goal = curves["random", s]
+                found = first_reach(curves[method, s]["compute"], curves[method, s]["params"], goal["params"][-1])
+                if found is not None:
+                    shares.append(found / goal["compute"][-1])
+            if shares:
+                mean, half = mean_interval(shares)
+                reach = f"{100 * mean:.0f}% +- {100 * half:.0f}% of random's compute ({len(shares)} of {seeds} seeds)"
+            else:
+                reach = f"not reached (0 of {seeds} seeds)"
+        print(
+            f"{method:<13} {hv_p[0]:8.4f} +- {hv_p[1]:.4f} {hv_l[0]:8.4f} +- {hv_l[1]:.4f} "
+            f"{spent[0]:7.2f} +- {spent[1]:4.2f}   {reach}"
+        )
+
+
+def _print_students(methods: list[str], args: argparse.Namespace, runs: dict) -> None:
+    """Per method and size: the student it would hand over (best validation accuracy within the size), retrained."""
+    sizes = [int(s) for s in args.sizes.split(",")]
+    epochs = args.retrain_epochs or next(iter(runs.values())).cfg.train.epochs
+    print(
+        f"\n== test accuracy of the student each method hands over within a size (its best by validation "
+        f"accuracy), trained again for {epochs} epochs; mean +- 95% interval over seeds (seeds with one)"
+    )
+    print(f"{'method':<13} " + " ".join(f"{f'<= {size:,}':>22}" for size in sizes))
+    for method in methods:
+        cells = []
+        for size in sizes:
+            accuracies = []
+            for seed in range(args.seeds):
+                run = runs[method, seed]
+                done = run.frame[(run.frame["status"] == TrialStatus.COMPLETE) & (run.frame["params"] <= size)]
+                if done.empty:
+                    continue
+                best = done.sort_values(["val_accuracy", "params"], ascending=[False, True]).iloc[0]
+                distilled = "retrain_of" in best and not math.isnan(best["retrain_of"])  # arch-then-kd's phase 2
+                trial = int(best["retrain_of"] if distilled else best["trial"])
+                summary = _retrain(run.cfg, run.study, trial, args, epochs, USUAL_KD if distilled else None)
+                accuracies.append(summary["test_accuracy"])
+            if accuracies:
+                mean, half = mean_interval(accuracies)
+                cells.append(f"{100 * mean:6.2f} +- {100 * half:4.2f}% ({len(accuracies)})")
+            else:
+                cells.append("-")
+        print(f"{method:<13} " + " ".join(f"{cell:>22}" for cell in cells))
+
+
+def _write_figure(path: Path, methods: list[str], seeds: int, curves: dict, references: dict, study: str) -> None:
+    """Hypervolume against compute, mean and 95% band over seeds per method, in one self-contained page."""
+    import plotly.graph_objects as go
+    from plotly.offline import get_plotlyjs
+
+    divs = []
+    for cost, title in (("params", "parameters"), ("latency_ms", "latency")):
+        figure = go.Figure()
+        for method in methods:
+            grid = sorted({c for s in range(seeds) for c in curves[method, s]["compute"]})
+            runs = [curves[method, s] for s in range(seeds)]
+            bands = [mean_interval([_value_at(run["compute"], run[cost], x) for run in runs]) for x in grid]
+            x = [c / 1e12 for c in grid]
+            mean = [m for m, _ in bands]
+            figure.add_trace(go.Scatter(x=x, y=mean, mode="lines", name=METHODS[method], line_shape="hv"))
+            figure.add_trace(
+                go.Scatter(
+                    x=x + x[::-1],
+                    y=[m + h for m, h in bands] + [m - h for m, h in bands][::-1],
+                    fill="toself",
+                    opacity=0.2,
+                    line={"width": 0},
+                    showlegend=False,
+                    hoverinfo="skip",
+                    line_shape="hv",
+                )
+            )
+        figure.update_layout(
+            title=f"{study}: hypervolume of (accuracy, {title}) against training compute, mean and 95% band "
+            f"over {seeds} seeds",
+            xaxis_title="training compute (TFLOP)",
+            yaxis_title="hypervolume",
+            template="plotly_white",
+        )
+        divs.append(figure.to_html(full_html=False, include_plotlyjs=False))
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>kdnas methods: {study}</title>"
+        f"<script>{get_plotlyjs()}</script></head><body>{''.join(divs)}</body></html>"
+    )
+    write_text(path, page)
+    print(f"\nfigure: {path}")
+
+
+def _value_at(compute: list[float], values: list[float], x: float) -> float:
+    """A step curve's value at compute ``x`` (0 before its first point)."""
+    found = 0.0
+    for c, v in zip(compute, values, strict=True):
+        if c > x:
+            break
+        found = v
+    return found
+
+
+if __name__ == "__main__":
+    setup_logging(verbose=False, quiet=False)  # figures on stdout, progress on stderr
+    main()
