@@ -3,7 +3,9 @@ random search, against "search without KD, then distil" and against fixed KD set
 compute, over seeds. Every figure is measured in this run or in the kept runs it reads again.
 
     python bench/methods.py --study fashion --limit-train 12000 --seeds 5 --out runs/bench-methods-fashion
-    python bench/methods.py --study cifar-cpu --limit-train 10000 --seeds 5 --out runs/bench-methods-cifar
+    python bench/methods.py --study cifar-cpu --limit-train 10000 --seeds 5 --out runs/bench-methods-cifar-weak
+    python bench/methods.py --study cifar-cpu --limit-train 10000 --seeds 5 --epochs 12 \
+        --teacher-checkpoint runs/cifar-cpu/teacher.pt --out runs/bench-methods-cifar-strong
     python bench/methods.py --tiny --out /tmp/methods      # seconds: checks that the script runs
 
 Methods, each searched with the same data, space, recipe, teacher and trial budget:
@@ -21,6 +23,11 @@ over seeds; the compute each needs to reach random search's final hypervolume; a
 the student each method would hand over within --sizes parameters (its best by validation accuracy,
 trained again with kdnas.train for --retrain-epochs), averaged over seeds. methods.html in --out draws
 hypervolume against compute.
+
+Whether distillation settings matter depends on the regime: by default the teacher is the study's, trained on
+the bench's training images (a weak teacher when they are few); --teacher-checkpoint distils from a teacher
+trained elsewhere (for example on all the study's images: a strong one), and --epochs trains every student
+longer than the study does.
 
 Runs are kept in --out (one teacher, soft-target cache and latency table for all): a later invocation reads
 finished seeds again, resumes an interrupted one and trains only what is missing. A folder made with other
@@ -94,6 +101,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=0, help="trials per method and seed (0: the study's budget)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 of every method")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
+    parser.add_argument("--epochs", type=int, default=0, help="epochs of every student (0: the study's)")
+    parser.add_argument(
+        "--teacher-checkpoint",
+        type=Path,
+        help="a state dict of the study's teacher network, loaded instead of training it",
+    )
     parser.add_argument("--sizes", default="25000,50000,100000", help="parameter budgets of the students table")
     parser.add_argument("--retrain-epochs", type=int, default=0, help="epochs of the retrained students (0: search's)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
@@ -111,9 +124,17 @@ def _parse_args() -> argparse.Namespace:
 def _base_study(args: argparse.Namespace) -> StudyConfig:
     cfg = load_study(args.study)
     trials = args.trials or cfg.budget.trials
+    teacher = cfg.teacher
+    if args.teacher_checkpoint:
+        if not args.teacher_checkpoint.is_file():
+            raise SystemExit(f"error: --teacher-checkpoint {args.teacher_checkpoint} is not a file; pass a state dict")
+        # Absolute: the retrained students find it from their own folders.
+        teacher = dataclasses.replace(teacher, checkpoint=str(args.teacher_checkpoint.resolve()))
     return dataclasses.replace(
         cfg,
         data=fewer_training_images(cfg.data, args.limit_train),
+        teacher=teacher,
+        train=dataclasses.replace(cfg.train, epochs=args.epochs or cfg.train.epochs),
         budget=dataclasses.replace(cfg.budget, trials=trials, timeout_min=None),
     )
 

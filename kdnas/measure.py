@@ -10,7 +10,6 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,32 +23,19 @@ from kdnas.models import ArchSpec, build_model, count_params
 from kdnas.registry import unknown_name
 
 __all__ = [
-    "Cost",
     "check_device_name",
     "LatencyTable",
     "anchor_network",
     "anchor_spec",
     "anchored",
     "count_macs",
-    "measure_latency",
     "measure_latencies",
-    "measure_cost",
     "resolve_device",
     "device_model",
     "time_side_by_side",
 ]
 
 log = logging.getLogger("kdnas.measure")
-
-
-@dataclass(frozen=True)
-class Cost:
-    """params: trainable parameters; macs: multiply-accumulates of one forward pass of one image;
-    latency_ms: wall time of one forward pass of the latency batch on the target device (``measure_latencies``)."""
-
-    params: int
-    macs: int
-    latency_ms: float
 
 
 # The device types kdnas trains and times on; "auto" picks one of them on the machine that runs.
@@ -126,11 +112,6 @@ def anchored(latency_ms: float, anchor_ms: float, reference_ms: float | None) ->
     return latency_ms if reference_ms is None else latency_ms * reference_ms / anchor_ms
 
 
-def measure_latency(model: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig) -> float:
-    """Milliseconds of one inference forward pass on ``cfg.device`` (see ``measure_latencies``)."""
-    return measure_latencies([model], input_shape, cfg)[0]
-
-
 def measure_latencies(models: Sequence[nn.Module], input_shape: tuple[int, ...], cfg: LatencyConfig) -> list[float]:
     """Milliseconds of one inference forward pass of each model on ``cfg.device`` in eager PyTorch, timed
     side by side (``time_side_by_side``).
@@ -182,11 +163,6 @@ def time_side_by_side(
 def _copy_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
     probe = copy.deepcopy(model).to(device).eval()
     return probe.to(memory_format=torch.channels_last)
-
-
-def measure_cost(model: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig) -> Cost:
-    """Parameters, MACs and latency of ``model`` for inputs of ``input_shape`` (C, H, W)."""
-    return Cost(count_params(model), count_macs(model, input_shape), measure_latency(model, input_shape, cfg))
 
 
 class LatencyTable:

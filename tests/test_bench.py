@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from kdnas.config import EarlyStopConfig
+from kdnas.config import EarlyStopConfig, load_study
 from kdnas.pruning import EarlyStopper
 from kdnas.results import trials_frame
 
@@ -94,6 +95,19 @@ def test_methods_bench_runs_every_method_over_seeds_and_refuses_a_folder_of_othe
         "error: runs holds runs made with other settings (study.budget.trials: 2 there, 4 here); pass another "
         "--out, or the options those runs were made with"
     ]
+
+
+def test_methods_bench_regimes_set_the_teacher_checkpoint_and_the_students_epochs(tmp_path, monkeypatch) -> None:
+    (tmp_path / "teacher.pt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    options = {"study": "fashion", "limit_train": 12_000, "trials": 0}
+    default = methods._base_study(argparse.Namespace(**options, epochs=0, teacher_checkpoint=None))
+    assert (default.train.epochs, default.teacher.checkpoint) == (load_study("fashion").train.epochs, None)
+    strong = methods._base_study(argparse.Namespace(**options, epochs=9, teacher_checkpoint=Path("teacher.pt")))
+    assert (strong.train.epochs, strong.data.limit_train) == (9, 12_000)
+    assert strong.teacher.checkpoint == str(tmp_path.resolve() / "teacher.pt")  # found from any folder
+    with pytest.raises(SystemExit, match=r"^error: --teacher-checkpoint gone.pt is not a file; pass a state dict$"):
+        methods._base_study(argparse.Namespace(**options, epochs=0, teacher_checkpoint=Path("gone.pt")))
 
 
 def test_mean_interval_uses_students_t() -> None:

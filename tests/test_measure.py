@@ -1,4 +1,4 @@
-"""Cost of a candidate: MACs against a hand count, latency honouring its config, device names."""
+"""What a candidate costs: MACs against a hand count, latency honouring its config, device names."""
 
 from __future__ import annotations
 
@@ -14,18 +14,19 @@ from torch import nn
 from kdnas.config import LatencyConfig
 from kdnas.errors import KdnasError
 from kdnas.measure import (
-    Cost,
     LatencyTable,
     count_macs,
     device_model,
-    measure_cost,
     measure_latencies,
-    measure_latency,
     resolve_device,
 )
 from kdnas.models import ArchSpec, build_model, count_params
 
 FAST = LatencyConfig(warmup=1, repeats=3)
+
+
+def measure_latency(model: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig) -> float:
+    return measure_latencies([model], input_shape, cfg)[0]
 
 
 def conv_linear() -> nn.Module:
@@ -89,14 +90,6 @@ def test_measure_latency_leaves_the_model_untouched():
     measure_latency(model, (2, 8, 8), FAST)
     assert model.training
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-
-
-def test_measure_cost_combines_the_three():
-    model = build_model(ArchSpec("resnet", 1, 10, {"base_width": 4, "blocks": (1,)}))
-    cost = measure_cost(model, (1, 8, 8), FAST)
-    assert isinstance(cost, Cost)
-    assert (cost.params, cost.macs) == (count_params(model), count_macs(model, (1, 8, 8)))
-    assert cost.latency_ms > 0
 
 
 @pytest.mark.parametrize(
