@@ -477,6 +477,9 @@ class LatencyConfig:
     threads: int = 1  # intra-op threads while timing on the CPU (torch or ONNX Runtime)
     warmup: int = 10
     repeats: int = 50  # timed runs, in rounds of LATENCY_ROUND_RUNS: the lowest round median is the latency
+    # Rounds go on past `repeats` until they have lasted this long: a machine's speed changes over seconds,
+    # so a timing of a few milliseconds sees one state of it (figures in docs/benchmarks.md).
+    min_time_s: float = 0.5
     command: str | None = None  # runtime "command": the command line, with {onnx}, {batch}, {threads}
     timeout_s: float = 600.0  # runtime "command": the longest one network's command may run
 
@@ -490,6 +493,7 @@ class LatencyConfig:
         _at_least("threads", self.threads, 1)
         _at_least("warmup", self.warmup, 0)
         _at_least("repeats", self.repeats, 1)
+        _at_least("min_time_s", self.min_time_s, 0)
         _positive("timeout_s", self.timeout_s)
         RUNTIMES.get(self.runtime).check(self)
 

@@ -134,10 +134,12 @@ def time_side_by_side(
 
     ``cfg.warmup`` untimed calls of each come first (kernel selection, caches, a runtime's first slow
     runs), then ``cfg.repeats`` timed calls of each, in rounds of up to ``LATENCY_ROUND_RUNS`` calls that
-    take the networks in turn; a network's figure is the lowest of its round medians, so a round slowed by
-    a passing disturbance does not count, and a slow drift of the machine (on a 2-core VM its speed changes
-    by up to 1.8x from one minute to the next) touches every network alike. ``sync`` brackets each call
-    (a device's queue).
+    take the networks in turn, more rounds following until they have lasted ``cfg.min_time_s``; a
+    network's figure is the lowest of its round medians. A round slowed by a passing disturbance does not
+    count, a slow drift of the machine (on a 2-core VM its speed changes by up to 1.8x from one minute to
+    the next) touches every network alike, and rounds spread over half a second meet the machine's fast
+    state, which a timing of milliseconds may miss (docs/benchmarks.md). ``sync`` brackets each call (a
+    device's queue).
     """
     sync = sync or (lambda: None)
 
@@ -154,9 +156,12 @@ def time_side_by_side(
     round_medians: list[list[float]] = [[] for _ in runs]
     for run in runs:
         timed(run, cfg.warmup)
-    for first in range(0, cfg.repeats, LATENCY_ROUND_RUNS):
+    done, start = 0, time.perf_counter()
+    while done < cfg.repeats or time.perf_counter() - start < cfg.min_time_s:
+        n = min(LATENCY_ROUND_RUNS, cfg.repeats - done) if done < cfg.repeats else LATENCY_ROUND_RUNS
         for run, medians in zip(runs, round_medians, strict=True):
-            medians.append(statistics.median(timed(run, min(LATENCY_ROUND_RUNS, cfg.repeats - first))))
+            medians.append(statistics.median(timed(run, n)))
+        done += n
     return [1000 * min(medians) for medians in round_medians]
 
 

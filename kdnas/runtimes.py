@@ -104,6 +104,11 @@ class Runtime(abc.ABC):
 RUNTIMES: Registry[type[Runtime]] = Registry("latency runtime")
 
 
+def _over(cfg: LatencyConfig) -> str:
+    """The setup's words for ``min_time_s`` (none without one: tables timed before it existed stay valid)."""
+    return f" over at least {cfg.min_time_s:g} s" if cfg.min_time_s else ""
+
+
 def runtime_for(cfg: LatencyConfig) -> Runtime:
     """The runtime ``cfg.runtime`` names, set up with ``cfg``."""
     return RUNTIMES.get(cfg.runtime)(cfg)
@@ -113,7 +118,7 @@ def runtime_for(cfg: LatencyConfig) -> Runtime:
 class TorchRuntime(Runtime):
     """Eager PyTorch on ``cfg.device``, side by side (``kdnas.measure.measure_latencies``)."""
 
-    keys = ("device", "warmup", "repeats")
+    keys = ("device", "warmup", "repeats", "min_time_s")
 
     def require(self) -> None:
         from kdnas.measure import resolve_device
@@ -129,7 +134,8 @@ class TorchRuntime(Runtime):
         cfg = self.cfg
         return (
             f"{cfg.device} ({device_model(cfg.device)}), batch {cfg.batch_size} x {'x'.join(map(str, input_shape))}, "
-            f"{cfg.threads} threads, {cfg.warmup} warm-up + {cfg.repeats} timed runs, torch {torch.__version__}"
+            f"{cfg.threads} threads, {cfg.warmup} warm-up + {cfg.repeats} timed runs{_over(cfg)}, "
+            f"torch {torch.__version__}"
         )
 
     def measure(
@@ -204,7 +210,7 @@ class _OnnxFileRuntime(Runtime):
 class OnnxRuntime(_OnnxFileRuntime):
     """ONNX Runtime's CPU execution provider, sessions timed side by side as eager torch is."""
 
-    keys = ("device", "warmup", "repeats")
+    keys = ("device", "warmup", "repeats", "min_time_s")
 
     @classmethod
     def check(cls, cfg: LatencyConfig) -> None:
@@ -234,7 +240,7 @@ class OnnxRuntime(_OnnxFileRuntime):
         cfg = self.cfg
         return (
             f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider on cpu ({device_model('cpu')}), "
-            f"{self._batch_line(input_shape)}, {cfg.warmup} warm-up + {cfg.repeats} timed runs, "
+            f"{self._batch_line(input_shape)}, {cfg.warmup} warm-up + {cfg.repeats} timed runs{_over(cfg)}, "
             f"exported by torch {torch.__version__}"
         )
 

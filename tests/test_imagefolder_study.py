@@ -41,6 +41,7 @@ batch_size = 32
 [latency]
 warmup = 1
 repeats = 10
+min_time_s = 0
 
 [budget]
 trials = 2

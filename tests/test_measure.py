@@ -6,6 +6,7 @@ import json
 import logging
 import shlex
 import sys
+import time
 
 import pytest
 import torch
@@ -19,10 +20,11 @@ from kdnas.measure import (
     device_model,
     measure_latencies,
     resolve_device,
+    time_side_by_side,
 )
 from kdnas.models import ArchSpec, build_model, count_params
 
-FAST = LatencyConfig(warmup=1, repeats=3)
+FAST = LatencyConfig(warmup=1, repeats=3, min_time_s=0)
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], cfg: LatencyConfig) -> float:
@@ -72,9 +74,22 @@ def test_measure_latency_runs_warmup_plus_repeats_with_the_configured_batch_and_
     seen = []
     # The hook travels with the copy latency is measured on; it records each forward pass.
     model.register_forward_hook(lambda m, args, out: seen.append((args[0].shape[0], torch.get_num_threads())))
-    cfg = LatencyConfig(batch_size=3, threads=1, warmup=2, repeats=4)
+    cfg = LatencyConfig(batch_size=3, threads=1, warmup=2, repeats=4, min_time_s=0)
     measure_latency(model, (2, 8, 8), cfg)
     assert seen == [(3, 1)] * 6
+
+
+def test_timing_goes_on_in_rounds_until_it_has_lasted_min_time_s():
+    calls = []
+
+    def slow_run() -> None:
+        calls.append(time.perf_counter())
+        time.sleep(0.002)
+
+    (latency,) = time_side_by_side([slow_run], LatencyConfig(warmup=0, repeats=5, min_time_s=0.15))
+    assert calls[-1] - calls[0] >= 0.15 - 0.003  # the last call starts after the rounds have lasted long enough
+    assert len(calls) % 10 == 5 and len(calls) >= 65  # 5 asked, then whole rounds of 10 (about 2 ms each)
+    assert 2.0 <= latency < 10.0
 
 
 def test_measure_latency_restores_the_thread_count():
@@ -171,18 +186,20 @@ def test_measure_latencies_times_the_networks_in_turn_in_rounds():
     models, seen = [conv_linear(), conv_linear()], []
     for name, model in zip("ab", models, strict=True):
         model.register_forward_hook(lambda m, args, out, name=name: seen.append(name))
-    latencies = measure_latencies(models, (2, 8, 8), LatencyConfig(warmup=2, repeats=25))
+    latencies = measure_latencies(models, (2, 8, 8), LatencyConfig(warmup=2, repeats=25, min_time_s=0))
     assert len(latencies) == 2 and all(t > 0 for t in latencies)
     # Warm-up of each, then rounds of 10, 10 and 5 runs taking the networks in turn.
     assert "".join(seen) == "aabb" + "a" * 10 + "b" * 10 + "a" * 10 + "b" * 10 + "a" * 5 + "b" * 5
 
 
-def test_torch_tables_keep_the_setup_words_of_tables_written_before_runtimes(tmp_path):
-    # The key of a latency.json figure on torch: unchanged, so stored tables need no retiming.
-    table = LatencyTable(tmp_path, LatencyConfig(), (1, 28, 28))
-    assert table.setup == (
-        f"cpu ({device_model('cpu')}), batch 1 x 1x28x28, 1 threads, 10 warm-up + 50 timed runs, "
-        f"torch {torch.__version__}"
+def test_torch_tables_keep_the_setup_words_of_tables_written_before_runtimes_and_min_time(tmp_path):
+    # The key of a latency.json figure on torch, timed as before min_time_s: unchanged, so those tables stay
+    # valid; a minimum time is another way of timing, so it is another setup.
+    words = f"cpu ({device_model('cpu')}), batch 1 x 1x28x28, 1 threads, 10 warm-up + 50 timed runs"
+    before = LatencyTable(tmp_path, LatencyConfig(min_time_s=0), (1, 28, 28))
+    assert before.setup == f"{words}, torch {torch.__version__}"
+    assert LatencyTable(tmp_path, LatencyConfig(), (1, 28, 28)).setup == (
+        f"{words} over at least 0.5 s, torch {torch.__version__}"
     )
 
 

@@ -51,7 +51,7 @@ def test_onnxruntime_times_deployed_exports_side_by_side_in_configured_sessions(
 
     monkeypatch.setattr(ort, "InferenceSession", Recording)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    cfg = LatencyConfig(runtime="onnxruntime", batch_size=3, threads=2, warmup=2, repeats=12)
+    cfg = LatencyConfig(runtime="onnxruntime", batch_size=3, threads=2, warmup=2, repeats=12, min_time_s=0)
     latencies = runtime_for(cfg).measure([tiny(), tiny()], SHAPE, (0.3,), (0.3,))
     assert len(latencies) == 2 and all(t > 0 for t in latencies)
     for session in sessions:
