@@ -25,7 +25,8 @@ Sections (figures are printed, never asserted):
   search times it, and the rank correlation of the two.
 - anchor: one network of the space timed on the study's runtime beside the anchor network, in rounds a
   few seconds apart (as a search samples a network and kdnas.train times the trained one, minutes or
-  hours apart): its figure alone and scaled to the anchor's first figure, and how far each strays.
+  hours apart), with exactly `repeats` timed runs and with rounds going on for `min_time_s`: its figure
+  alone and scaled to the anchor's first figure, and how far each strays.
 
 Teachers in the throughput and flops sections have untrained weights: speed does not depend on them.
 """
@@ -48,7 +49,7 @@ from _runs import compute_curve, fewer_training_images, search  # bench/ is scri
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdnas.cli import setup_logging
-from kdnas.config import EarlyStopConfig, StudyConfig, TrainRecipe, load_study
+from kdnas.config import EarlyStopConfig, LatencyConfig, StudyConfig, TrainRecipe, load_study
 from kdnas.data import AugmentedViews, DatasetInfo, ImageData, load_data
 from kdnas.distill import KDSpec, kd_loss
 from kdnas.measure import count_macs
@@ -703,7 +704,6 @@ def runtimes(cfg: StudyConfig, info: DatasetInfo, tiny: bool, networks: int) -> 
     """Does eager torch rank the space's networks as ONNX Runtime (the deployed graph) does, at batch 1?"""
     import onnxruntime
 
-    from kdnas.config import LatencyConfig
     from kdnas.runtimes import runtime_for
 
     archs = _networks_of(cfg, info, 3 if tiny else networks)
@@ -739,32 +739,47 @@ def runtimes(cfg: StudyConfig, info: DatasetInfo, tiny: bool, networks: int) -> 
 
 
 def anchor(cfg: StudyConfig, info: DatasetInfo, tiny: bool, rounds: int = 8, pause_s: float = 5.0) -> None:
-    """Does scaling by the anchor network make figures timed at different moments comparable?"""
+    """Do a minimum timing time and scaling by the anchor network make figures timed at different moments
+    comparable? Each round times the network beside the anchor twice: exactly ``repeats`` runs, and rounds
+    going on for ``min_time_s`` (the study's, or the default where the study sets none)."""
     from kdnas.measure import anchor_network, anchored
     from kdnas.runtimes import runtime_for
 
     rounds, pause_s = (2, 0.0) if tiny else (rounds, pause_s)
     arch = _networks_of(cfg, info, 1)[0]
     models = [build_model(arch).eval(), anchor_network(info.in_channels)]
-    runtime = runtime_for(dataclasses.replace(cfg.latency, warmup=1, repeats=3) if tiny else cfg.latency)
+    latency = dataclasses.replace(cfg.latency, warmup=1, repeats=3) if tiny else cfg.latency
+    min_time_s = 0.01 if tiny else latency.min_time_s or LatencyConfig.min_time_s
+    ways = {
+        f"{latency.repeats} runs": runtime_for(dataclasses.replace(latency, min_time_s=0)),
+        f"over {min_time_s:g} s": runtime_for(dataclasses.replace(latency, min_time_s=min_time_s)),
+    }
     shape = (info.in_channels, info.image_size, info.image_size)
     print(
         f"\n== anchor: {arch.describe()} on {cfg.latency.runtime}, {rounds} rounds {pause_s:g} s apart, beside "
-        "the anchor network; 'anchored': scaled to the anchor's figure in round 0"
+        f"the anchor network, timed with {' and with '.join(ways)}; 'anchored': scaled to the anchor's figure "
+        "in round 0"
     )
-    print(f"{'round':>5} {'alone ms':>9} {'anchor ms':>9} {'anchored ms':>11}")
-    alone, scaled, reference = [], [], None
+    print(f"{'':>5} " + " ".join(f"{way:>30}" for way in ways))
+    print(f"{'round':>5} " + " ".join(f"{'alone ms':>9} {'anchor ms':>9} {'anchored ms':>11}" for _ in ways))
+    alone, scaled, references = {w: [] for w in ways}, {w: [] for w in ways}, {}
     for i in range(rounds):
         if i:
             time.sleep(pause_s)
-        network_ms, anchor_ms = runtime.measure(models, shape, info.mean, info.std)
-        reference = reference or anchor_ms
-        alone.append(network_ms)
-        scaled.append(anchored(network_ms, anchor_ms, reference))
-        print(f"{i:>5} {network_ms:9.3f} {anchor_ms:9.3f} {scaled[-1]:11.3f}", flush=True)
-    for what, figures in (("alone", alone), ("anchored", scaled)):
-        strays = max(abs(f / figures[0] - 1) for f in figures)
-        print(f"{what}: {min(figures):.3f} to {max(figures):.3f} ms, at most {100 * strays:.1f}% from round 0")
+        cells = []
+        for way, runtime in ways.items():
+            network_ms, anchor_ms = runtime.measure(models, shape, info.mean, info.std)
+            reference = references.setdefault(way, anchor_ms)
+            alone[way].append(network_ms)
+            scaled[way].append(anchored(network_ms, anchor_ms, reference))
+            cells.append(f"{network_ms:9.3f} {anchor_ms:9.3f} {scaled[way][-1]:11.3f}")
+        print(f"{i:>5} " + " ".join(cells), flush=True)
+    for way in ways:
+        for what, figures in (("alone", alone[way]), ("anchored", scaled[way])):
+            strays = max(abs(f / figures[0] - 1) for f in figures)
+            print(
+                f"{way}, {what}: {min(figures):.3f} to {max(figures):.3f} ms, at most {100 * strays:.1f}% from round 0"
+            )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ def test_bench_runs_every_section_on_a_tiny_setting(tmp_path: Path) -> None:
     assert "compute to reach the no-early-stopping hypervolume" in out
     assert "replayed, compute to reach the no-early-stopping hypervolume" in out
     assert re.search(r"rank correlation \(Spearman\) of torch and ONNX Runtime latency over 2 networks: [-\d.]+", out)
-    assert re.search(r"^anchored: [\d.]+ to [\d.]+ ms, at most [\d.]+% from round 0$", out, re.M)
+    assert re.search(r"^over [\d.]+ s, anchored: [\d.]+ to [\d.]+ ms, at most [\d.]+% from round 0$", out, re.M)
+    assert re.search(r"^\d+ runs, alone: [\d.]+ to [\d.]+ ms, at most [\d.]+% from round 0$", out, re.M)
     assert list(tmp_path.iterdir()) == []
 
 
