@@ -97,16 +97,17 @@ class Runtime(abc.ABC):
         itself for runtimes that time ONNX files, so the figure is the deployed file's), and of ``anchor``,
         timed side by side (``kdnas.measure.LatencyTable``)."""
 
+    def _runs_line(self) -> str:
+        """The setup's words for the timed runs (none for ``min_time_s`` 0: tables timed before it existed
+        keep their key)."""
+        over = f" over at least {self.cfg.min_time_s:g} s" if self.cfg.min_time_s else ""
+        return f"{self.cfg.warmup} warm-up + {self.cfg.repeats} timed runs{over}"
+
     def _batch_line(self, input_shape: tuple[int, ...]) -> str:
         return f"batch {self.cfg.batch_size} x {'x'.join(map(str, input_shape))}, {self.cfg.threads} threads"
 
 
 RUNTIMES: Registry[type[Runtime]] = Registry("latency runtime")
-
-
-def _over(cfg: LatencyConfig) -> str:
-    """The setup's words for ``min_time_s`` (none without one: tables timed before it existed stay valid)."""
-    return f" over at least {cfg.min_time_s:g} s" if cfg.min_time_s else ""
 
 
 def runtime_for(cfg: LatencyConfig) -> Runtime:
@@ -134,8 +135,7 @@ class TorchRuntime(Runtime):
         cfg = self.cfg
         return (
             f"{cfg.device} ({device_model(cfg.device)}), batch {cfg.batch_size} x {'x'.join(map(str, input_shape))}, "
-            f"{cfg.threads} threads, {cfg.warmup} warm-up + {cfg.repeats} timed runs{_over(cfg)}, "
-            f"torch {torch.__version__}"
+            f"{cfg.threads} threads, {self._runs_line()}, torch {torch.__version__}"
         )
 
     def measure(
@@ -237,10 +237,9 @@ class OnnxRuntime(_OnnxFileRuntime):
 
         from kdnas.measure import device_model
 
-        cfg = self.cfg
         return (
             f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider on cpu ({device_model('cpu')}), "
-            f"{self._batch_line(input_shape)}, {cfg.warmup} warm-up + {cfg.repeats} timed runs{_over(cfg)}, "
+            f"{self._batch_line(input_shape)}, {self._runs_line()}, "
             f"exported by torch {torch.__version__}"
         )
 
