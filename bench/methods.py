@@ -41,6 +41,7 @@ import dataclasses
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -50,8 +51,10 @@ from kdnas.cli import setup_logging
 from kdnas.config import EarlyStopConfig, KDSpace, StudyConfig, dataclass_from_dict, load_study
 from kdnas.distill import KDSpec
 from kdnas.files import write_json, write_text
+from kdnas.progress import duration
 from kdnas.results import hypervolume_history, hypervolume_reference, pareto_front, trials_frame
 from kdnas.status import TrialStatus
+from kdnas.study import budget_trials
 
 METHODS = {
     "kdnas": "(a) the study's sampler over architecture + KD, its early stopping",
@@ -82,11 +85,13 @@ def main() -> None:
         f"{base.budget.trials} trials, {args.seeds} seeds, training images: {base.data.limit_train or 'all'}, "
         f"student epochs {base.train.epochs}, retrained for {settings['retrain_epochs']}; runs in {args.out}"
     )
-    runs: dict[tuple[str, int], object] = {}
-    for seed in range(args.seeds):
-        for method in methods:
-            print(f"methods: {method}, seed {seed}", file=sys.stderr, flush=True)
-            runs[method, seed] = _run(method, seed, base, args)
+    keys = [(method, seed) for seed in range(args.seeds) for method in methods]
+    left = _TimeLeft(base.budget.trials, {key: _trials_done(base, *key, args.out) for key in keys})
+    runs: dict[tuple[str, int], MethodRun] = {}
+    for number, (method, seed) in enumerate(keys, 1):
+        print(f"methods: {method}, seed {seed} (run {number} of {len(keys)}; {left})", file=sys.stderr, flush=True)
+        runs[method, seed] = _run(method, seed, base, args)
+        left.update((method, seed), budget_trials(runs[method, seed].study))
     references = _references(base, args)
     curves = {key: _curves(run, references) for key, run in runs.items()}
     _print_hypervolumes(methods, args.seeds, curves, references)
@@ -188,6 +193,44 @@ def method_study(base: StudyConfig, method: str, seed: int) -> StudyConfig:
     return dataclasses.replace(base, name=f"{base.name}-{method}", seed=seed, **changes)
 
 
+def _storage(out: Path, method: str, seed: int) -> Path:
+    return out / f"{method}-{seed}.db"
+
+
+def _trials_done(base: StudyConfig, method: str, seed: int, out: Path) -> int:
+    """Trials of a method's run that cost training so far (0 before it started)."""
+    import optuna
+
+    storage = _storage(out, method, seed)
+    if not storage.is_file():
+        return 0
+    try:
+        study = optuna.load_study(study_name=method_study(base, method, seed).name, storage=f"sqlite:///{storage}")
+    except KeyError:  # the file exists, the study was never created in it
+        return 0
+    return budget_trials(study)
+
+
+class _TimeLeft:
+    """'37 trials to train, about 41 min left': this invocation's time per trained trial times the trials still
+    to train (kept runs are read again in seconds; arch-then-kd's distillations and the retrained students
+    come on top)."""
+
+    def __init__(self, budget: int, done: dict[tuple[str, int], int]) -> None:
+        self.budget, self.done, self.trained, self.start = budget, done, 0, time.perf_counter()
+
+    def update(self, key: tuple[str, int], done: int) -> None:
+        self.trained += done - self.done[key]
+        self.done[key] = done
+
+    def __str__(self) -> str:
+        left = sum(max(0, self.budget - done) for done in self.done.values())
+        if not self.trained:
+            return f"{left} trials to train"
+        per_trial = (time.perf_counter() - self.start) / self.trained
+        return f"{left} trials to train, about {duration(per_trial * left)} left"
+
+
 @dataclasses.dataclass
 class MethodRun:
     """One method and seed: its study's trials frame (in the order they cost compute) and its config."""
@@ -201,7 +244,7 @@ def _run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace) ->
     import pandas as pd
 
     cfg = method_study(base, method, seed)
-    study = search(cfg, args.out, args.out / f"{method}-{seed}.db", args.data_dir)
+    study = search(cfg, args.out, _storage(args.out, method, seed), args.data_dir)
     frame = trials_frame(study)
     if method == "arch-then-kd":
         front = pareto_front(frame[frame["status"] == TrialStatus.COMPLETE], "params")
