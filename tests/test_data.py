@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import kdnas.data
+import kdnas.data._builtin
 from kdnas.config import DataConfig
 from kdnas.data import DATASETS, AugmentedViews, ImageData, load_data, normalize, read_idx
 from kdnas.errors import KdnasError
@@ -19,7 +19,7 @@ from kdnas.errors import KdnasError
 @pytest.fixture
 def no_system_fashion_mnist(monkeypatch, tmp_path):
     """Point the system-wide Fashion-MNIST folder at an empty place, so only the test's files are seen."""
-    monkeypatch.setattr(kdnas.data, "SYSTEM_FASHION_MNIST", tmp_path / "no-system-copy")
+    monkeypatch.setattr(kdnas.data._builtin, "SYSTEM_FASHION_MNIST", tmp_path / "no-system-copy")
 
 
 def ids(split) -> np.ndarray:

@@ -183,7 +183,7 @@ def test_unknown_study_name_lists_known_studies(capsys) -> None:
 
 def test_missing_dataset_says_where_it_looked(tmp_path: Path, capsys, monkeypatch) -> None:
     # Only the download is replaced: this machine is offline, and a real attempt costs ~20 s of DNS time.
-    monkeypatch.setattr("kdnas.data._torchvision", _offline)
+    monkeypatch.setattr("kdnas.data._download.torchvision_datasets", _offline)
     path = _write_study(tmp_path, "", name="cifar_missing")
     path.write_text(path.read_text().replace('dataset = "fashion_mnist"', 'dataset = "cifar10"'))
     out = tmp_path / "run"
