@@ -11,7 +11,7 @@ from typing import Any
 log = logging.getLogger("kdnas.data")  # one logger name for the whole package
 
 
-def torchvision_datasets():  # imported lazily: only a download needs it
+def torchvision_datasets():  # imported lazily: only downloads and torchvision:<Class> datasets need it
     import torchvision
 
     return torchvision.datasets
