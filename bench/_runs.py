@@ -43,6 +43,17 @@ def compute_curve(df, cfg: StudyConfig, train_images: int) -> tuple[list[float],
     hv = hypervolume_history(
         df, hypervolume_reference(cfg, info.in_channels, info.num_classes, info.image_size)
     ).tolist()
-    # 6 FLOPs per MAC and image: a multiply-add is 2 FLOPs, backward costs about twice the forward.
-    cost = (df["epochs"] * df["macs"].fillna(0) * 6 * train_images).where(df["status"] != "duplicate", 0)
+    cost = training_flops(df["epochs"], df["macs"].fillna(0), train_images).where(df["status"] != "duplicate", 0)
     return cost.cumsum().tolist(), hv
+
+
+def training_flops(epochs, macs, train_images: int):
+    """FLOPs of training networks of ``macs`` multiply-accumulates per image for ``epochs`` (numbers or
+    pandas Series): 6 per MAC and image, a multiply-add being 2 FLOPs and backward costing about twice the
+    forward."""
+    return epochs * macs * 6 * train_images
+
+
+def first_reach(compute: list[float], hv: list[float], target: float) -> float | None:
+    """The cumulative compute at which a hypervolume curve first reached ``target``, or None."""
+    return next((c for c, h in zip(compute, hv, strict=True) if h >= target - 1e-12), None)

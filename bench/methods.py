@@ -8,7 +8,9 @@ compute, over seeds. Every figure is measured in this run or in the kept runs it
         --teacher-checkpoint runs/cifar-cpu/teacher.pt --out runs/bench-methods-cifar-strong
     python bench/methods.py --tiny --out /tmp/methods      # seconds: checks that the script runs
 
-Methods, each searched with the same data, space, recipe, teacher and trial budget:
+Methods, each searched with the same data, space, recipe and teacher, and the same budget of training compute:
+random search runs first on each seed, for --trials trials (default the study's budget); every other method
+runs at least as many trials and goes on until it has spent as much compute (early stopping buys trials):
   (a) kdnas        the study's sampler over architecture + KD settings, with its early stopping
   (b) random       random search over the same joint space, no early stopping
   (c) arch-then-kd the study's sampler over architectures with alpha = 0 (no KD), then the students on its
@@ -45,7 +47,13 @@ import time
 from pathlib import Path
 
 import torch
-from _runs import compute_curve, fewer_training_images, search  # bench/ is scripts, not a package
+from _runs import (  # bench/ is scripts, not a package
+    compute_curve,
+    fewer_training_images,
+    first_reach,
+    search,
+    training_flops,
+)
 
 from kdnas.cli import setup_logging
 from kdnas.config import EarlyStopConfig, KDSpace, StudyConfig, dataclass_from_dict, load_study
@@ -66,6 +74,9 @@ METHODS = {
 # The usual recipe people distil with (Hinton et al.'s T, a strong soft term).
 USUAL_KD = {"temperature": 4.0, "alpha": 0.9, "alpha_decay": "none"}
 NO_KD = {"temperature": 4.0, "alpha": 0.0, "alpha_decay": "none"}
+# A run grows to its seed's compute budget up to this many times its trials (a space can be used up).
+MAX_GROWTH = 10
+USED_UP = "bench: space used up"  # a study attribute: growing it trained nothing more
 # Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond the table).
 T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
 
@@ -82,19 +93,23 @@ def main() -> None:
     settings = _check_settings(args, base)
     print(
         f"kdnas methods bench: torch {torch.__version__}, {args.threads} threads; study {base.name!r}, "
-        f"{base.budget.trials} trials, {args.seeds} seeds, training images: {base.data.limit_train or 'all'}, "
+        f"at least {base.budget.trials} trials, {args.seeds} seeds, training images: {base.data.limit_train or 'all'}, "
         f"student epochs {base.train.epochs}, retrained for {settings['retrain_epochs']}; runs in {args.out}"
     )
-    keys = [(method, seed) for seed in range(args.seeds) for method in methods]
-    left = _TimeLeft(base.budget.trials, {key: _trials_done(base, *key, args.out) for key in keys})
+    # Random search first: the training compute it spends on its trials is every other method's budget for
+    # that seed, so all methods are compared at equal compute.
+    order = sorted(methods, key=lambda method: method != "random")
+    keys = [(method, seed) for seed in range(args.seeds) for method in order]
+    left = _TimeLeft({key: _stored_spent(base, *key, args) for key in keys})
     runs: dict[tuple[str, int], MethodRun] = {}
     for number, (method, seed) in enumerate(keys, 1):
         print(f"methods: {method}, seed {seed} (run {number} of {len(keys)}; {left})", file=sys.stderr, flush=True)
-        runs[method, seed] = _run(method, seed, base, args)
-        left.update((method, seed), budget_trials(runs[method, seed].study))
+        budget = runs["random", seed].spent if ("random", seed) in runs else None
+        runs[method, seed] = run = _run(method, seed, base, args, budget)
+        left.update((method, seed), run.spent, run.spent if method == "random" else None)
     references = _references(base, args)
     curves = {key: _curves(run, references) for key, run in runs.items()}
-    _print_hypervolumes(methods, args.seeds, curves, references)
+    _print_hypervolumes(methods, runs, curves, references)
     _print_students(methods, args, runs)
     _write_figure(args.out / "methods.html", methods, args.seeds, curves, references, base.name)
 
@@ -197,38 +212,52 @@ def _storage(out: Path, method: str, seed: int) -> Path:
     return out / f"{method}-{seed}.db"
 
 
-def _trials_done(base: StudyConfig, method: str, seed: int, out: Path) -> int:
-    """Trials of a method's run that cost training so far (0 before it started)."""
+def _stored_study(cfg: StudyConfig, storage: Path):
+    """The study a method's run stored in ``storage``, or None before it started."""
     import optuna
 
-    storage = _storage(out, method, seed)
     if not storage.is_file():
-        return 0
+        return None
     try:
-        study = optuna.load_study(study_name=method_study(base, method, seed).name, storage=f"sqlite:///{storage}")
+        return optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{storage}")
     except KeyError:  # the file exists, the study was never created in it
-        return 0
-    return budget_trials(study)
+        return None
+
+
+def _stored_spent(base: StudyConfig, method: str, seed: int, args: argparse.Namespace) -> float:
+    """Training FLOPs a method's run had spent before this invocation (0 before the folder's first search)."""
+    cfg = method_study(base, method, seed)
+    study = _stored_study(cfg, _storage(args.out, method, seed))
+    references = args.out / "bench-references.json"
+    if study is None or not references.is_file():
+        return 0.0
+    images = json.loads(references.read_text())["train_images"]
+    return _spent(trials_frame(study), cfg, images, to_distil=method == "arch-then-kd")
 
 
 class _TimeLeft:
-    """'37 trials to train, about 41 min left': this invocation's time per trained trial times the trials still
-    to train (kept runs are read again in seconds; arch-then-kd's distillations and the retrained students
-    come on top)."""
+    """'40% of the compute spent, about 3 h 05 min left': this invocation's time per training FLOP times the
+    FLOPs still to spend, every run spending its seed's random-search budget (the mean budget for a seed
+    whose random search has not run yet; without random search, the most any run has spent)."""
 
-    def __init__(self, budget: int, done: dict[tuple[str, int], int]) -> None:
-        self.budget, self.done, self.trained, self.start = budget, done, 0, time.perf_counter()
+    def __init__(self, spent: dict[tuple[str, int], float]) -> None:
+        self.spent, self.budgets, self.trained, self.start = spent, {}, 0.0, time.perf_counter()
 
-    def update(self, key: tuple[str, int], done: int) -> None:
-        self.trained += done - self.done[key]
-        self.done[key] = done
+    def update(self, key: tuple[str, int], spent: float, budget: float | None) -> None:
+        self.trained += max(0.0, spent - self.spent[key])
+        self.spent[key] = spent
+        if budget is not None:
+            self.budgets[key[1]] = budget
 
     def __str__(self) -> str:
-        left = sum(max(0, self.budget - done) for done in self.done.values())
         if not self.trained:
-            return f"{left} trials to train"
-        per_trial = (time.perf_counter() - self.start) / self.trained
-        return f"{left} trials to train, about {duration(per_trial * left)} left"
+            return "time left: known once this invocation has trained"
+        usual = sum(self.budgets.values()) / len(self.budgets) if self.budgets else max(self.spent.values())
+        targets = {key: max(self.budgets.get(key[1], usual), spent) for key, spent in self.spent.items()}
+        left = sum(targets[key] - spent for key, spent in self.spent.items())
+        share = 1 - left / sum(targets.values())
+        seconds = (time.perf_counter() - self.start) / self.trained * left
+        return f"{100 * share:.0f}% of the compute spent, about {duration(seconds)} left"
 
 
 @dataclasses.dataclass
@@ -238,21 +267,59 @@ class MethodRun:
     cfg: StudyConfig
     frame: object  # pandas.DataFrame: trials_frame rows, then (arch-then-kd) the distilled retrains
     study: object  # optuna.Study
+    spent: float  # training FLOPs, the distillations included
 
 
-def _run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace) -> MethodRun:
+def _run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace, budget: float | None) -> MethodRun:
+    """A method's run: its search, grown past its trials until it has spent ``budget`` training FLOPs (when
+    given), then (arch-then-kd) its front distilled."""
     import pandas as pd
 
     cfg = method_study(base, method, seed)
     study = search(cfg, args.out, _storage(args.out, method, seed), args.data_dir)
+    images = _references(base, args)["train_images"]
+    if budget is not None:
+        cfg, study = _grow(method, cfg, study, args, images, budget)
     frame = trials_frame(study)
     if method == "arch-then-kd":
-        front = pareto_front(frame[frame["status"] == TrialStatus.COMPLETE], "params")
-        distilled = [
-            _distilled_row(cfg, study, int(trial), args, len(frame) + i) for i, trial in enumerate(front["trial"])
-        ]
+        front = _front(frame)["trial"]
+        distilled = [_distilled_row(cfg, study, int(trial), args, len(frame) + i) for i, trial in enumerate(front)]
         frame = pd.concat([frame, pd.DataFrame(distilled)], ignore_index=True)
-    return MethodRun(cfg, frame, study)
+    return MethodRun(cfg, frame, study, _spent(frame, cfg, images))
+
+
+def _front(frame):
+    """The complete trials on a frame's accuracy-vs-parameters front."""
+    return pareto_front(frame[frame["status"] == TrialStatus.COMPLETE], "params")
+
+
+def _spent(frame, cfg: StudyConfig, images: int, to_distil: bool = False) -> float:
+    """Training FLOPs of a run's rows; with ``to_distil``, plus distilling its front for the search's epochs."""
+    cost, _ = compute_curve(frame, cfg, images)
+    spent = cost[-1] if cost else 0.0
+    if to_distil:
+        spent += float(training_flops(cfg.train.epochs, _front(frame)["macs"], images).sum())
+    return spent
+
+
+def _grow(method: str, cfg: StudyConfig, study, args: argparse.Namespace, images: int, budget: float):
+    """``study`` continued until it has spent ``budget`` training FLOPs (arch-then-kd: with its front's
+    distillation to come), in rounds of half the trials the mean cost says are missing; it stops early when
+    a round trains nothing (the space is used up: noted in the study, so a later invocation does not try
+    again) or the run holds ``MAX_GROWTH`` times its trials. The config and study it ends with."""
+    to_distil, most = method == "arch-then-kd", MAX_GROWTH * cfg.budget.trials
+    spent = _spent(trials_frame(study), cfg, images, to_distil)
+    while spent < budget and not study.user_attrs.get(USED_UP):
+        done = budget_trials(study)
+        more = min(most - done, max(1, math.ceil(0.5 * (budget - spent) * done / max(spent, 1.0))))
+        if more < 1:
+            break
+        cfg = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, trials=done + more))
+        study = search(cfg, args.out, _storage(args.out, method, cfg.seed), args.data_dir)
+        before, spent = spent, _spent(trials_frame(study), cfg, images, to_distil)
+        if spent <= before:
+            study.set_user_attr(USED_UP, True)
+    return cfg, study
 
 
 def _distilled_row(cfg: StudyConfig, study, trial: int, args: argparse.Namespace, number: int) -> dict:
@@ -344,18 +411,20 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
     return mean, T975.get(n - 1, 1.96) * sd / math.sqrt(n)
 
 
-def first_reach(compute: list[float], hv: list[float], target: float) -> float | None:
-    """The compute at which a hypervolume curve first reached ``target``, or None."""
-    return next((c for c, h in zip(compute, hv, strict=True) if h >= target - 1e-12), None)
-
-
-def _print_hypervolumes(methods: list[str], seeds: int, curves: dict, references: dict[str, float]) -> None:
+def _print_hypervolumes(methods: list[str], runs: dict, curves: dict, references: dict[str, float]) -> None:
+    seeds = len(runs) // len(methods)
+    budget = "random search's compute on each seed" if "random" in methods else "the same number of trials"
     print(
-        f"\n== hypervolume at the end (mean +- 95% interval over {seeds} seeds); references: 0% accuracy at "
-        f"{references['params']:,.0f} parameters, at {references['latency_ms']:.3f} ms; compute in TFLOP"
+        f"\n== hypervolume at the end, every method given {budget} (mean +- 95% interval over {seeds} seeds); "
+        f"references: 0% accuracy at {references['params']:,.0f} parameters, at {references['latency_ms']:.3f} ms; "
+        "compute in TFLOP; trials that cost training"
     )
-    print(f"{'method':<13} {'HV params':>16} {'HV latency':>16} {'TFLOP':>14}   to reach random's final HV (params)")
+    print(
+        f"{'method':<13} {'HV params':>16} {'HV latency':>16} {'TFLOP':>14} {'trials':>6}   "
+        "to reach random's final HV (params)"
+    )
     for method in methods:
+        trials = sum(budget_trials(runs[method, s].study) for s in range(seeds)) / seeds
         hv_p = mean_interval([curves[method, s]["params"][-1] for s in range(seeds)])
         hv_l = mean_interval([curves[method, s]["latency_ms"][-1] for s in range(seeds)])
         spent = mean_interval([curves[method, s]["compute"][-1] / 1e12 for s in range(seeds)])
@@ -374,7 +443,7 @@ def _print_hypervolumes(methods: list[str], seeds: int, curves: dict, references
                 reach = f"not reached (0 of {seeds} seeds)"
         print(
             f"{method:<13} {hv_p[0]:8.4f} +- {hv_p[1]:.4f} {hv_l[0]:8.4f} +- {hv_l[1]:.4f} "
-            f"{spent[0]:7.2f} +- {spent[1]:4.2f}   {reach}"
+            f"{spent[0]:7.3g} +- {spent[1]:<4.2g} {trials:6.1f}   {reach}"
         )
 
 

@@ -45,7 +45,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from _runs import compute_curve, fewer_training_images, search  # bench/ is scripts, not a package
+from _runs import compute_curve, fewer_training_images, first_reach, search  # bench/ is scripts, not a package
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdnas.cli import setup_logging
@@ -497,12 +497,7 @@ def _reached(df, cfg: StudyConfig, train_images: int, target: float) -> tuple[fl
     """The compute at which the trials frame ``df`` first reached hypervolume ``target`` (or None), and
     its own final hypervolume."""
     cost, hv = compute_curve(df, cfg, train_images)
-    return _first_reach(cost, hv, target), hv[-1]
-
-
-def _first_reach(cost: list[float], hv: list[float], target: float) -> float | None:
-    """The cumulative compute at which the hypervolume first reached ``target``, or None."""
-    return next((c for c, h in zip(cost, hv, strict=True) if h >= target - 1e-12), None)
+    return first_reach(cost, hv, target), hv[-1]
 
 
 def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
@@ -569,7 +564,7 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
                 )
                 stopped = sum(1 for t in study.trials if t.user_attrs.get("status") == "stopped")
                 live = f"{cost1[-1] / 1e12:9.3f} {len(study.trials):>6} {stopped:>7} {hv1[-1]:9.5f}"
-            own = _first_reach(cost0, hv0, hv0[-1])  # the no-ES run may have had its final front early
+            own = first_reach(cost0, hv0, hv0[-1])  # the no-ES run may have had its final front early
             replayed = replay_early_stopping(plain_study, stopper)
             reach2, hv2 = _reached(replayed, base, train_images, hv0[-1])
             reach3, _ = _reached(stopped_in_hindsight(plain_trials, policy.min_epochs), base, train_images, hv0[-1])
@@ -606,7 +601,7 @@ def _grow_until_reached(
         grown = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, trials=budget))
         study = search(grown, run_dir, run_dir / f"es-{cfg.seed}.db", args.data_dir)
         cost, hv = compute_curve(trials_frame(study), cfg, train_images)
-        reach = _first_reach(cost, hv, hv0)
+        reach = first_reach(cost, hv, hv0)
         if reach is not None or cost[-1] >= cost0 or budget >= trials * args.es_extra:
             return study, cost, hv, reach
         budget = min(math.ceil(trials * args.es_extra), budget + max(1, trials // 4))

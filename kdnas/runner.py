@@ -227,7 +227,8 @@ def optimize(study: optuna.Study, objective: Objective, cfg: StudyConfig, progre
             study.stop()
         elif rejected_in_a_row >= _MAX_CONSECUTIVE_REJECTIONS:
             log.warning(
-                "the constraints rejected %d candidates in a row; widen [constraints] or narrow the space",
+                "stopping: the last %d candidates were all over [constraints] or already trained, so the space "
+                "looks used up; widen [constraints] or the space for more trials",
                 rejected_in_a_row,
             )
             study.stop()

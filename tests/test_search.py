@@ -119,6 +119,23 @@ def test_constraints_reject_before_training(tmp_path: Path) -> None:
 
 
 @needs_data
+def test_a_used_up_space_stops_the_search_with_what_it_trained(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("kdnas.runner._MAX_CONSECUTIVE_REJECTIONS", 5)
+    text = (STUDIES_DIR / "smoke.toml").read_text()
+    kd = text[text.index("[kd]") : text.index("[train]")]
+    text = text.replace(kd, '[kd]\ntemperature = 4.0\nalpha = 0.9\nalpha_decay = "none"\n\n')
+    path = tmp_path / "one.toml"
+    path.write_text(text + "\n[constraints]\nmax_params = 6_000\n")  # width 4 only, one KD setting: one candidate
+    out = tmp_path / "run"
+    assert main(["--study", str(path), "--out", str(out), "--no-progress", "--trials", "3"]) == 0
+    study = _load(out, "one")
+    statuses = [t.user_attrs["status"] for t in study.trials]
+    assert statuses.count("complete") == 1 and set(statuses) <= {"complete", "duplicate", "rejected"}
+    assert "complete" not in statuses[-5:]
+    assert "the last 5 candidates were all over [constraints] or already trained" in capsys.readouterr().err
+
+
+@needs_data
 def test_a_study_on_onnxruntime_optimises_macs_and_size_and_rejects_by_macs(tmp_path: Path) -> None:
     text = (STUDIES_DIR / "smoke.toml").read_text().replace("[latency]\n", '[latency]\nruntime = "onnxruntime"\n')
     extra = '[objectives]\nmetrics = ["val_accuracy", "macs", "size_kb", "latency_ms"]\n\n[constraints]\n'
