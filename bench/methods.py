@@ -225,13 +225,12 @@ def _stored_study(cfg: StudyConfig, storage: Path):
 
 
 def _stored_spent(base: StudyConfig, method: str, seed: int, args: argparse.Namespace) -> float:
-    """Training FLOPs a method's run had spent before this invocation (0 before the folder's first search)."""
+    """Training FLOPs a method's run had spent before this invocation (arch-then-kd: with its distillation)."""
     cfg = method_study(base, method, seed)
     study = _stored_study(cfg, _storage(args.out, method, seed))
-    references = args.out / "bench-references.json"
-    if study is None or not references.is_file():
+    if study is None:
         return 0.0
-    images = json.loads(references.read_text())["train_images"]
+    images = _references(base, args)["train_images"]
     return _spent(trials_frame(study), cfg, images, to_distil=method == "arch-then-kd")
 
 
