@@ -103,15 +103,24 @@ def main() -> None:
     left = _TimeLeft({key: _stored_spent(base, *key, args) for key in keys})
     runs: dict[tuple[str, int], MethodRun] = {}
     for number, (method, seed) in enumerate(keys, 1):
-        print(f"methods: {method}, seed {seed} (run {number} of {len(keys)}; {left})", file=sys.stderr, flush=True)
         budget = runs["random", seed].spent if ("random", seed) in runs else None
-        runs[method, seed] = run = _run(method, seed, base, args, budget)
-        left.update((method, seed), run.spent, run.spent if method == "random" else None)
+        if args.no_train:
+            run = _kept_run(method, seed, base, args, budget)
+            if run is None:  # the first run not finished: report the whole seeds before it
+                break
+        else:
+            print(f"methods: {method}, seed {seed} (run {number} of {len(keys)}; {left})", file=sys.stderr, flush=True)
+            run = _run(method, seed, base, args, budget)
+            left.update((method, seed), run.spent, run.spent if method == "random" else None)
+        runs[method, seed] = run
+    runs = {key: run for key, run in runs.items() if all((method, key[1]) in runs for method in methods)}
+    if not runs:
+        raise SystemExit(f"error: no seed is finished in {args.out}; run without --no-train to train them")
     references = _references(base, args)
     curves = {key: _curves(run, references) for key, run in runs.items()}
     _print_hypervolumes(methods, runs, curves, references)
     _print_students(methods, args, runs)
-    _write_figure(args.out / "methods.html", methods, args.seeds, curves, references, base.name)
+    _write_figure(args.out / "methods.html", methods, len(runs) // len(methods), curves, references, base.name)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -132,6 +141,11 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, required=True, help="the folder that keeps every run")
+    parser.add_argument(
+        "--no-train",
+        action="store_true",
+        help="train nothing: the figures of the whole seeds already finished, and of students already retrained",
+    )
     parser.add_argument("--tiny", action="store_true", help="the smoke study, 2 seeds, 2 trials: checks the script")
     args = parser.parse_args()
     if args.tiny:
@@ -272,17 +286,38 @@ class MethodRun:
 def _run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace, budget: float | None) -> MethodRun:
     """A method's run: its search, grown past its trials until it has spent ``budget`` training FLOPs (when
     given), then (arch-then-kd) its front distilled."""
-    import pandas as pd
-
     cfg = method_study(base, method, seed)
     study = search(cfg, args.out, _storage(args.out, method, seed), args.data_dir)
     images = _references(base, args)["train_images"]
     if budget is not None:
         cfg, study = _grow(method, cfg, study, args, images, budget)
+    return _finished_run(method, cfg, study, args, images)
+
+
+def _kept_run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace, budget: float | None):
+    """A finished run read back without training anything (--no-train), or None where it is not finished."""
+    cfg = method_study(base, method, seed)
+    study = _stored_study(cfg, _storage(args.out, method, seed))
+    if study is None or budget_trials(study) < cfg.budget.trials:
+        return None
+    images = _references(base, args)["train_images"]
+    spent = _spent(trials_frame(study), cfg, images, to_distil=method == "arch-then-kd")
+    if budget is not None and _growing(study, spent, budget, MAX_GROWTH * cfg.budget.trials):
+        return None
+    return _finished_run(method, cfg, study, args, images)
+
+
+def _finished_run(method: str, cfg: StudyConfig, study, args: argparse.Namespace, images: int):
+    """The run of a finished search: its trials, then (arch-then-kd) its front distilled; None where a
+    distillation is missing and --no-train forbids it."""
+    import pandas as pd
+
     frame = trials_frame(study)
     if method == "arch-then-kd":
         front = _front(frame)["trial"]
         distilled = [_distilled_row(cfg, study, int(trial), args, len(frame) + i) for i, trial in enumerate(front)]
+        if None in distilled:
+            return None
         frame = pd.concat([frame, pd.DataFrame(distilled)], ignore_index=True)
     return MethodRun(cfg, frame, study, _spent(frame, cfg, images))
 
@@ -308,11 +343,9 @@ def _grow(method: str, cfg: StudyConfig, study, args: argparse.Namespace, images
     again) or the run holds ``MAX_GROWTH`` times its trials. The config and study it ends with."""
     to_distil, most = method == "arch-then-kd", MAX_GROWTH * cfg.budget.trials
     spent = _spent(trials_frame(study), cfg, images, to_distil)
-    while spent < budget and not study.user_attrs.get(USED_UP):
+    while _growing(study, spent, budget, most):
         done = budget_trials(study)
         more = min(most - done, max(1, math.ceil(0.5 * (budget - spent) * done / max(spent, 1.0))))
-        if more < 1:
-            break
         cfg = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, trials=done + more))
         study = search(cfg, args.out, _storage(args.out, method, cfg.seed), args.data_dir)
         before, spent = spent, _spent(trials_frame(study), cfg, images, to_distil)
@@ -321,10 +354,17 @@ def _grow(method: str, cfg: StudyConfig, study, args: argparse.Namespace, images
     return cfg, study
 
 
-def _distilled_row(cfg: StudyConfig, study, trial: int, args: argparse.Namespace, number: int) -> dict:
+def _growing(study, spent: float, budget: float, most: int) -> bool:
+    """Whether a run short of its compute budget grows on: its space not used up, under ``most`` trials."""
+    return spent < budget and not study.user_attrs.get(USED_UP) and budget_trials(study) < most
+
+
+def _distilled_row(cfg: StudyConfig, study, trial: int, args: argparse.Namespace, number: int) -> dict | None:
     """Trial ``trial`` of an arch-then-kd search distilled with the usual recipe for the search's epochs, as a
     trials-frame row numbered ``number`` (after the search's trials: its compute comes after theirs)."""
     summary = _retrain(cfg, study, trial, args, cfg.train.epochs, USUAL_KD)
+    if summary is None:
+        return None
     searched = study.trials[trial].user_attrs
     return {
         "trial": number,
@@ -341,10 +381,10 @@ def _distilled_row(cfg: StudyConfig, study, trial: int, args: argparse.Namespace
     }
 
 
-def _retrain(cfg: StudyConfig, study, trial: int, args: argparse.Namespace, epochs: int, kd=None) -> dict:
+def _retrain(cfg: StudyConfig, study, trial: int, args: argparse.Namespace, epochs: int, kd=None) -> dict | None:
     """Trial ``trial`` trained again by kdnas.train for ``epochs`` (with the distillation settings ``kd`` when
     given), its summary; kept in the folder, so a finished retraining is read again and an interrupted one
-    redone."""
+    redone (None instead with --no-train)."""
     from kdnas.rundir import StudyRun
     from kdnas.student_file import read_student, student_record
     from kdnas.train import train_student
@@ -354,6 +394,8 @@ def _retrain(cfg: StudyConfig, study, trial: int, args: argparse.Namespace, epoc
     result = out_dir / "result.json"
     if result.is_file():  # written last by kdnas.train: the training finished
         return json.loads(result.read_text())
+    if args.no_train:
+        return None
     record = student_record(StudyRun(study, cfg, args.out), trial, {"bench": what})
     if kd is not None:
         record["kd"] = dataclasses.asdict(KDSpec(**kd))
@@ -459,7 +501,7 @@ def _print_students(methods: list[str], args: argparse.Namespace, runs: dict) ->
         cells = []
         for size in sizes:
             accuracies = []
-            for seed in range(args.seeds):
+            for seed in range(len(runs) // len(methods)):
                 run = runs[method, seed]
                 done = run.frame[(run.frame["status"] == TrialStatus.COMPLETE) & (run.frame["params"] <= size)]
                 if done.empty:
@@ -468,7 +510,8 @@ def _print_students(methods: list[str], args: argparse.Namespace, runs: dict) ->
                 distilled = "retrain_of" in best and not math.isnan(best["retrain_of"])  # arch-then-kd's phase 2
                 trial = int(best["retrain_of"] if distilled else best["trial"])
                 summary = _retrain(run.cfg, run.study, trial, args, epochs, USUAL_KD if distilled else None)
-                accuracies.append(summary["test_accuracy"])
+                if summary is not None:
+                    accuracies.append(summary["test_accuracy"])
             if accuracies:
                 mean, half = mean_interval(accuracies)
                 cells.append(f"{100 * mean:6.2f} +- {100 * half:4.2f}% ({len(accuracies)})")

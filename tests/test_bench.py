@@ -98,6 +98,15 @@ def test_methods_bench_runs_every_method_over_seeds_and_refuses_a_folder_of_othe
     assert not re.search(r"HV latency\n(.*\n)*.* 0\.0000 \+- 0\.0000 ", out)  # the trials lie inside the reference
     assert re.search(r"^kdnas-no-es +[\d.]+ \+- [\d.]+% \([12]\) +[\d.]+ \+- [\d.]+% \(2\)$", out, re.M), out
     assert (tmp_path / "runs" / "methods.html").read_text().count('class="plotly-graph-div"') == 2
+    # --no-train reports the finished seeds as they are; a folder with none is one line.
+    kept = subprocess.run([*command, "--no-train"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert kept.returncode == 0 and kept.stdout == out, kept.stderr[-3000:]
+    empty = [*command[:-1], "empty", "--no-train"]
+    nothing = subprocess.run(empty, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert nothing.returncode == 1
+    assert nothing.stderr.strip().splitlines()[-1] == (
+        "error: no seed is finished in empty; run without --no-train to train them"
+    )
     # Again: every run and retrained student is read back, nothing trained, the same figures.
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
