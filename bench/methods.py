@@ -100,7 +100,7 @@ def main() -> None:
     # that seed, so all methods are compared at equal compute.
     order = sorted(methods, key=lambda method: method != "random")
     keys = [(method, seed) for seed in range(args.seeds) for method in order]
-    left = _TimeLeft({key: _stored_spent(base, *key, args) for key in keys})
+    left = None if args.no_train else _TimeLeft({key: _stored_spent(base, *key, args) for key in keys})
     runs: dict[tuple[str, int], MethodRun] = {}
     for number, (method, seed) in enumerate(keys, 1):
         budget = runs["random", seed].spent if ("random", seed) in runs else None
@@ -244,8 +244,7 @@ def _stored_spent(base: StudyConfig, method: str, seed: int, args: argparse.Name
     study = _stored_study(cfg, _storage(args.out, method, seed))
     if study is None:
         return 0.0
-    images = _references(base, args)["train_images"]
-    return _spent(trials_frame(study), cfg, images, to_distil=method == "arch-then-kd")
+    return _search_spent(method, cfg, study, _references(base, args)["train_images"])
 
 
 class _TimeLeft:
@@ -301,7 +300,7 @@ def _kept_run(method: str, seed: int, base: StudyConfig, args: argparse.Namespac
     if study is None or budget_trials(study) < cfg.budget.trials:
         return None
     images = _references(base, args)["train_images"]
-    spent = _spent(trials_frame(study), cfg, images, to_distil=method == "arch-then-kd")
+    spent = _search_spent(method, cfg, study, images)
     if budget is not None and _growing(study, spent, budget, MAX_GROWTH * cfg.budget.trials):
         return None
     return _finished_run(method, cfg, study, args, images)
@@ -336,19 +335,24 @@ def _spent(frame, cfg: StudyConfig, images: int, to_distil: bool = False) -> flo
     return spent
 
 
+def _search_spent(method: str, cfg: StudyConfig, study, images: int) -> float:
+    """Training FLOPs of a method's search so far, with (arch-then-kd) the distillation of its front to come."""
+    return _spent(trials_frame(study), cfg, images, to_distil=method == "arch-then-kd")
+
+
 def _grow(method: str, cfg: StudyConfig, study, args: argparse.Namespace, images: int, budget: float):
     """``study`` continued until it has spent ``budget`` training FLOPs (arch-then-kd: with its front's
     distillation to come), in rounds of half the trials the mean cost says are missing; it stops early when
     a round trains nothing (the space is used up: noted in the study, so a later invocation does not try
     again) or the run holds ``MAX_GROWTH`` times its trials. The config and study it ends with."""
-    to_distil, most = method == "arch-then-kd", MAX_GROWTH * cfg.budget.trials
-    spent = _spent(trials_frame(study), cfg, images, to_distil)
+    most = MAX_GROWTH * cfg.budget.trials
+    spent = _search_spent(method, cfg, study, images)
     while _growing(study, spent, budget, most):
         done = budget_trials(study)
         more = min(most - done, max(1, math.ceil(0.5 * (budget - spent) * done / max(spent, 1.0))))
         cfg = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, trials=done + more))
         study = search(cfg, args.out, _storage(args.out, method, cfg.seed), args.data_dir)
-        before, spent = spent, _spent(trials_frame(study), cfg, images, to_distil)
+        before, spent = spent, _search_spent(method, cfg, study, images)
         if spent <= before:
             study.set_user_attr(USED_UP, True)
     return cfg, study
