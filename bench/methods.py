@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import sys
@@ -527,44 +528,46 @@ def _print_students(methods: list[str], args: argparse.Namespace, runs: dict) ->
 def _write_figure(path: Path, methods: list[str], seeds: int, curves: dict, references: dict, study: str) -> None:
     """Hypervolume against compute, mean and 95% band over seeds per method, in one self-contained page."""
     import plotly.graph_objects as go
+    from plotly.colors import qualitative
     from plotly.offline import get_plotlyjs
 
     divs = []
-    for cost, title in (("params", "parameters"), ("latency_ms", "latency")):
+    for cost, title, name in (("params", "parameters", "fig-params"), ("latency_ms", "latency", "fig-latency")):
         figure = go.Figure()
-        for method in methods:
+        for colour, method in zip(itertools.cycle(qualitative.Plotly), methods):
             grid = sorted({c for s in range(seeds) for c in curves[method, s]["compute"]})
             runs = [curves[method, s] for s in range(seeds)]
             bands = [mean_interval([_value_at(run["compute"], run[cost], x) for run in runs]) for x in grid]
             x = [c / 1e12 for c in grid]
+            step = {"x": x, "mode": "lines", "line_shape": "hv", "legendgroup": method}
+            # The band: its upper edge, then its lower edge filled up to it ("tonexty"), both as steps like the
+            # mean, in the method's colour, so a click on the legend hides a method's band with its line.
+            edge = {**step, "line": {"width": 0}, "showlegend": False, "hoverinfo": "skip"}
+            figure.add_trace(go.Scatter(**edge, y=[m + h for m, h in bands]))
+            figure.add_trace(go.Scatter(**edge, y=[m - h for m, h in bands], fill="tonexty", fillcolor=_faint(colour)))
             mean = [m for m, _ in bands]
-            figure.add_trace(go.Scatter(x=x, y=mean, mode="lines", name=METHODS[method], line_shape="hv"))
-            figure.add_trace(
-                go.Scatter(
-                    x=x + x[::-1],
-                    y=[m + h for m, h in bands] + [m - h for m, h in bands][::-1],
-                    fill="toself",
-                    opacity=0.2,
-                    line={"width": 0},
-                    showlegend=False,
-                    hoverinfo="skip",
-                    line_shape="hv",
-                )
-            )
+            figure.add_trace(go.Scatter(**step, y=mean, name=METHODS[method], line={"color": colour}))
+        seeds_words = f"{seeds} seed{'s' if seeds > 1 else ''}"
         figure.update_layout(
             title=f"{study}: hypervolume of (accuracy, {title}) against training compute, mean and 95% band "
-            f"over {seeds} seeds",
+            f"over {seeds_words}",
             xaxis_title="training compute (TFLOP)",
             yaxis_title="hypervolume",
             template="plotly_white",
         )
-        divs.append(figure.to_html(full_html=False, include_plotlyjs=False))
+        divs.append(figure.to_html(full_html=False, include_plotlyjs=False, div_id=name))
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>kdnas methods: {study}</title>"
         f"<script>{get_plotlyjs()}</script></head><body>{''.join(divs)}</body></html>"
     )
     write_text(path, page)
     print(f"\nfigure: {path}")
+
+
+def _faint(colour: str) -> str:
+    """``#rrggbb`` as a fifth-opaque rgba fill."""
+    red, green, blue = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red}, {green}, {blue}, 0.2)"
 
 
 def _value_at(compute: list[float], values: list[float], x: float) -> float:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _browser import console_messages, open_in_chromium, rendered_figures
 
 from kdnas.config import EarlyStopConfig, load_study
 from kdnas.pruning import EarlyStopper
@@ -76,7 +77,7 @@ def test_families_bench_refuses_studies_that_differ_beyond_their_students(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.needs("dataset-fashion-mnist")
+@pytest.mark.needs("dataset-fashion-mnist", "chromium")
 def test_methods_bench_runs_every_method_over_seeds_and_refuses_a_folder_of_other_settings(tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "bench" / "methods.py"), "--tiny", "--threads", "1", "--out", "runs"]
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
@@ -97,7 +98,11 @@ def test_methods_bench_runs_every_method_over_seeds_and_refuses_a_folder_of_othe
     assert re.search(r"^random .* \d+% \+- \d+% of random's compute \(2 of 2 seeds\)$", out, re.M), out
     assert not re.search(r"HV latency\n(.*\n)*.* 0\.0000 \+- 0\.0000 ", out)  # the trials lie inside the reference
     assert re.search(r"^kdnas-no-es +[\d.]+ \+- [\d.]+% \([12]\) +[\d.]+ \+- [\d.]+% \(2\)$", out, re.M), out
-    assert (tmp_path / "runs" / "methods.html").read_text().count('class="plotly-graph-div"') == 2
+    # The figure page, opened in a real browser: both figures drawn, no console errors.
+    page = open_in_chromium(tmp_path / "runs" / "methods.html", tmp_path / "profile", "--dump-dom")
+    assert page.returncode == 0, page.stderr[-2000:]
+    assert rendered_figures(page.stdout) == {"fig-params": True, "fig-latency": True}
+    assert console_messages(page.stderr) == []
     # --no-train reports the finished seeds as they are; a folder with none is one line.
     kept = subprocess.run([*command, "--no-train"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert kept.returncode == 0 and kept.stdout == out, kept.stderr[-3000:]

@@ -5,12 +5,10 @@ They need Debian's ``chromium``: without it they skip and say so, and fail in CI
 
 from __future__ import annotations
 
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
-from _needs import chromium
+from _browser import console_messages, open_in_chromium, rendered_figures
 from _study_fixture import finished_smoke_study, synthetic_study  # noqa: F401  (a fixture)
 
 from kdnas import report
@@ -18,26 +16,6 @@ from kdnas import report
 pytestmark = pytest.mark.needs("chromium")
 
 FIGURES = ("fig-params", "fig-latency", "fig-kd", "fig-hypervolume", "fig-importance", "fig-parallel")
-
-
-def _chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--enable-logging=stderr", "--v=0",
-    ]  # fmt: skip
-    return subprocess.run([chromium(), *flags, *args, page.as_uri()], capture_output=True, text=True, timeout=180)
-
-
-def _rendered_figures(dom: str) -> dict[str, bool]:
-    """For each figure div in the DOM: did plotly draw its SVG into it?"""
-    starts = [(m.group(1), m.start()) for m in re.finditer(r'<div id="(fig-[a-z]+)"', dom)]
-    ends = [start for _, start in starts[1:]] + [len(dom)]
-    return {name: 'class="main-svg"' in dom[start:end] for (name, start), end in zip(starts, ends, strict=True)}
-
-
-def _console_messages(log: str) -> list[str]:
-    return [line for line in log.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +34,15 @@ def test_every_figure_renders_without_console_errors(which, request, tmp_path):
         if which == "smoke"
         else request.getfixturevalue("synthetic_report")
     )
-    done = _chromium(page, tmp_path / "profile", "--dump-dom")
+    done = open_in_chromium(page, tmp_path / "profile", "--dump-dom")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert _rendered_figures(done.stdout) == dict.fromkeys(FIGURES, True)
-    assert _console_messages(done.stderr) == []
+    assert rendered_figures(done.stdout) == dict.fromkeys(FIGURES, True)
+    assert console_messages(done.stderr) == []
 
 
 def test_screenshot_of_the_report(finished_smoke_study, tmp_path):  # noqa: F811
     shot = tmp_path / "report.png"
-    done = _chromium(
+    done = open_in_chromium(
         finished_smoke_study.report,
         tmp_path / "profile",
         "--hide-scrollbars",
