@@ -534,19 +534,27 @@ def _write_figure(path: Path, methods: list[str], seeds: int, curves: dict, refe
     divs = []
     for cost, title, name in (("params", "parameters", "fig-params"), ("latency_ms", "latency", "fig-latency")):
         figure = go.Figure()
+        means = []
         for colour, method in zip(itertools.cycle(qualitative.Plotly), methods):
-            grid = sorted({c for s in range(seeds) for c in curves[method, s]["compute"]})
             runs = [curves[method, s] for s in range(seeds)]
+            # From the compute where every seed has a trial on: before it, the mean would mix in zeros.
+            start = max(run["compute"][0] for run in runs)
+            grid = sorted({c for run in runs for c in run["compute"] if c >= start})
             bands = [mean_interval([_value_at(run["compute"], run[cost], x) for run in runs]) for x in grid]
             x = [c / 1e12 for c in grid]
             step = {"x": x, "mode": "lines", "line_shape": "hv", "legendgroup": method}
             # The band: its upper edge, then its lower edge filled up to it ("tonexty"), both as steps like the
-            # mean, in the method's colour, so a click on the legend hides a method's band with its line.
+            # mean, in the method's colour, so a click on the legend hides a method's band with its line. A
+            # hypervolume lies in [0, 1]: the band (Student's t, wide over few seeds) is clipped to it.
             edge = {**step, "line": {"width": 0}, "showlegend": False, "hoverinfo": "skip"}
-            figure.add_trace(go.Scatter(**edge, y=[m + h for m, h in bands]))
-            figure.add_trace(go.Scatter(**edge, y=[m - h for m, h in bands], fill="tonexty", fillcolor=_faint(colour)))
-            mean = [m for m, _ in bands]
-            figure.add_trace(go.Scatter(**step, y=mean, name=METHODS[method], line={"color": colour}))
+            figure.add_trace(go.Scatter(**edge, y=[min(m + h, 1.0) for m, h in bands]))
+            lower = [max(m - h, 0.0) for m, h in bands]
+            figure.add_trace(go.Scatter(**edge, y=lower, fill="tonexty", fillcolor=_faint(colour)))
+            means += [m for m, _ in bands]
+            figure.add_trace(go.Scatter(**step, y=[m for m, _ in bands], name=METHODS[method], line={"color": colour}))
+        # The axis spans the means, not the bands, which would flatten the curves on few seeds.
+        pad = max(0.05 * (max(means) - min(means)), 0.005)
+        figure.update_yaxes(range=[min(means) - pad, max(means) + pad])
         seeds_words = f"{seeds} seed{'s' if seeds > 1 else ''}"
         figure.update_layout(
             title=f"{study}: hypervolume of (accuracy, {title}) against training compute, mean and 95% band "
@@ -565,9 +573,9 @@ def _write_figure(path: Path, methods: list[str], seeds: int, curves: dict, refe
 
 
 def _faint(colour: str) -> str:
-    """``#rrggbb`` as a fifth-opaque rgba fill."""
+    """``#rrggbb`` as a faint rgba fill: five overlapping bands stay readable."""
     red, green, blue = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({red}, {green}, {blue}, 0.2)"
+    return f"rgba({red}, {green}, {blue}, 0.15)"
 
 
 def _value_at(compute: list[float], values: list[float], x: float) -> float:
