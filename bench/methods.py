@@ -119,9 +119,10 @@ def main() -> None:
         raise SystemExit(f"error: no seed is finished in {args.out}; run without --no-train to train them")
     references = _references(base, args)
     curves = {key: _curves(run, references) for key, run in runs.items()}
-    _print_hypervolumes(methods, runs, curves, references)
-    _print_students(methods, args, runs)
-    _write_figure(args.out / "methods.html", methods, len(runs) // len(methods), curves, references, base.name)
+    seeds = len(runs) // len(methods)
+    _print_hypervolumes(methods, seeds, runs, curves, references)
+    _print_students(methods, seeds, args, runs)
+    _write_figure(args.out / "methods.html", methods, seeds, curves, references, base.name)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -457,8 +458,7 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
     return mean, T975.get(n - 1, 1.96) * sd / math.sqrt(n)
 
 
-def _print_hypervolumes(methods: list[str], runs: dict, curves: dict, references: dict[str, float]) -> None:
-    seeds = len(runs) // len(methods)
+def _print_hypervolumes(methods: list[str], seeds: int, runs: dict, curves: dict, references: dict[str, float]) -> None:
     budget = "random search's compute on each seed" if "random" in methods else "the same number of trials"
     print(
         f"\n== hypervolume at the end, every method given {budget} (mean +- 95% interval over {seeds} seeds); "
@@ -493,7 +493,7 @@ def _print_hypervolumes(methods: list[str], runs: dict, curves: dict, references
         )
 
 
-def _print_students(methods: list[str], args: argparse.Namespace, runs: dict) -> None:
+def _print_students(methods: list[str], seeds: int, args: argparse.Namespace, runs: dict) -> None:
     """Per method and size: the student it would hand over (best validation accuracy within the size), retrained."""
     sizes = [int(s) for s in args.sizes.split(",")]
     epochs = args.retrain_epochs or next(iter(runs.values())).cfg.train.epochs
@@ -506,7 +506,7 @@ def _print_students(methods: list[str], args: argparse.Namespace, runs: dict) ->
         cells = []
         for size in sizes:
             accuracies = []
-            for seed in range(len(runs) // len(methods)):
+            for seed in range(seeds):
                 run = runs[method, seed]
                 done = run.frame[(run.frame["status"] == TrialStatus.COMPLETE) & (run.frame["params"] <= size)]
                 if done.empty:
@@ -528,7 +528,7 @@ def _print_students(methods: list[str], args: argparse.Namespace, runs: dict) ->
 def _write_figure(path: Path, methods: list[str], seeds: int, curves: dict, references: dict, study: str) -> None:
     """Hypervolume against compute, mean and 95% band over seeds per method, in one self-contained page."""
     import plotly.graph_objects as go
-    from plotly.colors import qualitative
+    from plotly.colors import hex_to_rgb, qualitative
     from plotly.offline import get_plotlyjs
 
     divs = []
@@ -549,9 +549,13 @@ def _write_figure(path: Path, methods: list[str], seeds: int, curves: dict, refe
             edge = {**step, "line": {"width": 0}, "showlegend": False, "hoverinfo": "skip"}
             figure.add_trace(go.Scatter(**edge, y=[min(m + h, 1.0) for m, h in bands]))
             lower = [max(m - h, 0.0) for m, h in bands]
-            figure.add_trace(go.Scatter(**edge, y=lower, fill="tonexty", fillcolor=_faint(colour)))
-            means += [m for m, _ in bands]
-            figure.add_trace(go.Scatter(**step, y=[m for m, _ in bands], name=METHODS[method], line={"color": colour}))
+            # Faint, so that five overlapping bands stay readable.
+            red, green, blue = hex_to_rgb(colour)
+            faint = f"rgba({red}, {green}, {blue}, 0.15)"
+            figure.add_trace(go.Scatter(**edge, y=lower, fill="tonexty", fillcolor=faint))
+            mean = [m for m, _ in bands]
+            means += mean
+            figure.add_trace(go.Scatter(**step, y=mean, name=METHODS[method], line={"color": colour}))
         # The axis spans the means, not the bands, which would flatten the curves on few seeds.
         pad = max(0.05 * (max(means) - min(means)), 0.005)
         figure.update_yaxes(range=[min(means) - pad, max(means) + pad])
@@ -570,12 +574,6 @@ def _write_figure(path: Path, methods: list[str], seeds: int, curves: dict, refe
     )
     write_text(path, page)
     print(f"\nfigure: {path}")
-
-
-def _faint(colour: str) -> str:
-    """``#rrggbb`` as a faint rgba fill: five overlapping bands stay readable."""
-    red, green, blue = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({red}, {green}, {blue}, 0.15)"
 
 
 def _value_at(compute: list[float], values: list[float], x: float) -> float:
