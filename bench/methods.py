@@ -33,7 +33,9 @@ longer than the study does.
 
 Runs are kept in --out (one teacher, soft-target cache and latency table for all): a later invocation reads
 finished seeds again, resumes an interrupted one and trains only what is missing. A folder made with other
-settings is refused.
+settings is refused. --record keeps each finished run, with its retrained students, as a small JSON file
+(docs/bench-methods/ holds the project's): a run found there is read from it instead of trained, so a
+comparison of many hours goes on from another machine, where --out starts empty.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from kdnas.config import EarlyStopConfig, KDSpace, StudyConfig, dataclass_from_d
 from kdnas.distill import KDSpec
 from kdnas.files import write_json, write_text
 from kdnas.progress import duration
-from kdnas.results import hypervolume_history, hypervolume_reference, pareto_front, trials_frame
+from kdnas.results import KD_PARAMS, hypervolume_history, hypervolume_reference, pareto_front, trials_frame
 from kdnas.status import TrialStatus
 from kdnas.study import budget_trials
 
@@ -80,6 +82,11 @@ MAX_GROWTH = 10
 USED_UP = "bench: space used up"  # a study attribute: growing it trained nothing more
 # Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond the table).
 T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+# What a record keeps of a run's trials: what the figures and the students table read, and the KD settings.
+RECORD_COLUMNS = (
+    "trial", "status", "arch", *KD_PARAMS, "val_accuracy", "params", "macs", "latency_ms", "epochs",
+    "distilled", "retrain_of", "test_accuracy",
+)  # fmt: skip
 
 
 def main() -> None:
@@ -91,7 +98,11 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"error: unknown method(s) {', '.join(sorted(unknown))}; known: {', '.join(METHODS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = _check_settings(args, base)
+    settings = _settings(args, base)
+    _check_settings(args.out, "--out", "runs", settings)
+    if args.record:
+        args.record.mkdir(parents=True, exist_ok=True)
+        _check_settings(args.record, "--record", "records", _portable(settings))
     print(
         f"kdnas methods bench: torch {torch.__version__}, {args.threads} threads; study {base.name!r}, "
         f"at least {base.budget.trials} trials, {args.seeds} seeds, training images: {base.data.limit_train or 'all'}, "
@@ -101,28 +112,44 @@ def main() -> None:
     # that seed, so all methods are compared at equal compute.
     order = sorted(methods, key=lambda method: method != "random")
     keys = [(method, seed) for seed in range(args.seeds) for method in order]
-    left = None if args.no_train else _TimeLeft({key: _stored_spent(base, *key, args) for key in keys})
+    recorded = {}
+    if args.record:
+        found = {key: _read_record(args.record, *key, base) for key in keys}
+        recorded = {key: run for key, run in found.items() if run is not None}
+    left = None
+    if not args.no_train:
+        left = _TimeLeft(
+            {key: recorded[key].spent if key in recorded else _stored_spent(base, *key, args) for key in keys}
+        )
     runs: dict[tuple[str, int], MethodRun] = {}
     for number, (method, seed) in enumerate(keys, 1):
         budget = runs["random", seed].spent if ("random", seed) in runs else None
-        if args.no_train:
+        run = recorded.get((method, seed))
+        if run is not None:
+            print(
+                f"methods: {method}, seed {seed} (run {number} of {len(keys)}): read from {args.record}",
+                file=sys.stderr,
+            )
+        elif args.no_train:
             run = _kept_run(method, seed, base, args, budget)
             if run is None:  # the first run not finished: report the whole seeds before it
                 break
         else:
             print(f"methods: {method}, seed {seed} (run {number} of {len(keys)}; {left})", file=sys.stderr, flush=True)
             run = _run(method, seed, base, args, budget)
+        if args.record and run.students_complete and (method, seed) not in recorded:
+            _write_record(args.record, method, seed, run)
+        if left is not None:
             left.update((method, seed), run.spent, run.spent if method == "random" else None)
         runs[method, seed] = run
     runs = {key: run for key, run in runs.items() if all((method, key[1]) in runs for method in methods)}
     if not runs:
         raise SystemExit(f"error: no seed is finished in {args.out}; run without --no-train to train them")
-    references = _references(base, args)
-    curves = {key: _curves(run, references) for key, run in runs.items()}
+    curves = {key: _curves(run) for key, run in runs.items()}
     seeds = len(runs) // len(methods)
-    _print_hypervolumes(methods, seeds, runs, curves, references)
+    _print_hypervolumes(methods, seeds, runs, curves)
     _print_students(methods, seeds, args, runs)
-    _write_figure(args.out / "methods.html", methods, seeds, curves, references, base.name)
+    _write_figure(args.out / "methods.html", methods, seeds, curves, base.name)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -143,6 +170,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, required=True, help="the folder that keeps every run")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        help="a folder of finished runs' records: each run is written there when it finishes, and read from "
+        "there instead of trained (for example docs/bench-methods/fashion, kept in the repository)",
+    )
     parser.add_argument(
         "--no-train",
         action="store_true",
@@ -175,24 +208,35 @@ def _base_study(args: argparse.Namespace) -> StudyConfig:
     )
 
 
-def _check_settings(args: argparse.Namespace, base: StudyConfig) -> dict:
-    """The bench's settings, stored in the folder on first use; a folder made with others is refused."""
-    settings = {
+def _settings(args: argparse.Namespace, base: StudyConfig) -> dict:
+    """What makes runs comparable: the study every method starts from and the retrained students' epochs."""
+    return {
         "study": json.loads(json.dumps(base.to_dict(), default=list)),
         "retrain_epochs": args.retrain_epochs or base.train.epochs,
     }
-    path = args.out / "bench-settings.json"
+
+
+def _portable(settings: dict) -> dict:
+    """``settings`` with the teacher checkpoint named by its file name, not by this machine's path."""
+    teacher = settings["study"]["teacher"]
+    if not teacher.get("checkpoint"):
+        return settings
+    study = {**settings["study"], "teacher": {**teacher, "checkpoint": Path(teacher["checkpoint"]).name}}
+    return {**settings, "study": study}
+
+
+def _check_settings(folder: Path, option: str, what: str, settings: dict) -> None:
+    """``settings`` stored in ``folder`` on first use; a folder of ``what`` made with others is refused."""
+    path = folder / "bench-settings.json"
     if path.is_file():
-        kept = json.loads(path.read_text())
-        difference = _first_difference(kept, settings)
+        difference = _first_difference(json.loads(path.read_text()), settings)
         if difference:
             raise SystemExit(
-                f"error: {args.out} holds runs made with other settings ({difference}); pass another --out, "
-                "or the options those runs were made with"
+                f"error: {folder} holds {what} made with other settings ({difference}); pass another {option}, "
+                f"or the options those {what} were made with"
             )
     else:
         write_json(path, settings)
-    return settings
 
 
 def _first_difference(kept, asked, where: str = "") -> str | None:
@@ -276,12 +320,17 @@ class _TimeLeft:
 
 @dataclasses.dataclass
 class MethodRun:
-    """One method and seed: its study's trials frame (in the order they cost compute) and its config."""
+    """One method and seed: its study's trials frame (in the order they cost compute), its config, and the
+    students it hands over, retrained."""
 
     cfg: StudyConfig
     frame: object  # pandas.DataFrame: trials_frame rows, then (arch-then-kd) the distilled retrains
-    study: object  # optuna.Study
+    trials: int  # trials that cost training
     spent: float  # training FLOPs, the distillations included
+    references: dict[str, float]  # of the folder it ran in: its latency reference was timed there
+    machine: str
+    students: dict[str, dict]  # per size (str of --sizes' numbers): its best student within it, retrained
+    students_complete: bool  # False where --no-train left a retraining missing
 
 
 def _run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace, budget: float | None) -> MethodRun:
@@ -289,10 +338,10 @@ def _run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace, bu
     given), then (arch-then-kd) its front distilled."""
     cfg = method_study(base, method, seed)
     study = search(cfg, args.out, _storage(args.out, method, seed), args.data_dir)
-    images = _references(base, args)["train_images"]
+    references = _references(base, args)
     if budget is not None:
-        cfg, study = _grow(method, cfg, study, args, images, budget)
-    return _finished_run(method, cfg, study, args, images)
+        cfg, study = _grow(method, cfg, study, args, references["train_images"], budget)
+    return _finished_run(method, cfg, study, args, references)
 
 
 def _kept_run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace, budget: float | None):
@@ -301,17 +350,20 @@ def _kept_run(method: str, seed: int, base: StudyConfig, args: argparse.Namespac
     study = _stored_study(cfg, _storage(args.out, method, seed))
     if study is None or budget_trials(study) < cfg.budget.trials:
         return None
-    images = _references(base, args)["train_images"]
-    spent = _search_spent(method, cfg, study, images)
+    references = _references(base, args)
+    spent = _search_spent(method, cfg, study, references["train_images"])
     if budget is not None and _growing(study, spent, budget, MAX_GROWTH * cfg.budget.trials):
         return None
-    return _finished_run(method, cfg, study, args, images)
+    return _finished_run(method, cfg, study, args, references)
 
 
-def _finished_run(method: str, cfg: StudyConfig, study, args: argparse.Namespace, images: int):
-    """The run of a finished search: its trials, then (arch-then-kd) its front distilled; None where a
-    distillation is missing and --no-train forbids it."""
+def _finished_run(method: str, cfg: StudyConfig, study, args: argparse.Namespace, references: dict[str, float]):
+    """The run of a finished search: its trials, then (arch-then-kd) its front distilled, and its students
+    retrained; None where a distillation is missing and --no-train forbids it."""
     import pandas as pd
+
+    from kdnas.measure import device_model, resolve_device
+    from kdnas.trainer import native_bfloat16
 
     frame = trials_frame(study)
     if method == "arch-then-kd":
@@ -320,7 +372,72 @@ def _finished_run(method: str, cfg: StudyConfig, study, args: argparse.Namespace
         if None in distilled:
             return None
         frame = pd.concat([frame, pd.DataFrame(distilled)], ignore_index=True)
-    return MethodRun(cfg, frame, study, _spent(frame, cfg, images))
+    students, complete = _students(cfg, study, frame, args)
+    device = resolve_device("auto")  # where the searches trained and timed
+    machine = f"{device_model('auto')}{' (bfloat16)' if native_bfloat16(device) else ''}, torch {torch.__version__}"
+    spent = _spent(frame, cfg, references["train_images"])
+    return MethodRun(cfg, frame, budget_trials(study), spent, references, machine, students, complete)
+
+
+def _students(cfg: StudyConfig, study, frame, args: argparse.Namespace) -> tuple[dict[str, dict], bool]:
+    """Per size of --sizes, the student a run hands over (its best by validation accuracy within the size)
+    trained again for the retrained students' epochs; and whether none was missing (--no-train)."""
+    epochs = args.retrain_epochs or cfg.train.epochs
+    done = frame[frame["status"] == TrialStatus.COMPLETE]
+    students, complete = {}, True
+    for size in args.sizes.split(","):
+        within = done[done["params"] <= int(size)]
+        if within.empty:
+            continue
+        best = within.sort_values(["val_accuracy", "params"], ascending=[False, True]).iloc[0]
+        distilled = "retrain_of" in best and not math.isnan(best["retrain_of"])  # arch-then-kd's phase 2
+        trial = int(best["retrain_of"] if distilled else best["trial"])
+        summary = _retrain(cfg, study, trial, args, epochs, USUAL_KD if distilled else None)
+        if summary is None:
+            complete = False
+            continue
+        students[size] = {"trial": trial, "distilled": distilled, "params": summary["params"]}
+        students[size]["test_accuracy"] = summary["test_accuracy"]
+    return students, complete
+
+
+def _record_path(folder: Path, method: str, seed: int) -> Path:
+    return folder / f"{method}-{seed}.json"
+
+
+def _write_record(folder: Path, method: str, seed: int, run: MethodRun) -> None:
+    """A finished run with its retrained students, as the figures read it (what ``_read_record`` reads)."""
+    columns = [c for c in RECORD_COLUMNS if c in run.frame.columns]
+    rows = run.frame[columns].astype(object).to_dict(orient="records")
+    record = {
+        "method": method,
+        "seed": seed,
+        "machine": run.machine,
+        "references": run.references,
+        "trials": run.trials,
+        "spent": run.spent,
+        "students": run.students,
+        "frame": [{k: v.item() if hasattr(v, "item") else v for k, v in row.items()} for row in rows],
+    }
+    write_json(_record_path(folder, method, seed), record)
+
+
+def _read_record(folder: Path, method: str, seed: int, base: StudyConfig) -> MethodRun | None:
+    """A run kept by ``_write_record``, or None where there is none."""
+    import pandas as pd
+
+    path = _record_path(folder, method, seed)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    frame = pd.DataFrame.from_records(record["frame"])
+    for column in frame.columns.difference(["status", "arch", "alpha_decay", "distilled"]):
+        frame[column] = pd.to_numeric(frame[column])  # JSON's nulls back to nan
+    cfg = method_study(base, method, seed)
+    trials = record["trials"]
+    return MethodRun(
+        cfg, frame, trials, record["spent"], record["references"], record["machine"], record["students"], True
+    )
 
 
 def _front(frame):
@@ -441,10 +558,10 @@ def _references(base: StudyConfig, args: argparse.Namespace) -> dict[str, float]
     return references
 
 
-def _curves(run: MethodRun, references: dict[str, float]) -> dict[str, list[float]]:
+def _curves(run: MethodRun) -> dict[str, list[float]]:
     """Cumulative compute and both hypervolumes after each row of a method's frame."""
-    cost, hv_params = compute_curve(run.frame, run.cfg, references["train_images"])
-    hv_latency = hypervolume_history(run.frame, references["latency_ms"], "latency_ms").tolist()
+    cost, hv_params = compute_curve(run.frame, run.cfg, run.references["train_images"])
+    hv_latency = hypervolume_history(run.frame, run.references["latency_ms"], "latency_ms").tolist()
     return {"compute": cost, "params": hv_params, "latency_ms": hv_latency}
 
 
@@ -458,19 +575,23 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
     return mean, T975.get(n - 1, 1.96) * sd / math.sqrt(n)
 
 
-def _print_hypervolumes(methods: list[str], seeds: int, runs: dict, curves: dict, references: dict[str, float]) -> None:
+def _print_hypervolumes(methods: list[str], seeds: int, runs: dict, curves: dict) -> None:
     budget = "random search's compute on each seed" if "random" in methods else "the same number of trials"
+    # Every run's latencies against its own machine's reference: runs read from records may come from others.
+    params = sorted({run.references["params"] for run in runs.values()})
+    latencies = sorted({round(run.references["latency_ms"], 3) for run in runs.values()})
+    machines = f" ({len(latencies)} machines)" if len(latencies) > 1 else ""
     print(
         f"\n== hypervolume at the end, every method given {budget} (mean +- 95% interval over {seeds} seeds); "
-        f"references: 0% accuracy at {references['params']:,.0f} parameters, at {references['latency_ms']:.3f} ms; "
-        "compute in TFLOP; trials that cost training"
+        f"references: 0% accuracy at {', '.join(f'{p:,.0f}' for p in params)} parameters, "
+        f"at {', '.join(f'{ms:.3f}' for ms in latencies)} ms{machines}; compute in TFLOP; trials that cost training"
     )
     print(
         f"{'method':<13} {'HV params':>16} {'HV latency':>16} {'TFLOP':>14} {'trials':>6}   "
         "to reach random's final HV (params)"
     )
     for method in methods:
-        trials = sum(budget_trials(runs[method, s].study) for s in range(seeds)) / seeds
+        trials = sum(runs[method, s].trials for s in range(seeds)) / seeds
         hv_p = mean_interval([curves[method, s]["params"][-1] for s in range(seeds)])
         hv_l = mean_interval([curves[method, s]["latency_ms"][-1] for s in range(seeds)])
         spent = mean_interval([curves[method, s]["compute"][-1] / 1e12 for s in range(seeds)])
@@ -495,28 +616,18 @@ def _print_hypervolumes(methods: list[str], seeds: int, runs: dict, curves: dict
 
 def _print_students(methods: list[str], seeds: int, args: argparse.Namespace, runs: dict) -> None:
     """Per method and size: the student it would hand over (best validation accuracy within the size), retrained."""
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = args.sizes.split(",")
     epochs = args.retrain_epochs or next(iter(runs.values())).cfg.train.epochs
     print(
         f"\n== test accuracy of the student each method hands over within a size (its best by validation "
         f"accuracy), trained again for {epochs} epochs; mean +- 95% interval over seeds (seeds with one)"
     )
-    print(f"{'method':<13} " + " ".join(f"{f'<= {size:,}':>22}" for size in sizes))
+    print(f"{'method':<13} " + " ".join(f"{f'<= {int(size):,}':>22}" for size in sizes))
     for method in methods:
         cells = []
         for size in sizes:
-            accuracies = []
-            for seed in range(seeds):
-                run = runs[method, seed]
-                done = run.frame[(run.frame["status"] == TrialStatus.COMPLETE) & (run.frame["params"] <= size)]
-                if done.empty:
-                    continue
-                best = done.sort_values(["val_accuracy", "params"], ascending=[False, True]).iloc[0]
-                distilled = "retrain_of" in best and not math.isnan(best["retrain_of"])  # arch-then-kd's phase 2
-                trial = int(best["retrain_of"] if distilled else best["trial"])
-                summary = _retrain(run.cfg, run.study, trial, args, epochs, USUAL_KD if distilled else None)
-                if summary is not None:
-                    accuracies.append(summary["test_accuracy"])
+            students = [runs[method, seed].students.get(size) for seed in range(seeds)]
+            accuracies = [student["test_accuracy"] for student in students if student]
             if accuracies:
                 mean, half = mean_interval(accuracies)
                 cells.append(f"{100 * mean:6.2f} +- {100 * half:4.2f}% ({len(accuracies)})")
@@ -525,7 +636,7 @@ def _print_students(methods: list[str], seeds: int, args: argparse.Namespace, ru
         print(f"{method:<13} " + " ".join(f"{cell:>22}" for cell in cells))
 
 
-def _write_figure(path: Path, methods: list[str], seeds: int, curves: dict, references: dict, study: str) -> None:
+def _write_figure(path: Path, methods: list[str], seeds: int, curves: dict, study: str) -> None:
     """Hypervolume against compute, mean and 95% band over seeds per method, in one self-contained page."""
     import plotly.graph_objects as go
     from plotly.colors import hex_to_rgb, qualitative

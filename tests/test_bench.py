@@ -78,9 +78,9 @@ def test_families_bench_refuses_studies_that_differ_beyond_their_students(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.needs("dataset-fashion-mnist", "chromium")
-def test_methods_bench_runs_every_method_over_seeds_and_refuses_a_folder_of_other_settings(tmp_path: Path) -> None:
+def test_methods_bench_runs_every_method_over_seeds_keeps_records_and_refuses_other_settings(tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "bench" / "methods.py"), "--tiny", "--threads", "1", "--out", "runs"]
-    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    first = subprocess.run([*command, "--record", "kept"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     out = first.stdout
     assert first.stderr.count("teacher: training") == 1  # one teacher for every method and seed
@@ -118,12 +118,26 @@ def test_methods_bench_runs_every_method_over_seeds_and_refuses_a_folder_of_othe
     assert "(run 1 of 10; time left: known once this invocation has trained)" in again.stderr
     assert "training" not in again.stderr
     assert again.stdout == out
+    # On another machine, where --out starts empty, the records alone give the same figures.
+    assert len(list((tmp_path / "kept").glob("*-[01].json"))) == 10
+    elsewhere = [*command[:-1], "elsewhere", "--record", "kept", "--no-train"]
+    moved = subprocess.run(elsewhere, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert "methods: kdnas-no-es, seed 1 (run 10 of 10): read from kept" in moved.stderr
+    assert moved.stdout == out.replace("runs", "elsewhere"), moved.stdout
     # The same folder with another budget is refused in one line, before anything is trained.
     other = subprocess.run([*command, "--trials", "4"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert other.returncode == 1
     assert other.stderr.strip().splitlines() == [
         "error: runs holds runs made with other settings (study.budget.trials: 2 there, 4 here); pass another "
         "--out, or the options those runs were made with"
+    ]
+    records_elsewhere = [*command[:-1], "third", "--record", "kept", "--no-train", "--trials", "4"]
+    other = subprocess.run(records_elsewhere, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert other.returncode == 1
+    assert other.stderr.strip().splitlines() == [
+        "error: kept holds records made with other settings (study.budget.trials: 2 there, 4 here); pass another "
+        "--record, or the options those records were made with"
     ]
 
 
