@@ -396,8 +396,12 @@ def _students(cfg: StudyConfig, study, frame, args: argparse.Namespace) -> tuple
         if summary is None:
             complete = False
             continue
-        students[size] = {"trial": trial, "distilled": distilled, "params": summary["params"]}
-        students[size]["test_accuracy"] = summary["test_accuracy"]
+        students[size] = {
+            "trial": trial,
+            "distilled": distilled,
+            "params": summary["params"],
+            "test_accuracy": summary["test_accuracy"],
+        }
     return students, complete
 
 
@@ -433,10 +437,15 @@ def _read_record(folder: Path, method: str, seed: int, base: StudyConfig) -> Met
     frame = pd.DataFrame.from_records(record["frame"])
     for column in frame.columns.difference(["status", "arch", "alpha_decay", "distilled"]):
         frame[column] = pd.to_numeric(frame[column])  # JSON's nulls back to nan
-    cfg = method_study(base, method, seed)
-    trials = record["trials"]
     return MethodRun(
-        cfg, frame, trials, record["spent"], record["references"], record["machine"], record["students"], True
+        method_study(base, method, seed),
+        frame,
+        record["trials"],
+        record["spent"],
+        record["references"],
+        record["machine"],
+        record["students"],
+        True,
     )
 
 
