@@ -412,7 +412,6 @@ def _record_path(folder: Path, method: str, seed: int) -> Path:
 def _write_record(folder: Path, method: str, seed: int, run: MethodRun) -> None:
     """A finished run with its retrained students, as the figures read it (what ``_read_record`` reads)."""
     columns = [c for c in RECORD_COLUMNS if c in run.frame.columns]
-    rows = run.frame[columns].astype(object).to_dict(orient="records")
     record = {
         "method": method,
         "seed": seed,
@@ -421,7 +420,7 @@ def _write_record(folder: Path, method: str, seed: int, run: MethodRun) -> None:
         "trials": run.trials,
         "spent": run.spent,
         "students": run.students,
-        "frame": [{k: v.item() if hasattr(v, "item") else v for k, v in row.items()} for row in rows],
+        "frame": run.frame[columns].to_dict(orient="records"),  # pandas gives Python's own numbers here
     }
     write_json(_record_path(folder, method, seed), record)
 
