@@ -162,7 +162,7 @@ def test_search_records_stopped_trials_as_pruned_with_their_partial_curve(tmp_pa
     from kdnas.search import main
 
     # Which trials stop must not hang on the machine's arithmetic: a teacher that learned nothing
-    # (lr 1e-6), one student architecture, alpha either 0 (labels only, ~60% after an epoch) or 1 (imitate
+    # (lr 1e-6), one student architecture, alpha either 0 (labels only, ~56% after an epoch) or 1 (imitate
     # the teacher, ~10%), and four random draws whose alphas do not depend on any result: with seed 10
     # they come as 0, 1, 0, 1 (each with its own temperature: a study trains no parameters twice). Each
     # alpha = 1 trial is then beaten after epoch 1 by the finished alpha = 0 trial, as small as itself, far
