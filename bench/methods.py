@@ -23,7 +23,8 @@ soft targets are computed once per folder and not counted). Printed, never asser
 hypervolume of (validation accuracy, parameters) and of (accuracy, latency) at the end, mean and 95% interval
 over seeds; the compute each needs to reach random search's final hypervolume; and the test accuracy of
 the student each method would hand over within --sizes parameters (its best by validation accuracy,
-trained again with kdnas.train for --retrain-epochs), averaged over seeds. methods.html in --out draws
+trained again with kdnas.train for --retrain-epochs), averaged over seeds; then kdnas minus each method, paired
+by seed. methods.html in --out draws
 hypervolume against compute.
 
 Whether distillation settings matter depends on the regime: by default the teacher is the study's, trained on
@@ -149,6 +150,8 @@ def main() -> None:
     seeds = len(runs) // len(methods)
     _print_hypervolumes(methods, seeds, runs, curves)
     _print_students(methods, seeds, args, runs)
+    if "kdnas" in methods and len(methods) > 1:
+        _print_paired(methods, seeds, args, runs, curves)
     _write_figure(args.out / "methods.html", methods, seeds, curves, base.name)
 
 
@@ -642,6 +645,42 @@ def _print_students(methods: list[str], seeds: int, args: argparse.Namespace, ru
             else:
                 cells.append("-")
         print(f"{method:<13} " + " ".join(f"{cell:>22}" for cell in cells))
+
+
+def _print_paired(methods: list[str], seeds: int, args: argparse.Namespace, runs: dict, curves: dict) -> None:
+    """kdnas minus every other method, seed by seed: a difference's interval is narrower than two methods'
+    intervals side by side, since a seed's data split and teacher are shared by all its methods."""
+    sizes = args.sizes.split(",")
+    print(
+        "\n== kdnas minus each method, paired by seed: final hypervolumes, and test accuracy (points) of the "
+        "students handed over within a size; mean +- 95% interval (seeds where kdnas is ahead / seeds compared)"
+    )
+    print(
+        f"{'method':<13} {'HV params':>24} {'HV latency':>24} "
+        + " ".join(f"{f'<= {int(size):,}':>22}" for size in sizes)
+    )
+
+    def cell(differences: list[float], digits: int, width: int) -> str:
+        if not differences:
+            return f"{'-':>{width}}"
+        mean, half = mean_interval(differences)
+        ahead = sum(d > 0 for d in differences)
+        return f"{f'{mean:+.{digits}f} +- {half:.{digits}f} ({ahead}/{len(differences)})':>{width}}"
+
+    for method in methods:
+        if method == "kdnas":
+            continue
+        cells = [
+            cell([curves["kdnas", s][cost][-1] - curves[method, s][cost][-1] for s in range(seeds)], 4, 24)
+            for cost in ("params", "latency_ms")
+        ]
+        for size in sizes:
+            pairs = [(runs["kdnas", s].students.get(size), runs[method, s].students.get(size)) for s in range(seeds)]
+            differences = [
+                100 * (ours["test_accuracy"] - theirs["test_accuracy"]) for ours, theirs in pairs if ours and theirs
+            ]
+            cells.append(cell(differences, 2, 22))
+        print(f"{method:<13} " + " ".join(cells))
 
 
 def _write_figure(path: Path, methods: list[str], seeds: int, curves: dict, study: str) -> None:

@@ -99,6 +99,12 @@ def test_methods_bench_runs_every_method_over_seeds_keeps_records_and_refuses_ot
     assert re.search(r"^random .* \d+% \+- \d+% of random's compute \(2 of 2 seeds\)$", out, re.M), out
     assert not re.search(r"HV latency\n(.*\n)*.* 0\.0000 \+- 0\.0000 ", out)  # the trials lie inside the reference
     assert re.search(r"^kdnas-no-es +[\d.]+ \+- [\d.]+% \([12]\) +[\d.]+ \+- [\d.]+% \(2\)$", out, re.M), out
+    # kdnas minus each method, seed by seed: over the same seeds the mean difference is the difference of means.
+    hv = {m: float(re.search(rf"^{m} +([\d.]+) \+- ", out, re.M)[1]) for m in ("kdnas", "random")}
+    paired = re.search(r"^random +([+-][\d.]+) \+- [\d.]+ \(([012])/2\) ", out, re.M)
+    assert paired, out
+    assert abs(float(paired[1]) - (hv["kdnas"] - hv["random"])) <= 2e-4, out
+    assert not re.search(r"^kdnas +[+-]", out, re.M)  # kdnas is not compared with itself
     # The figure page, opened in a real browser: both figures drawn, no console errors.
     page = open_in_chromium(tmp_path / "runs" / "methods.html", tmp_path / "profile", "--dump-dom")
     assert page.returncode == 0, page.stderr[-2000:]
