@@ -24,8 +24,7 @@ hypervolume of (validation accuracy, parameters) and of (accuracy, latency) at t
 over seeds; the compute each needs to reach random search's final hypervolume; and the test accuracy of
 the student each method would hand over within --sizes parameters (its best by validation accuracy,
 trained again with kdnas.train for --retrain-epochs), averaged over seeds; then kdnas minus each method, paired
-by seed. methods.html in --out draws
-hypervolume against compute.
+by seed. methods.html in --out draws hypervolume against compute.
 
 Whether distillation settings matter depends on the regime: by default the teacher is the study's, trained on
 the bench's training images (a weak teacher when they are few); --teacher-checkpoint distils from a teacher
