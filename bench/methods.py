@@ -24,7 +24,8 @@ hypervolume of (validation accuracy, parameters) and of (accuracy, latency) at t
 over seeds; the compute each needs to reach random search's final hypervolume; and the test accuracy of
 the student each method would hand over within --sizes parameters (its best by validation accuracy,
 trained again with kdnas.train for --retrain-epochs), averaged over seeds; then kdnas minus each method, paired
-by seed. methods.html in --out draws hypervolume against compute.
+by seed; and what distillation is worth by size, fitted to random search's trials (bench/_kd_effect.py).
+methods.html in --out draws hypervolume against compute.
 
 Whether distillation settings matter depends on the regime: by default the teacher is the study's, trained on
 the bench's training images (a weak teacher when they are few); --teacher-checkpoint distils from a teacher
@@ -50,7 +51,8 @@ import time
 from pathlib import Path
 
 import torch
-from _runs import (  # bench/ is scripts, not a package
+from _kd_effect import kd_effect  # bench/ is scripts, not a package
+from _runs import (
     compute_curve,
     fewer_training_images,
     first_reach,
@@ -151,6 +153,8 @@ def main() -> None:
     _print_students(methods, seeds, args, runs)
     if "kdnas" in methods and len(methods) > 1:
         _print_paired(methods, seeds, args, runs, curves)
+    if "random" in methods:
+        _print_kd_effect(seeds, args, runs)
     _write_figure(args.out / "methods.html", methods, seeds, curves, base.name)
 
 
@@ -680,6 +684,33 @@ def _print_paired(methods: list[str], seeds: int, args: argparse.Namespace, runs
             ]
             cells.append(cell(differences, 2, 22))
         print(f"{method:<13} " + " ".join(cells))
+
+
+def _print_kd_effect(seeds: int, args: argparse.Namespace, runs: dict) -> None:
+    import pandas as pd
+
+    sizes = [int(size) for size in args.sizes.split(",")]
+    effect = kd_effect(pd.concat([runs["random", s].frame for s in range(seeds)]), sizes)
+    print(
+        "\n== what distillation is worth by size, fitted to random search's trials (an unbiased sample of the joint "
+        "space): val accuracy ~ log params + a + a^2 + a log params + log T, a = alpha averaged over training "
+        "(decay applied); fitted value [95% bootstrap interval]"
+    )
+    if effect is None:
+        print("too few finished trials to fit")
+        return
+    print(f"{effect.trials} trials")
+    print(f"{'params':>9}  {'best a':>18}  {'its gain (points)':>24}  {'gain of a = 0.9, no decay (points)':>34}")
+
+    def cell(value: tuple[float, float, float], scale: float, sign: str) -> str:
+        return f"{scale * value[0]:{sign}.2f} [{scale * value[1]:{sign}.2f}, {scale * value[2]:{sign}.2f}]"
+
+    for size in effect.sizes:
+        print(
+            f"{size.params:>9,}  {cell(size.best_alpha, 1, ''):>18}  {cell(size.best_gain, 100, '+'):>24}  "
+            f"{cell(size.usual_gain, 100, '+'):>34}"
+        )
+    print(f"doubling T: {cell(effect.per_temperature_doubling, 100, '+')} points")
 
 
 def _write_figure(path: Path, methods: list[str], seeds: int, curves: dict, study: str) -> None:

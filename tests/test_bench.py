@@ -20,6 +20,7 @@ from kdnas.results import trials_frame
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import methods  # noqa: E402  (bench/ is scripts, not a package)
+from _kd_effect import kd_effect, mean_alpha  # noqa: E402  (bench/ is scripts, not a package)
 from speed import Clairvoyant, rank_correlation, replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
 
 
@@ -105,6 +106,7 @@ def test_methods_bench_runs_every_method_over_seeds_keeps_records_and_refuses_ot
     assert paired, out
     assert abs(float(paired[1]) - (hv["kdnas"] - hv["random"])) <= 2e-4, out
     assert not re.search(r"^kdnas +[+-]", out, re.M)  # kdnas is not compared with itself
+    assert "too few finished trials to fit" in out  # 2 random trials per seed: no fit of what KD is worth
     # The figure page, opened in a real browser: both figures drawn, no console errors.
     page = open_in_chromium(tmp_path / "runs" / "methods.html", tmp_path / "profile", "--dump-dom")
     assert page.returncode == 0, page.stderr[-2000:]
@@ -146,6 +148,37 @@ def test_methods_bench_runs_every_method_over_seeds_keeps_records_and_refuses_ot
         "error: kept holds records made with other settings (study.budget.trials: 2 there, 4 here); pass another "
         "--record, or the options those records were made with"
     ]
+
+
+def test_kd_effect_finds_where_distillation_pays_and_where_it_hurts() -> None:
+    import numpy as np
+    import pandas as pd
+
+    # Random-search-like trials whose truth is known: distilling helps students below ~63k parameters and hurts
+    # those above, in proportion to alpha (decay applied), and the temperature does nothing.
+    rng = np.random.default_rng(1)
+    n = 200
+    params = np.exp(rng.uniform(np.log(2e4), np.log(2e5), n))
+    alpha = rng.choice(np.linspace(0.0, 1.0, 11), n)
+    decay = rng.choice(["none", "linear"], n)
+    mean = np.array([mean_alpha(4.0, a, d, 1.0) for a, d in zip(alpha, decay, strict=True)])
+    pivot = np.log(params / 63_246)
+    accuracy = 0.5 + 0.05 * pivot - 0.1 * mean * pivot + rng.normal(0, 0.005, n)
+    frame = pd.DataFrame(
+        {"status": "complete", "val_accuracy": accuracy, "params": params, "alpha": alpha, "alpha_decay": decay,
+         "decay_rate": 1.0, "temperature": np.exp(rng.uniform(0, np.log(8), n))}
+    )  # fmt: skip
+    effect = kd_effect(frame, [20_000, 200_000], draws=200)
+    small, large = effect.sizes
+    assert effect.trials == n
+    assert small.best_alpha[0] == 1.0 and large.best_alpha[0] == 0.0
+    assert small.best_gain[1] < 0.1151 < small.best_gain[2]  # 0.1 * ln(63,246 / 20,000)
+    assert large.best_gain[0] == 0.0
+    assert large.usual_gain[1] < -0.1036 < large.usual_gain[2]  # alpha 0.9 throughout: -0.09 * ln(200,000 / 63,246)
+    assert abs(effect.per_temperature_doubling[0]) < 0.002  # T does nothing: under 0.2 points per doubling
+    assert mean_alpha(4.0, 0.9, "none", 1.0) == pytest.approx(0.9)
+    assert mean_alpha(4.0, 0.9, "linear", 1.0) == pytest.approx(0.45)  # decayed to zero at the end: half on average
+    assert kd_effect(frame.head(11), [20_000]) is None  # too few trials to fit six coefficients
 
 
 def test_methods_bench_regimes_set_the_teacher_checkpoint_and_the_students_epochs(tmp_path, monkeypatch) -> None:
