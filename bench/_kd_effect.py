@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from kdnas.distill import KDSpec
+from kdnas.results import KD_PARAMS
 
 ALPHA_GRID = np.linspace(0.0, 1.0, 21)
 USUAL_ALPHA = 0.9  # the usual recipe's alpha, no decay
@@ -44,6 +45,7 @@ class KDEffect:
 
 def mean_alpha(temperature: float, alpha: float, alpha_decay: str, decay_rate: float) -> float:
     """alpha averaged over training, its decay applied (midpoint rule over 100 steps)."""
+    # decay_rate is a conditional parameter (space.suggest): NaN in a trials frame where alpha does not decay.
     spec = KDSpec(temperature, alpha, alpha_decay, decay_rate if alpha_decay != "none" else 1.0)
     return sum(spec.alpha_at((step + 0.5) / 100) for step in range(100)) / 100
 
@@ -60,11 +62,13 @@ def kd_effect(frame, sizes: list[int], draws: int = 1000, seed: int = 0) -> KDEf
         return None
     accuracy = done["val_accuracy"].to_numpy(float)
     log_params = np.log(done["params"].to_numpy(float))
-    alpha = np.array(
-        [mean_alpha(*row) for row in done[["temperature", "alpha", "alpha_decay", "decay_rate"]].itertuples(False)]
-    )
+    alpha = np.array([mean_alpha(*row) for row in done[list(KD_PARAMS)].itertuples(False)])
     log_temperature = np.log(done["temperature"].to_numpy(float))
     usual = int(np.argmin(abs(ALPHA_GRID - USUAL_ALPHA)))
+    # Each size's design over the alpha grid (at T = 1: T enters without interaction, so gains do not depend on it).
+    at_sizes = [
+        _design(np.full_like(ALPHA_GRID, math.log(size)), ALPHA_GRID, np.zeros_like(ALPHA_GRID)) for size in sizes
+    ]
     rng = np.random.default_rng(seed)
     samples = []  # per draw: per size (best alpha, its gain, the usual recipe's gain), then the T coefficient
     for draw in range(draws + 1):  # draw 0: the trials themselves, the fitted value
@@ -73,8 +77,8 @@ def kd_effect(frame, sizes: list[int], draws: int = 1000, seed: int = 0) -> KDEf
             _design(log_params[rows], alpha[rows], log_temperature[rows]), accuracy[rows], rcond=None
         )
         per_size = []
-        for size in sizes:
-            fitted = _design(np.full_like(ALPHA_GRID, math.log(size)), ALPHA_GRID, np.zeros_like(ALPHA_GRID)) @ coef
+        for design in at_sizes:
+            fitted = design @ coef
             best = int(np.argmax(fitted))
             per_size += [ALPHA_GRID[best], fitted[best] - fitted[0], fitted[usual] - fitted[0]]
         samples.append([*per_size, coef[5] * math.log(2)])
