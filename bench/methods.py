@@ -42,6 +42,7 @@ comparison of many hours goes on from another machine, where --out starts empty.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import itertools
 import json
@@ -64,7 +65,7 @@ from kdnas.cli import setup_logging
 from kdnas.config import EarlyStopConfig, KDSpace, StudyConfig, dataclass_from_dict, load_study
 from kdnas.distill import KDSpec
 from kdnas.files import write_json, write_text
-from kdnas.progress import duration
+from kdnas.progress import duration, percent
 from kdnas.results import KD_PARAMS, hypervolume_history, hypervolume_reference, pareto_front, trials_frame
 from kdnas.status import TrialStatus
 from kdnas.study import budget_trials
@@ -149,6 +150,7 @@ def main() -> None:
         raise SystemExit(f"error: no seed is finished in {args.out}; run without --no-train to train them")
     curves = {key: _curves(run) for key, run in runs.items()}
     seeds = len(runs) // len(methods)
+    _print_teachers(runs)
     _print_hypervolumes(methods, seeds, runs, curves)
     _print_students(methods, seeds, args, runs)
     if "kdnas" in methods and len(methods) > 1:
@@ -335,6 +337,7 @@ class MethodRun:
     spent: float  # training FLOPs, the distillations included
     references: dict[str, float]  # of the folder it ran in: its latency reference was timed there
     machine: str
+    teacher: dict[str, object]  # the teacher it distilled from: its test accuracy and weights' SHA-256
     students: dict[str, dict]  # per size (str of --sizes' numbers): its best student within it, retrained
     students_complete: bool  # False where --no-train left a retraining missing
 
@@ -382,7 +385,8 @@ def _finished_run(method: str, cfg: StudyConfig, study, args: argparse.Namespace
     device = resolve_device("auto")  # where the searches trained and timed
     machine = f"{device_model('auto')}{' (bfloat16)' if native_bfloat16(device) else ''}, torch {torch.__version__}"
     spent = _spent(frame, cfg, references["train_images"])
-    return MethodRun(cfg, frame, budget_trials(study), spent, references, machine, students, complete)
+    teacher = {key: study.user_attrs["teacher"][key] for key in ("test_accuracy", "weights_sha256")}
+    return MethodRun(cfg, frame, budget_trials(study), spent, references, machine, teacher, students, complete)
 
 
 def _students(cfg: StudyConfig, study, frame, args: argparse.Namespace) -> tuple[dict[str, dict], bool]:
@@ -422,6 +426,7 @@ def _write_record(folder: Path, method: str, seed: int, run: MethodRun) -> None:
         "method": method,
         "seed": seed,
         "machine": run.machine,
+        "teacher": run.teacher,
         "references": run.references,
         "trials": run.trials,
         "spent": run.spent,
@@ -449,6 +454,7 @@ def _read_record(folder: Path, method: str, seed: int, base: StudyConfig) -> Met
         record["spent"],
         record["references"],
         record["machine"],
+        record["teacher"],
         record["students"],
         True,
     )
@@ -587,6 +593,19 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
         return mean, 0.0
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, T975.get(n - 1, 1.96) * sd / math.sqrt(n)
+
+
+def _print_teachers(runs: dict) -> None:
+    """The teacher every run distilled from: one, unless runs read from records trained it on other machines
+    (its training is seeded, but floating-point sums differ between CPUs), which makes their seeds differ."""
+    teachers = collections.Counter(
+        (run.teacher["weights_sha256"], run.teacher["test_accuracy"]) for run in runs.values()
+    )
+    described = [
+        f"{percent(accuracy)} test accuracy, weights {sha[:12]} ({count} of {len(runs)} runs)"
+        for (sha, accuracy), count in teachers.most_common()
+    ]
+    print(f"\nteacher{'s' if len(described) > 1 else ''}: {'; '.join(described)}")
 
 
 def _print_hypervolumes(methods: list[str], seeds: int, runs: dict, curves: dict) -> None:

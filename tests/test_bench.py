@@ -96,6 +96,7 @@ def test_methods_bench_runs_every_method_over_seeds_keeps_records_and_refuses_ot
         assert row, out
         rows[method] = float(row[1]), float(row[2])  # TFLOP, trials
     assert all(trials >= 2 for _, trials in rows.values()), out
+    assert re.search(r"^teacher: \d+\.\d\d% test accuracy, weights [0-9a-f]{12} \(10 of 10 runs\)$", out, re.M), out
     assert rows["kdnas"][0] >= rows["random"][0], out  # grown to random's compute, not stopped at 2 trials
     assert re.search(r"^random .* \d+% \+- \d+% of random's compute \(2 of 2 seeds\)$", out, re.M), out
     assert not re.search(r"HV latency\n(.*\n)*.* 0\.0000 \+- 0\.0000 ", out)  # the trials lie inside the reference
