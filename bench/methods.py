@@ -595,6 +595,17 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
     return mean, T975.get(n - 1, 1.96) * sd / math.sqrt(n)
 
 
+def with_interval(values: list[float], spec: str, scale: float = 1.0, unit: str = "") -> str:
+    """'mean +- half-width' of the scaled values in format `spec`; one value has no interval to show."""
+    mean, half = mean_interval([scale * value for value in values])
+    shown = f"{half:{spec.replace('+', '')}}".strip() + unit if len(values) > 1 else "-"
+    return f"{mean:{spec}}{unit} +- {shown}"
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def _print_teachers(runs: dict) -> None:
     """The teacher every run distilled from: one, unless runs read from records trained it on other machines
     (its training is seeded, but floating-point sums differ between CPUs), which makes their seeds differ."""
@@ -615,19 +626,19 @@ def _print_hypervolumes(methods: list[str], seeds: int, runs: dict, curves: dict
     latencies = sorted({round(run.references["latency_ms"], 3) for run in runs.values()})
     machines = f" ({len(latencies)} machines)" if len(latencies) > 1 else ""
     print(
-        f"\n== hypervolume at the end, every method given {budget} (mean +- 95% interval over {seeds} seeds); "
+        f"\n== hypervolume at the end, every method given {budget} (mean +- 95% interval over {_seeds(seeds)}); "
         f"references: 0% accuracy at {', '.join(f'{p:,.0f}' for p in params)} parameters, "
         f"at {', '.join(f'{ms:.3f}' for ms in latencies)} ms{machines}; compute in TFLOP; trials that cost training"
     )
     print(
-        f"{'method':<13} {'HV params':>16} {'HV latency':>16} {'TFLOP':>14} {'trials':>6}   "
+        f"{'method':<13} {'HV params':>17} {'HV latency':>17} {'TFLOP':>16} {'trials':>6}   "
         "to reach random's final HV (params)"
     )
     for method in methods:
         trials = sum(runs[method, s].trials for s in range(seeds)) / seeds
-        hv_p = mean_interval([curves[method, s]["params"][-1] for s in range(seeds)])
-        hv_l = mean_interval([curves[method, s]["latency_ms"][-1] for s in range(seeds)])
-        spent = mean_interval([curves[method, s]["compute"][-1] / 1e12 for s in range(seeds)])
+        hv_p = with_interval([curves[method, s]["params"][-1] for s in range(seeds)], ".4f")
+        hv_l = with_interval([curves[method, s]["latency_ms"][-1] for s in range(seeds)], ".4f")
+        spent = with_interval([curves[method, s]["compute"][-1] for s in range(seeds)], ".3g", 1e-12)
         reach = "-"
         if ("random", 0) in curves:
             shares = []
@@ -637,14 +648,11 @@ def _print_hypervolumes(methods: list[str], seeds: int, runs: dict, curves: dict
                 if found is not None:
                     shares.append(found / goal["compute"][-1])
             if shares:
-                mean, half = mean_interval(shares)
-                reach = f"{100 * mean:.0f}% +- {100 * half:.0f}% of random's compute ({len(shares)} of {seeds} seeds)"
+                share = with_interval(shares, ".0f", 100, "%")
+                reach = f"{share} of random's compute ({len(shares)} of {_seeds(seeds)})"
             else:
-                reach = f"not reached (0 of {seeds} seeds)"
-        print(
-            f"{method:<13} {hv_p[0]:8.4f} +- {hv_p[1]:.4f} {hv_l[0]:8.4f} +- {hv_l[1]:.4f} "
-            f"{spent[0]:7.3g} +- {spent[1]:<4.2g} {trials:6.1f}   {reach}"
-        )
+                reach = f"not reached (0 of {_seeds(seeds)})"
+        print(f"{method:<13} {hv_p:>17} {hv_l:>17} {spent:>16} {trials:6.1f}   {reach}")
 
 
 def _print_students(methods: list[str], seeds: int, args: argparse.Namespace, runs: dict) -> None:
@@ -662,8 +670,7 @@ def _print_students(methods: list[str], seeds: int, args: argparse.Namespace, ru
             students = [runs[method, seed].students.get(size) for seed in range(seeds)]
             accuracies = [student["test_accuracy"] for student in students if student]
             if accuracies:
-                mean, half = mean_interval(accuracies)
-                cells.append(f"{100 * mean:6.2f} +- {100 * half:4.2f}% ({len(accuracies)})")
+                cells.append(f"{with_interval(accuracies, '6.2f', 100)}% ({len(accuracies)})")
             else:
                 cells.append("-")
         print(f"{method:<13} " + " ".join(f"{cell:>22}" for cell in cells))
@@ -685,9 +692,9 @@ def _print_paired(methods: list[str], seeds: int, args: argparse.Namespace, runs
     def cell(differences: list[float], digits: int, width: int) -> str:
         if not differences:
             return f"{'-':>{width}}"
-        mean, half = mean_interval(differences)
         ahead = sum(d > 0 for d in differences)
-        return f"{f'{mean:+.{digits}f} +- {half:.{digits}f} ({ahead}/{len(differences)})':>{width}}"
+        text = f"{with_interval(differences, f'+.{digits}f')} ({ahead}/{len(differences)})"
+        return f"{text:>{width}}"
 
     for method in methods:
         if method == "kdnas":
