@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import TYPE_CHECKING
 
 from kdnas.config import StudyConfig, section_hash
@@ -23,6 +24,12 @@ if TYPE_CHECKING:
 __all__ = ["search_space_hash", "open_study", "stored_data_info", "budget_trials"]
 
 log = logging.getLogger(__name__)
+
+# The two ends a "pairs" start-up trains each architecture at: no distillation, and the usual recipe.
+KD_ANCHORS = (
+    {"temperature": 4.0, "alpha": 0.0, "alpha_decay": "none"},
+    {"temperature": 4.0, "alpha": 0.9, "alpha_decay": "none"},
+)
 
 
 def search_space_hash(cfg: StudyConfig) -> str:
@@ -121,26 +128,50 @@ def stored_data_info(study: optuna.Study, cfg: StudyConfig) -> DatasetInfo:
 
 
 def _queue_startup_smallest_first(study: optuna.Study, cfg: StudyConfig, info: DatasetInfo) -> None:
-    """Queue the random start-up trials, drawn with the study's seed, smallest student first.
+    """Queue the start-up trials, drawn with the study's seed, smallest student first.
 
     Early stopping judges a trial only against finished trials that are no larger. In the sampler's
     random order, the start-up trials that end off the front tend to come before the trials that beat
     them, and nothing could stop them; smallest first, every trial that could beat one has finished
-    before it starts.
+    before it starts. With ``startup = "pairs"`` (and a KD space holding both anchors) each drawn
+    architecture is queued twice, without distillation first, then with the usual recipe.
     """
     import optuna
 
     from kdnas.models import build_model, count_params
     from kdnas.space import suggest
 
+    count = min(cfg.sampler.startup_trials, cfg.budget.trials)  # none left queued by a small budget
+    anchors = KD_ANCHORS if cfg.sampler.startup == "pairs" and _holds_anchors(cfg) else ({},)
     draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
     candidates = []
-    for _ in range(min(cfg.sampler.startup_trials, cfg.budget.trials)):  # none left queued by a small budget
+    for _ in range(math.ceil(count / len(anchors))):
         trial = draws.ask()
         arch, _ = suggest(trial, cfg, info.in_channels, info.num_classes, info.image_size)
         candidates.append((count_params(build_model(arch)), trial.params))
-    for _, params in sorted(candidates, key=lambda c: c[0]):  # stable: equal sizes keep their draw order
+    queued = [
+        {**params, **kd} if kd else params
+        for _, params in sorted(candidates, key=lambda c: c[0])  # stable: equal sizes keep their draw order
+        for kd in anchors
+    ]
+    for params in queued[:count]:
+        if params.get("alpha_decay") == "none":
+            params.pop("decay_rate", None)  # conditional: only a decaying alpha has a rate
         study.enqueue_trial(params)
+
+
+def _holds_anchors(cfg: StudyConfig) -> bool:
+    """Whether every anchor's KD settings lie in the study's KD space (a study that fixes them has none)."""
+    from kdnas.families import grid
+
+    def holds(knob, value) -> bool:
+        values = grid(knob)
+        if values is None:  # a continuous range
+            return knob.low <= value <= knob.high
+        return any(value == v or (isinstance(v, float) and math.isclose(value, v)) for v in values)
+
+    kd = cfg.kd
+    return all(holds(getattr(kd, name), value) for anchor in KD_ANCHORS for name, value in anchor.items())
 
 
 def budget_trials(study: optuna.Study) -> int:

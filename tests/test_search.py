@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from pathlib import Path
@@ -271,6 +272,7 @@ def test_a_new_tpe_study_queues_its_random_startup_trials_smallest_first(tmp_pat
     from kdnas.study import open_study
 
     cfg = load_study("fashion")
+    cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, startup="random"))
     study = open_study(cfg, f"sqlite:///{tmp_path / 'study.db'}", DATASETS.get("fashion_mnist"))
     queued = [t.system_attrs["fixed_params"] for t in study.get_trials(deepcopy=False)]
     assert len(queued) == cfg.sampler.startup_trials
@@ -290,6 +292,53 @@ def test_a_new_tpe_study_queues_its_random_startup_trials_smallest_first(tmp_pat
     assert len(
         open_study(cfg, f"sqlite:///{tmp_path / 'study.db'}", DATASETS.get("fashion_mnist")).get_trials(deepcopy=False)
     ) == len(queued)
+
+
+def startup_queue(cfg, folder: Path) -> list[dict]:
+    from kdnas.study import open_study
+
+    folder.mkdir(exist_ok=True)
+    study = open_study(cfg, f"sqlite:///{folder / 'study.db'}", DATASETS.get("fashion_mnist"))
+    return [t.system_attrs["fixed_params"] for t in study.get_trials(deepcopy=False)]
+
+
+def test_a_pairs_startup_trains_each_architecture_without_distillation_then_with_the_usual_recipe(
+    tmp_path: Path,
+) -> None:
+    from kdnas.config import load_study
+    from kdnas.study import KD_ANCHORS
+
+    cfg = load_study("fashion")
+    assert cfg.sampler.startup == "pairs"
+    queued = startup_queue(cfg, tmp_path)
+    assert len(queued) == cfg.sampler.startup_trials
+    kd_keys = ("temperature", "alpha", "alpha_decay", "decay_rate")
+    for without, usual in zip(queued[::2], queued[1::2], strict=True):
+        same_network = {k: v for k, v in without.items() if k not in kd_keys}
+        assert same_network == {k: v for k, v in usual.items() if k not in kd_keys}
+        assert (without, usual) == tuple({**same_network, **anchor} for anchor in KD_ANCHORS)
+    # The architectures are the first half of the random start-up's draws (same seed).
+    drawn = startup_queue(
+        dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, startup="random")), tmp_path / "r"
+    )
+    networks = {str({k: v for k, v in p.items() if k not in kd_keys}) for p in drawn}
+    assert {str({k: v for k, v in p.items() if k not in kd_keys}) for p in queued} <= networks
+    # An odd count ends with a lone trial without distillation.
+    odd = startup_queue(
+        dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, startup_trials=3)), tmp_path / "o"
+    )
+    assert [p["alpha"] for p in odd] == [0.0, 0.9, 0.0]
+
+
+def test_a_study_whose_kd_space_lacks_an_anchor_draws_its_startup_at_random(tmp_path: Path) -> None:
+    from kdnas.config import KDSpace, dataclass_from_dict, load_study
+
+    cfg = load_study("fashion")
+    fixed = dataclass_from_dict(KDSpace, {"temperature": 4.0, "alpha": 0.9, "alpha_decay": "none"}, "kd")
+    queued = startup_queue(dataclasses.replace(cfg, kd=fixed), tmp_path)
+    random = dataclasses.replace(cfg, kd=fixed, sampler=dataclasses.replace(cfg.sampler, startup="random"))
+    assert queued == startup_queue(random, tmp_path / "r")  # as before pairs existed: bench records stay valid
+    assert len({str(p) for p in queued}) == cfg.sampler.startup_trials
 
 
 def test_only_the_process_that_creates_a_study_queues_its_startup_trials(tmp_path: Path) -> None:
