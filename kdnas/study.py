@@ -25,6 +25,7 @@ __all__ = ["search_space_hash", "open_study", "stored_data_info", "budget_trials
 
 log = logging.getLogger(__name__)
 
+MAX_DRAWS = 100  # random draws per start-up network wanted before a small space is taken as used up
 # The two ends a "pairs" start-up trains each architecture at: no distillation, and the usual recipe.
 KD_ANCHORS = (
     {"temperature": 4.0, "alpha": 0.0, "alpha_decay": "none"},
@@ -144,10 +145,16 @@ def _queue_startup_smallest_first(study: optuna.Study, cfg: StudyConfig, info: D
     count = min(cfg.sampler.startup_trials, cfg.budget.trials)  # none left queued by a small budget
     anchors = KD_ANCHORS if cfg.sampler.startup == "pairs" and _holds_anchors(cfg) else ({},)
     draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
-    candidates = []
-    for _ in range(math.ceil(count / len(anchors))):
+    wanted = math.ceil(count / len(anchors))
+    candidates, networks = [], set()
+    for _ in range(MAX_DRAWS * wanted):  # a small space may hold fewer networks than pairs wanted
+        if len(candidates) == wanted:
+            break
         trial = draws.ask()
         arch, _ = suggest(trial, cfg, info.in_channels, info.num_classes, info.image_size)
+        if len(anchors) > 1 and arch.describe() in networks:
+            continue  # the same network paired twice would train the same two candidates again
+        networks.add(arch.describe())
         candidates.append((count_params(build_model(arch)), trial.params))
     queued = [
         {**params, **kd} if kd else params

@@ -328,6 +328,9 @@ def test_a_pairs_startup_trains_each_architecture_without_distillation_then_with
         dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, startup_trials=3)), tmp_path / "o"
     )
     assert [p["alpha"] for p in odd] == [0.0, 0.9, 0.0]
+    # smoke's space holds 2 networks: 3 start-up trials are both networks' pairs cut to 3, no network twice.
+    smoke = startup_queue(load_study("smoke"), tmp_path / "s")
+    assert [p["alpha"] for p in smoke] == [0.0, 0.9, 0.0] and smoke[0]["base_width"] != smoke[2]["base_width"]
 
 
 def test_a_study_whose_kd_space_lacks_an_anchor_draws_its_startup_at_random(tmp_path: Path) -> None:
