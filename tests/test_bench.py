@@ -195,6 +195,25 @@ def test_methods_bench_regimes_set_the_teacher_checkpoint_and_the_students_epoch
         methods._base_study(argparse.Namespace(**options, epochs=0, teacher_checkpoint=Path("gone.pt")))
 
 
+@pytest.mark.slow
+def test_startup_bench_fits_the_records_and_runs_every_design(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "startup.py"), "--study", "cifar-cpu", "--seeds", "2"]
+    record = ROOT / "docs" / "bench-methods" / "cifar-weak"
+    done = subprocess.run([*command, "--record", str(record), "--kd-scale", "1,-1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert re.search(r"^surrogate: \d+ finished trials of 24 networks in .*; residual sd [\d.]+ points", out, re.M), out
+    for scale in ("1", "-1"):
+        assert f"== what distillation is worth x {scale}; 2 simulated seeds" in out, out
+    rows = re.findall(r"^(random|tpe-random|tpe-pairs|fixed-kd) +[\d.]+ \+- [\d.]+ .* ([\d.]+) +([\d.]+)$", out, re.M)
+    assert [name for name, *_ in rows] == ["random", "tpe-random", "tpe-pairs", "fixed-kd"] * 2, out
+    assert all(float(networks) <= 24 for *_, networks in rows), out  # cifar-cpu holds 24 networks
+    assert all(float(trials) == 20 for name, trials, _ in rows if name == "random"), out
+    empty = subprocess.run([*command, "--record", str(tmp_path)], capture_output=True, text=True)
+    assert empty.returncode != 0 and empty.stderr.strip().count("\n") == 0, empty.stderr
+    assert "holds no records of bench/methods.py" in empty.stderr
+
+
 def test_mean_interval_uses_students_t() -> None:
     assert methods.mean_interval([1.0]) == (1.0, 0.0)
     mean, half = methods.mean_interval([1.0, 2.0, 3.0])
