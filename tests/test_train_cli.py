@@ -112,14 +112,22 @@ def test_train_refuses_a_missing_file_and_bad_epochs(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def exported(finished_smoke_study, tmp_path_factory) -> Path:  # noqa: F811
+    """The export of the smoke study's first distilled student: the teacher checks below need one."""
+    import optuna
+
     path = tmp_path_factory.mktemp("student") / "best_student.json"
+    storage = f"sqlite:///{finished_smoke_study.run_dir / 'study.db'}"
+    trials = optuna.load_study(study_name="smoke", storage=storage).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,)
+    )
+    distilled = next(t.number for t in trials if t.params.get("alpha", 0) > 0)
     argv = [
         "--study",
         "smoke",
         "--run-dir",
         str(finished_smoke_study.run_dir),
-        "--pick",
-        "smallest",
+        "--trial",
+        str(distilled),
         "--out",
         str(path),
     ]
