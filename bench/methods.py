@@ -68,7 +68,7 @@ from kdnas.files import write_json, write_text
 from kdnas.progress import duration, percent
 from kdnas.results import KD_PARAMS, hypervolume_history, hypervolume_reference, pareto_front, trials_frame
 from kdnas.status import TrialStatus
-from kdnas.study import budget_trials
+from kdnas.study import NO_KD, USUAL_KD, budget_trials
 
 METHODS = {
     "kdnas": "(a) the study's sampler over architecture + KD, its early stopping",
@@ -77,9 +77,6 @@ METHODS = {
     "fixed-kd": "(d) the sampler over architectures, KD fixed at T 4, alpha 0.9",
     "kdnas-no-es": "(e) as (a) without early stopping",
 }
-# The usual recipe people distil with (Hinton et al.'s T, a strong soft term).
-USUAL_KD = {"temperature": 4.0, "alpha": 0.9, "alpha_decay": "none"}
-NO_KD = {"temperature": 4.0, "alpha": 0.0, "alpha_decay": "none"}
 # A run grows to its seed's compute budget up to this many times its trials (a space can be used up).
 MAX_GROWTH = 10
 USED_UP = "bench: space used up"  # a study attribute: growing it trained nothing more

@@ -33,13 +33,13 @@ import numpy as np
 import optuna
 import pandas as pd
 from _kd_effect import mean_alpha
-from methods import NO_KD, USUAL_KD, method_study, with_interval
+from methods import method_study, with_interval
 
 from kdnas.config import StudyConfig, load_study
 from kdnas.data import DATASETS
 from kdnas.results import KD_PARAMS, hypervolume_2d
 from kdnas.space import suggest
-from kdnas.study import open_study
+from kdnas.study import NO_KD, USUAL_KD, open_study
 
 SIZES = (25_000, 50_000, 100_000)
 USED_UP = 50  # proposals in a row that repeat a trained candidate: the space is used up
@@ -101,7 +101,7 @@ def fit(record: Path) -> Surrogate:
     networks = done.groupby("arch")[["params", "macs", "latency_ms"]].mean()
     networks["base"] = pd.Series(coef[: len(archs)], index=archs)
     sd = math.sqrt(float(residual @ residual) / max(1, len(done) - design.shape[1]))
-    reference = float(json.loads(path.read_text())["references"]["params"])
+    reference = float(run["references"]["params"])  # the same in every record of a folder
     return Surrogate(networks, reference, coef[-4:], mean_log_params, sd, len(done))
 
 
@@ -114,8 +114,6 @@ def simulate(design: str, seed: int, base: StudyConfig, surrogate: Surrogate, no
     info = DATASETS.get(cfg.data.dataset)
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as folder:
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
-        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)  # asked and told, not optimize()
         study = open_study(cfg, f"sqlite:///{folder}/study.db", info)
         seen: dict[str, list[float]] = {}
         rows, spent, repeats = [], 0.0, 0
@@ -156,6 +154,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.012, help="sd of a validation figure (0.012: 1.2 points)")
     parser.add_argument("--kd-scale", default="1", help="comma-separated factors on what distillation is worth")
     args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)  # trials asked and told, not optimize()
     surrogate = fit(args.record)
     base = load_study(args.study)
     print(

@@ -26,11 +26,10 @@ __all__ = ["search_space_hash", "open_study", "stored_data_info", "budget_trials
 log = logging.getLogger(__name__)
 
 MAX_DRAWS = 100  # random draws per start-up network wanted before a small space is taken as used up
-# The two ends a "pairs" start-up trains each architecture at: no distillation, and the usual recipe.
-KD_ANCHORS = (
-    {"temperature": 4.0, "alpha": 0.0, "alpha_decay": "none"},
-    {"temperature": 4.0, "alpha": 0.9, "alpha_decay": "none"},
-)
+# The usual recipe people distil with (Hinton et al.'s T, a strong soft term), and no distillation.
+USUAL_KD = {"temperature": 4.0, "alpha": 0.9, "alpha_decay": "none"}
+NO_KD = {"temperature": 4.0, "alpha": 0.0, "alpha_decay": "none"}
+KD_ANCHORS = (NO_KD, USUAL_KD)  # the two ends a "pairs" start-up trains each architecture at, in this order
 
 
 def search_space_hash(cfg: StudyConfig) -> str:
@@ -152,9 +151,10 @@ def _queue_startup_smallest_first(study: optuna.Study, cfg: StudyConfig, info: D
             break
         trial = draws.ask()
         arch, _ = suggest(trial, cfg, info.in_channels, info.num_classes, info.image_size)
-        if len(anchors) > 1 and arch.describe() in networks:
+        network = arch.describe()
+        if len(anchors) > 1 and network in networks:
             continue  # the same network paired twice would train the same two candidates again
-        networks.add(arch.describe())
+        networks.add(network)
         candidates.append((count_params(build_model(arch)), trial.params))
     queued = [
         {**params, **kd} if kd else params

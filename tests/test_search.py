@@ -294,6 +294,14 @@ def test_a_new_tpe_study_queues_its_random_startup_trials_smallest_first(tmp_pat
     ) == len(queued)
 
 
+KD_KEYS = ("temperature", "alpha", "alpha_decay", "decay_rate")
+
+
+def network_params(params: dict) -> dict:
+    """A trial's params without its distillation settings: the network it trains."""
+    return {k: v for k, v in params.items() if k not in KD_KEYS}
+
+
 def startup_queue(cfg, folder: Path) -> list[dict]:
     from kdnas.study import open_study
 
@@ -312,17 +320,15 @@ def test_a_pairs_startup_trains_each_architecture_without_distillation_then_with
     assert cfg.sampler.startup == "pairs"
     queued = startup_queue(cfg, tmp_path)
     assert len(queued) == cfg.sampler.startup_trials
-    kd_keys = ("temperature", "alpha", "alpha_decay", "decay_rate")
     for without, usual in zip(queued[::2], queued[1::2], strict=True):
-        same_network = {k: v for k, v in without.items() if k not in kd_keys}
-        assert same_network == {k: v for k, v in usual.items() if k not in kd_keys}
+        same_network = network_params(without)
+        assert same_network == network_params(usual)
         assert (without, usual) == tuple({**same_network, **anchor} for anchor in KD_ANCHORS)
     # The architectures are the first half of the random start-up's draws (same seed).
     drawn = startup_queue(
         dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, startup="random")), tmp_path / "r"
     )
-    networks = {str({k: v for k, v in p.items() if k not in kd_keys}) for p in drawn}
-    assert {str({k: v for k, v in p.items() if k not in kd_keys}) for p in queued} <= networks
+    assert {str(network_params(p)) for p in queued} <= {str(network_params(p)) for p in drawn}
     # An odd count ends with a lone trial without distillation.
     odd = startup_queue(
         dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, startup_trials=3)), tmp_path / "o"
