@@ -51,8 +51,9 @@ import sys
 import time
 from pathlib import Path
 
+import _unfinished as unfinished  # bench/ is scripts, not a package
 import torch
-from _kd_effect import kd_effect  # bench/ is scripts, not a package
+from _kd_effect import kd_effect
 from _runs import (
     compute_curve,
     fewer_training_images,
@@ -108,14 +109,20 @@ def main() -> None:
         f"at least {base.budget.trials} trials, {args.seeds} seeds, training images: {base.data.limit_train or 'all'}, "
         f"student epochs {base.train.epochs}, retrained for {settings['retrain_epochs']}; runs in {args.out}"
     )
-    # Random search first: the training compute it spends on its trials is every other method's budget for
-    # that seed, so all methods are compared at equal compute.
-    order = sorted(methods, key=lambda method: method != "random")
+    # Random search first, on every seed, even where --methods leaves it out (then read back or run, not
+    # reported): the training compute it spends on its trials is every other method's budget for that seed, so
+    # all methods are compared at equal compute.
+    order = ["random", *(method for method in methods if method != "random")]
     keys = [(method, seed) for seed in range(args.seeds) for method in order]
     recorded = {}
     if args.record:
         found = {key: _read_record(args.record, *key, base) for key in keys}
         recorded = {key: run for key, run in found.items() if run is not None}
+    if args.save_unfinished:
+        _save_unfinished(base, args, [key for key in keys if key not in recorded])
+        return
+    if args.record and not args.no_train:
+        _restore_unfinished(base, args, [key for key in keys if key not in recorded])
     left = None
     if not args.no_train:
         left = _TimeLeft(
@@ -139,21 +146,21 @@ def main() -> None:
             run = _run(method, seed, base, args, budget)
         if args.record and run.students_complete and (method, seed) not in recorded:
             _write_record(args.record, method, seed, run)
+            unfinished.forget(args.record, f"{method}-{seed}")
         if left is not None:
             left.update((method, seed), run.spent, run.spent if method == "random" else None)
         runs[method, seed] = run
-    runs = {key: run for key, run in runs.items() if all((method, key[1]) in runs for method in methods)}
+    runs = {key: run for key, run in runs.items() if all((method, key[1]) in runs for method in order)}
     if not runs:
         raise SystemExit(f"error: no seed is finished in {args.out}; run without --no-train to train them")
     curves = {key: _curves(run) for key, run in runs.items()}
-    seeds = len(runs) // len(methods)
+    seeds = len(runs) // len(order)
     _print_teachers(runs)
     _print_hypervolumes(methods, seeds, runs, curves)
     _print_students(methods, seeds, args, runs)
     if "kdnas" in methods and len(methods) > 1:
         _print_paired(methods, seeds, args, runs, curves)
-    if "random" in methods:
-        _print_kd_effect(seeds, args, runs)
+    _print_kd_effect(seeds, args, runs)
     _write_figure(args.out / "methods.html", methods, seeds, curves, base.name)
 
 
@@ -163,7 +170,11 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--limit-train", type=int, default=12_000, help="training images (0: the study's own)")
     parser.add_argument("--trials", type=int, default=0, help="trials per method and seed (0: the study's budget)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 of every method")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated, of: " + ", ".join(METHODS) + " (random runs in any case: it sets the budgets)",
+    )
     parser.add_argument("--epochs", type=int, default=0, help="epochs of every student (0: the study's)")
     parser.add_argument(
         "--teacher-checkpoint",
@@ -186,8 +197,16 @@ def _parse_args() -> argparse.Namespace:
         action="store_true",
         help="train nothing: the figures of the whole seeds already finished, and of students already retrained",
     )
+    parser.add_argument(
+        "--save-unfinished",
+        action="store_true",
+        help="train nothing: keep the trials of the runs started in --out and not finished in --record, where a "
+        "later invocation (on another machine) resumes them",
+    )
     parser.add_argument("--tiny", action="store_true", help="the smoke study, 2 seeds, 2 trials: checks the script")
     args = parser.parse_args()
+    if args.save_unfinished and not args.record:
+        raise SystemExit("error: --save-unfinished keeps runs in --record; pass --record FOLDER")
     if args.tiny:
         # 2 trials: with KD fixed, smoke's space holds 2 candidates.
         args.study, args.limit_train, args.seeds, args.sizes = "smoke", 1000, 2, "6000,20000"
@@ -287,6 +306,30 @@ def _stored_study(cfg: StudyConfig, storage: Path):
         return optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{storage}")
     except KeyError:  # the file exists, the study was never created in it
         return None
+
+
+def _save_unfinished(base: StudyConfig, args: argparse.Namespace, keys: list[tuple[str, int]]) -> None:
+    """--save-unfinished: the trials of every run started in --out and not finished, kept in --record."""
+    for method, seed in keys:
+        cfg = method_study(base, method, seed)
+        if _stored_study(cfg, _storage(args.out, method, seed)) is None:
+            continue
+        run = f"{method}-{seed}"
+        kept = unfinished.save(_storage(args.out, method, seed), cfg.name, args.out, args.record, run)
+        print(f"methods: {method}, seed {seed}: {kept} trials kept in {args.record / unfinished.FOLDER}")
+
+
+def _restore_unfinished(base: StudyConfig, args: argparse.Namespace, keys: list[tuple[str, int]]) -> None:
+    """Runs kept unfinished in --record (by --save-unfinished on another machine) put back into --out."""
+    for method, seed in keys:
+        name = method_study(base, method, seed).name
+        restored = unfinished.restore(_storage(args.out, method, seed), name, args.out, args.record, f"{method}-{seed}")
+        if restored:
+            print(
+                f"methods: {method}, seed {seed}: resumes from the {restored} trials kept in "
+                f"{args.record / unfinished.FOLDER}",
+                file=sys.stderr,
+            )
 
 
 def _stored_spent(base: StudyConfig, method: str, seed: int, args: argparse.Namespace) -> float:
@@ -617,13 +660,13 @@ def _print_teachers(runs: dict) -> None:
 
 
 def _print_hypervolumes(methods: list[str], seeds: int, runs: dict, curves: dict) -> None:
-    budget = "random search's compute on each seed" if "random" in methods else "the same number of trials"
     # Every run's latencies against its own machine's reference: runs read from records may come from others.
     params = sorted({run.references["params"] for run in runs.values()})
     latencies = sorted({round(run.references["latency_ms"], 3) for run in runs.values()})
     machines = f" ({len(latencies)} machines)" if len(latencies) > 1 else ""
     print(
-        f"\n== hypervolume at the end, every method given {budget} (mean +- 95% interval over {_seeds(seeds)}); "
+        "\n== hypervolume at the end, every method given random search's compute on each seed "
+        f"(mean +- 95% interval over {_seeds(seeds)}); "
         f"references: 0% accuracy at {', '.join(f'{p:,.0f}' for p in params)} parameters, "
         f"at {', '.join(f'{ms:.3f}' for ms in latencies)} ms{machines}; compute in TFLOP; trials that cost training"
     )
@@ -636,19 +679,17 @@ def _print_hypervolumes(methods: list[str], seeds: int, runs: dict, curves: dict
         hv_p = with_interval([curves[method, s]["params"][-1] for s in range(seeds)], ".4f")
         hv_l = with_interval([curves[method, s]["latency_ms"][-1] for s in range(seeds)], ".4f")
         spent = with_interval([curves[method, s]["compute"][-1] for s in range(seeds)], ".3g", 1e-12)
-        reach = "-"
-        if ("random", 0) in curves:
-            shares = []
-            for s in range(seeds):
-                goal = curves["random", s]
-                found = first_reach(curves[method, s]["compute"], curves[method, s]["params"], goal["params"][-1])
-                if found is not None:
-                    shares.append(found / goal["compute"][-1])
-            if shares:
-                share = with_interval(shares, ".0f", 100, "%")
-                reach = f"{share} of random's compute ({len(shares)} of {_seeds(seeds)})"
-            else:
-                reach = f"not reached (0 of {_seeds(seeds)})"
+        shares = []
+        for s in range(seeds):
+            goal = curves["random", s]
+            found = first_reach(curves[method, s]["compute"], curves[method, s]["params"], goal["params"][-1])
+            if found is not None:
+                shares.append(found / goal["compute"][-1])
+        if shares:
+            share = with_interval(shares, ".0f", 100, "%")
+            reach = f"{share} of random's compute ({len(shares)} of {_seeds(seeds)})"
+        else:
+            reach = f"not reached (0 of {_seeds(seeds)})"
         print(f"{method:<13} {hv_p:>17} {hv_l:>17} {spent:>16} {trials:6.1f}   {reach}")
 
 

@@ -19,6 +19,7 @@ from kdnas.results import trials_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+import _unfinished as unfinished  # noqa: E402  (bench/ is scripts, not a package)
 import methods  # noqa: E402  (bench/ is scripts, not a package)
 from _kd_effect import kd_effect, mean_alpha  # noqa: E402  (bench/ is scripts, not a package)
 from speed import Clairvoyant, rank_correlation, replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
@@ -149,6 +150,44 @@ def test_methods_bench_runs_every_method_over_seeds_keeps_records_and_refuses_ot
         "error: kept holds records made with other settings (study.budget.trials: 2 there, 4 here); pass another "
         "--record, or the options those records were made with"
     ]
+
+
+def test_an_unfinished_run_resumes_elsewhere_with_its_running_trial_queued_again(tmp_path: Path) -> None:
+    out, record, elsewhere = tmp_path / "out", tmp_path / "record", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "latency.json").write_text('{"cpu, batch 1": {"resnet w8": 1.5}}')
+    db = out / "kdnas-0.db"
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}", directions=["maximize", "minimize"])
+    study.set_user_attr("teacher", {"test_accuracy": 0.7})
+    width = {"width": optuna.distributions.IntDistribution(8, 16)}
+    study.tell(study.ask(width), [0.5, 100])
+    study.enqueue_trial({"width": 12})
+    study.enqueue_trial({"width": 16})
+    running = study.ask(width)  # the first queued candidate, on a machine that then goes away
+    running.set_user_attr("worker", "gone-host:123")
+
+    assert unfinished.save(db, "s", out, record, "kdnas-0") == 4  # the running trial failed, queued again
+    assert unfinished.restore(elsewhere / "kdnas-0.db", "s", elsewhere, record, "kdnas-0") == 4
+    resumed = optuna.load_study(study_name="s", storage=f"sqlite:///{elsewhere / 'kdnas-0.db'}")
+    states = [trial.state.name for trial in resumed.trials]
+    assert states == ["COMPLETE", "FAIL", "WAITING", "WAITING"]
+    assert [resumed.ask(width).params["width"] for _ in "12"] == [16, 12]
+    assert resumed.user_attrs["teacher"] == {"test_accuracy": 0.7}
+    assert (elsewhere / "latency.json").read_text() == (out / "latency.json").read_text()
+    assert study.trials[1].state == optuna.trial.TrialState.RUNNING  # the run saved is left as it was
+
+    # A folder that already holds the run keeps it; a finished run's kept trials go.
+    assert unfinished.restore(elsewhere / "kdnas-0.db", "s", elsewhere, record, "kdnas-0") == 0
+    unfinished.forget(record, "kdnas-0")
+    assert not (record / unfinished.FOLDER).exists()
+
+
+def test_saving_unfinished_runs_needs_a_record_folder(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "methods.py"), "--tiny", "--out", "runs", "--save-unfinished"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr == "error: --save-unfinished keeps runs in --record; pass --record FOLDER\n"
 
 
 def test_kd_effect_finds_where_distillation_pays_and_where_it_hurts() -> None:
