@@ -183,11 +183,10 @@ def test_an_unfinished_run_resumes_elsewhere_with_its_running_trial_queued_again
     assert not (record / unfinished.FOLDER).exists()
 
 
-def test_saving_unfinished_runs_needs_a_record_folder(tmp_path: Path) -> None:
-    command = [sys.executable, str(ROOT / "bench" / "methods.py"), "--tiny", "--out", "runs", "--save-unfinished"]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1
-    assert done.stderr == "error: --save-unfinished keeps runs in --record; pass --record FOLDER\n"
+def test_saving_unfinished_runs_needs_a_record_folder(monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["methods.py", "--tiny", "--out", "runs", "--save-unfinished"])
+    with pytest.raises(SystemExit, match=r"^error: --save-unfinished keeps runs in --record; pass --record FOLDER$"):
+        methods._parse_args()
 
 
 def test_kd_effect_finds_where_distillation_pays_and_where_it_hurts() -> None:
