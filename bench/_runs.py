@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 
 from kdnas.config import DataConfig, StudyConfig
+from kdnas.status import TrialStatus
 
 
 def search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path):
@@ -34,7 +35,8 @@ def fewer_training_images(cfg: DataConfig, train_images: int | None) -> DataConf
 
 def compute_curve(df, cfg: StudyConfig, train_images: int) -> tuple[list[float], list[float]]:
     """Cumulative training FLOPs and hypervolume (accuracy vs parameters) after each trial of a trials frame,
-    in trial order."""
+    in trial order. A duplicate trained nothing; an interrupted trial (or one whose worker died) is trained
+    again by its retry, so its epochs are the machine's loss, not the method's: neither counts."""
     from kdnas.data import DATASETS
     from kdnas.results import hypervolume_history, hypervolume_reference
 
@@ -43,7 +45,8 @@ def compute_curve(df, cfg: StudyConfig, train_images: int) -> tuple[list[float],
     hv = hypervolume_history(
         df, hypervolume_reference(cfg, info.in_channels, info.num_classes, info.image_size)
     ).tolist()
-    cost = training_flops(df["epochs"], df["macs"].fillna(0), train_images).where(df["status"] != "duplicate", 0)
+    counted = ~df["status"].isin([TrialStatus.DUPLICATE, TrialStatus.INTERRUPTED, TrialStatus.WORKER_DIED])
+    cost = training_flops(df["epochs"], df["macs"].fillna(0), train_images).where(counted, 0)
     return cost.cumsum().tolist(), hv
 
 

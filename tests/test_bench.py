@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import _unfinished as unfinished  # noqa: E402  (bench/ is scripts, not a package)
 import methods  # noqa: E402  (bench/ is scripts, not a package)
 from _kd_effect import kd_effect, mean_alpha  # noqa: E402  (bench/ is scripts, not a package)
+from _runs import compute_curve  # noqa: E402  (bench/ is scripts, not a package)
 from speed import Clairvoyant, rank_correlation, replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
 
 
@@ -181,6 +182,24 @@ def test_an_unfinished_run_resumes_elsewhere_with_its_running_trial_queued_again
     assert unfinished.restore(elsewhere / "kdnas-0.db", "s", elsewhere, record, "kdnas-0") == 0
     unfinished.forget(record, "kdnas-0")
     assert not (record / unfinished.FOLDER).exists()
+
+
+def test_compute_counts_trained_epochs_not_duplicates_nor_the_interrupted_trial_its_retry_trains_again() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "trial": [0, 1, 2, 3],
+            "status": ["complete", "worker died", "complete", "duplicate"],
+            "epochs": [2, 1, 2, 2],
+            "macs": [1e6, 2e6, 2e6, 1e6],
+            "val_accuracy": [0.5, 0.3, 0.6, 0.5],
+            "params": [1000, 2000, 2000, 1000],
+        }
+    )
+    cost, hv = compute_curve(frame, load_study("smoke"), 100)
+    assert cost == [1.2e9, 1.2e9, 3.6e9, 3.6e9]  # 6 FLOPs per MAC and image
+    assert hv[0] == hv[1] < hv[2] == hv[3]
 
 
 def test_saving_unfinished_runs_needs_a_record_folder(monkeypatch) -> None:
