@@ -585,7 +585,7 @@ def _retrain(cfg: StudyConfig, study, trial: int, args: argparse.Namespace, epoc
     config = out_dir.with_suffix(".json")
     config.parent.mkdir(parents=True, exist_ok=True)
     write_json(config, record)
-    return train_student(read_student(config), out_dir, epochs=epochs, data_dir=args.data_dir)
+    return train_student(read_student(config), out_dir, epochs=epochs, data_dir=args.data_dir, export=False)
 
 
 # ---------------------------------------------------------------------------------------------------

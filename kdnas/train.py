@@ -97,8 +97,10 @@ def check_teacher(student: StudentFile, data: ImageData, device: torch.device, *
     return teacher
 
 
-def _save(model: nn.Module, student: StudentFile, info: DatasetInfo, out_dir: Path, summary: dict[str, Any]) -> Path:
-    """student.pt, student.pt2 and student.onnx in ``out_dir``; the ONNX file's path."""
+def _save(
+    model: nn.Module, student: StudentFile, info: DatasetInfo, out_dir: Path, summary: dict[str, Any], export: bool
+) -> Path | None:
+    """student.pt in ``out_dir``, and (``export``) student.pt2 and student.onnx; the ONNX file's path."""
     import copy
 
     import torch
@@ -115,6 +117,8 @@ def _save(model: nn.Module, student: StudentFile, info: DatasetInfo, out_dir: Pa
         **{k: summary[k] for k in ("val_accuracy", "test_accuracy", "epochs")},
     }
     atomic_write(out_dir / "student.pt", lambda tmp: torch.save(weights, tmp))
+    if not export:
+        return None
     deployed = deployable(cpu_model, info.mean, info.std)
     input_shape = (info.in_channels, info.image_size, info.image_size)
     program = export_program(deployed, input_shape)
@@ -147,8 +151,12 @@ def train_student(
     data_dir: Path = Path("data"),
     allow_teacher_mismatch: bool = False,
     progress: bool = False,
+    export: bool = True,
 ) -> dict[str, Any]:
     """Train ``student`` with its study's recipe (``epochs`` overrides), save it, return the summary.
+
+    ``export=False`` saves the weights only: no .pt2 or .onnx file and no latency check, for callers that
+    want the accuracy alone (the methods bench retrains many students).
 
     Raises:
         KdnasError: the rebuilt model's parameter count differs from the search's, the teacher
@@ -168,8 +176,9 @@ def train_student(
     recipe = cfg.train if epochs is None else dataclasses.replace(cfg.train, epochs=epochs)
     train_device = resolve_device(device)
     warn_if_emulated(train_device, recipe.precision, cfg.teacher.train.precision if student.kd.alpha > 0 else "auto")
-    require_onnx_export()
-    runtime = _latency_runtime(student)
+    if export:
+        require_onnx_export()
+    runtime = _latency_runtime(student) if export else None
     torch.manual_seed(cfg.seed)  # as the search did before building every candidate: same initial weights
     model = build_model(student.arch)
     params = count_params(model)
@@ -234,7 +243,7 @@ def train_student(
     }
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        onnx = _save(model, student, data.info, out_dir, summary)
+        onnx = _save(model, student, data.info, out_dir, summary, export)
         if runtime is not None:  # the file just written, on the runtime the search timed it on
             info = data.info
             shape = (info.in_channels, info.image_size, info.image_size)

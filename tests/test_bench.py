@@ -110,6 +110,8 @@ def test_methods_bench_runs_every_method_over_seeds_keeps_records_and_refuses_ot
     assert abs(float(paired[1]) - (hv["kdnas"] - hv["random"])) <= 2e-4, out
     assert not re.search(r"^kdnas +[+-]", out, re.M)  # kdnas is not compared with itself
     assert "too few finished trials to fit" in out  # 2 random trials per seed: no fit of what KD is worth
+    retrained = tmp_path / "runs" / "retrained"  # weights only: the bench reads the accuracy, exports nothing
+    assert sorted({p.name for p in retrained.rglob("student.*")}) == ["student.pt"]
     # The figure page, opened in a real browser: both figures drawn, no console errors.
     page = open_in_chromium(tmp_path / "runs" / "methods.html", tmp_path / "profile", "--dump-dom")
     assert page.returncode == 0, page.stderr[-2000:]
