@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from kdnas.files import atomic_write
-from kdnas.storage import JOURNAL_PREFIX, open_storage
+from kdnas.storage import journal_url, open_storage
 from kdnas.workers import recover_trials_of
 
 FOLDER = "unfinished"
@@ -35,7 +35,7 @@ def save(db: Path, study_name: str, out: Path, record: Path, run: str) -> int:
 
     def copy(tmp: Path) -> None:
         tmp.unlink(missing_ok=True)
-        target = open_storage(_url(tmp))
+        target = open_storage(journal_url(tmp))
         optuna.copy_study(from_study_name=study_name, from_storage=f"sqlite:///{db}", to_storage=target)
         study = optuna.load_study(study_name=study_name, storage=target)
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -46,7 +46,7 @@ def save(db: Path, study_name: str, out: Path, record: Path, run: str) -> int:
     for name in FOLDER_FILES:
         if (out / name).is_file():
             atomic_write(journal.parent / name, lambda tmp, name=name: shutil.copyfile(out / name, tmp))
-    return len(optuna.load_study(study_name=study_name, storage=open_storage(_url(journal))).trials)
+    return len(optuna.load_study(study_name=study_name, storage=open_storage(journal_url(journal))).trials)
 
 
 def restore(db: Path, study_name: str, out: Path, record: Path, run: str) -> int:
@@ -59,7 +59,7 @@ def restore(db: Path, study_name: str, out: Path, record: Path, run: str) -> int
     for name in FOLDER_FILES:  # only into a folder that has not timed or scored anything yet
         if (journal.parent / name).is_file() and not (out / name).exists():
             shutil.copyfile(journal.parent / name, out / name)
-    source = open_storage(_url(journal))
+    source = open_storage(journal_url(journal))
     atomic_write(
         db,
         lambda tmp: optuna.copy_study(from_study_name=study_name, from_storage=source, to_storage=f"sqlite:///{tmp}"),
@@ -73,7 +73,3 @@ def forget(record: Path, run: str) -> None:
     folder = record / FOLDER
     if folder.is_dir() and not any(folder.glob("*.journal")):
         shutil.rmtree(folder)
-
-
-def _url(journal: Path) -> str:
-    return JOURNAL_PREFIX + str(journal.resolve()).lstrip("/")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JOURNAL_PREFIX",
+    "journal_url",
     "HEARTBEAT_GRACE_S",
     "hide_password",
     "scrub",
@@ -39,7 +40,8 @@ HEARTBEAT_INTERVAL_S = 30
 HEARTBEAT_GRACE_S = 120  # an RDB trial without a heartbeat for this long belonged to a dead worker
 
 
-def _journal_url(path: Path) -> str:
+def journal_url(path: Path) -> str:
+    """The kdnas URL of a journal file: ``journal:///`` and its absolute path."""
     return JOURNAL_PREFIX + str(path.resolve()).lstrip("/")
 
 
@@ -85,7 +87,7 @@ def local_file(url: str) -> Path | None:
 def default_url(out_dir: Path) -> str:
     """The run directory's storage: its journal once several local workers shared it, else SQLite."""
     journal = out_dir / "study.journal"
-    return _journal_url(journal) if journal.exists() else f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    return journal_url(journal) if journal.exists() else f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
 
 def shareable_url(url: str, study_name: str) -> str:
@@ -100,7 +102,7 @@ def shareable_url(url: str, study_name: str) -> str:
 
     db = local_file(url)
     journal = db.with_suffix(".journal")
-    target = _journal_url(journal)
+    target = journal_url(journal)
     if db.exists() and not journal.exists():
         source = open_storage(url)
         if study_name in [s.study_name for s in optuna.get_all_study_summaries(source)]:
