@@ -9,19 +9,27 @@ import io
 from pathlib import Path
 
 from kdnas.config import DataConfig, StudyConfig
+from kdnas.errors import KdnasError, TeacherChanged
 from kdnas.status import TrialStatus
 
 
-def search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path):
+def search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path, kept_in: Path | None = None):
     """Run the search of ``cfg`` in ``run_dir`` (where the teacher, soft targets and latency figures of every
     study sharing its settings are kept once) with its trials in SQLite ``storage``; the stored study. A study
-    already holding its budget trains nothing: kept runs are read again."""
+    already holding its budget trains nothing: kept runs are read again. ``kept_in``: another file its trials
+    are kept in (and put back from), which a redo must delete too."""
     import optuna
 
     from kdnas.runner import run_search
 
-    with contextlib.redirect_stdout(io.StringIO()):  # the bench prints its own tables; progress stays on stderr
-        code = run_search(cfg, run_dir, storage=f"sqlite:///{storage}", device="auto", data_dir=data_dir)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the bench prints its own tables; progress on stderr
+            code = run_search(cfg, run_dir, storage=f"sqlite:///{storage}", device="auto", data_dir=data_dir)
+    except TeacherChanged as err:  # e.g. a run kept from a machine whose teacher came out otherwise
+        also = f" and {kept_in}" if kept_in is not None and kept_in.is_file() else ""
+        raise SystemExit(f"error: {err}; to redo this run here instead, delete {storage}{also}") from None
+    except KdnasError as err:
+        raise SystemExit(f"error: {err}") from None
     if code != 0:
         raise SystemExit(f"error: the search of {cfg.name!r} failed (exit code {code})")
     return optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{storage}")

@@ -22,7 +22,8 @@ FOLDER = "unfinished"
 FOLDER_FILES = ("latency.json", "bench-references.json")
 
 
-def _journal(record: Path, run: str) -> Path:
+def journal_path(record: Path, run: str) -> Path:
+    """Where run ``run``'s trials are kept in record folder ``record``."""
     return record / FOLDER / f"{run}.journal"
 
 
@@ -30,7 +31,7 @@ def save(db: Path, study_name: str, out: Path, record: Path, run: str) -> int:
     """Keep run ``run``'s trials (its study ``study_name`` in SQLite ``db``) in ``record``; the number kept."""
     import optuna
 
-    journal = _journal(record, run)
+    journal = journal_path(record, run)
     journal.parent.mkdir(parents=True, exist_ok=True)
 
     def copy(tmp: Path) -> None:
@@ -53,7 +54,7 @@ def restore(db: Path, study_name: str, out: Path, record: Path, run: str) -> int
     """Put run ``run``'s kept trials into SQLite ``db`` when it does not exist yet; the number restored."""
     import optuna
 
-    journal = _journal(record, run)
+    journal = journal_path(record, run)
     if db.exists() or not journal.is_file():
         return 0
     for name in FOLDER_FILES:  # only into a folder that has not timed or scored anything yet
@@ -69,7 +70,7 @@ def restore(db: Path, study_name: str, out: Path, record: Path, run: str) -> int
 
 def forget(record: Path, run: str) -> None:
     """Drop run ``run``'s kept trials (it finished and has its record); the folder goes with the last."""
-    _journal(record, run).unlink(missing_ok=True)
+    journal_path(record, run).unlink(missing_ok=True)
     folder = record / FOLDER
     if folder.is_dir() and not any(folder.glob("*.journal")):
         shutil.rmtree(folder)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["KdnasError", "Terminated", "first_line", "import_object"]
+__all__ = ["KdnasError", "TeacherChanged", "Terminated", "first_line", "import_object"]
 
 
 class KdnasError(Exception):
     """A user-facing error; the CLIs print its message on one line and exit non-zero."""
+
+
+class TeacherChanged(KdnasError):
+    """A stored study's trials were distilled from other teacher weights than the teacher now at hand."""
 
 
 class Terminated(KeyboardInterrupt):

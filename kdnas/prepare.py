@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kdnas.config import STUDIES_DIR, StudyConfig
+from kdnas.errors import TeacherChanged
 from kdnas.objective import Objective
 from kdnas.progress import StepHook, duration, percent, step_bar
 
@@ -66,9 +67,32 @@ def prepare_objective(
         percent(teacher.test_accuracy),
         percent(teacher.val_accuracy),
     )
+    _refuse_another_teacher(study, teacher.weights_sha256)
     study.set_user_attr("teacher", teacher.summary())
     study.set_user_attr("train_device", str(train_device))
     return Objective(cfg, views, soft_targets, train_device, out_dir)
+
+
+def _refuse_another_teacher(study: optuna.Study, weights_sha256: str) -> None:
+    """Stop a resume whose teacher is not the one the stored trials distilled from: the study is keyed by the
+    teacher's settings, not its weights, and a teacher trained anew (on another machine, or after its file
+    was deleted) or a checkpoint overwritten in place would mix two teachers in one front.
+
+    Raises:
+        TeacherChanged: the study holds finished trials and recorded other teacher weights.
+    """
+    from optuna.trial import TrialState
+
+    recorded = (study.user_attrs.get("teacher") or {}).get("weights_sha256")
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    if recorded is None or recorded == weights_sha256 or not finished:
+        return
+    raise TeacherChanged(
+        f"the {len(finished)} finished trials of study {study.study_name!r} were distilled from teacher weights "
+        f"{recorded[:12]}, but the teacher now has weights {weights_sha256[:12]} (trained anew, or its checkpoint "
+        "changed); put back the teacher they used (teacher.pt in --out, or the same checkpoint), or start the "
+        "study afresh in another --out"
+    )
 
 
 def _warn_if_sized_for_a_gpu(hook: StepHook, cfg: StudyConfig, device: torch.device) -> StepHook:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import _unfinished as unfinished  # noqa: E402  (bench/ is scripts, not a package)
 import methods  # noqa: E402  (bench/ is scripts, not a package)
 from _kd_effect import kd_effect, mean_alpha  # noqa: E402  (bench/ is scripts, not a package)
-from _runs import compute_curve  # noqa: E402  (bench/ is scripts, not a package)
+from _runs import compute_curve, search  # noqa: E402  (bench/ is scripts, not a package)
 from speed import Clairvoyant, rank_correlation, replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
 
 
@@ -184,6 +184,28 @@ def test_an_unfinished_run_resumes_elsewhere_with_its_running_trial_queued_again
     assert unfinished.restore(elsewhere / "kdnas-0.db", "s", elsewhere, record, "kdnas-0") == 0
     unfinished.forget(record, "kdnas-0")
     assert not (record / unfinished.FOLDER).exists()
+
+
+def test_a_run_kept_from_another_teacher_is_refused_with_the_files_a_redo_deletes(tmp_path: Path, monkeypatch) -> None:
+    # The refusal itself is kdnas's (tests/test_search.py); the bench adds what a redo of the run must delete.
+    import kdnas.runner
+    from kdnas.errors import TeacherChanged
+
+    def another_teacher(*args, **kwargs):
+        raise TeacherChanged("the 3 finished trials ... another --out")
+
+    monkeypatch.setattr(kdnas.runner, "run_search", another_teacher)
+    journal = tmp_path / "kdnas-0.journal"
+    journal.write_text("")
+    storage = tmp_path / "kdnas-0.db"
+    with pytest.raises(SystemExit) as stopped:
+        search(load_study("smoke"), tmp_path, storage, tmp_path, journal)
+    assert str(stopped.value) == (
+        f"error: the 3 finished trials ... another --out; to redo this run here instead, delete {storage} and {journal}"
+    )
+    journal.unlink()  # nothing kept elsewhere: only the storage goes
+    with pytest.raises(SystemExit, match=f"delete {re.escape(str(storage))}$"):
+        search(load_study("smoke"), tmp_path, storage, tmp_path, journal)
 
 
 def test_compute_counts_trained_epochs_not_duplicates_nor_the_interrupted_trial_its_retry_trains_again() -> None:

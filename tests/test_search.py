@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -104,6 +105,24 @@ def test_changed_space_refuses_to_mix_trials(smoke_run: tuple[Path, int], tmp_pa
     assert main(["--study", str(changed), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "different data/teacher/space" in err and "--fresh" in err
+
+
+def test_a_resume_with_another_teachers_weights_refuses_to_mix_trials(
+    smoke_run: tuple[Path, int], tmp_path: Path, capsys
+) -> None:
+    # As on another machine whose teacher came out otherwise: the stored trials name other weights.
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out)
+    study = _load(out)
+    teacher = study.user_attrs["teacher"]
+    study.set_user_attr("teacher", {**teacher, "weights_sha256": "ab" * 32})
+    before = len(study.trials)
+    assert main(["--study", "smoke", "--out", str(out), "--trials", "5", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"distilled from teacher weights {'ab' * 6}, but the teacher now has weights" in err
+    assert teacher["weights_sha256"][:12] in err and "another --out" in err
+    assert len(_load(out).trials) == before
+    assert _load(out).user_attrs["teacher"]["weights_sha256"] == "ab" * 32
 
 
 @needs_data
