@@ -6,7 +6,10 @@ SHA-256 of the weights and a fingerprint of everything they depend on (the study
 the data; for a checkpoint, also the file's bytes). A later run reuses the file only when the
 fingerprint matches; a changed teacher section retrains, and a file that cannot be read, or whose
 weights do not match their recorded hash, is reported and never used. Every teacher is kept there but
-a kdnas checkpoint, which is used as it is.
+a kdnas checkpoint, which is used as it is. Training or fine-tuning keeps its state after every epoch in
+``runs/<study>/teacher.partial.pt`` (under the same fingerprint): a run interrupted there resumes from
+the last finished epoch and ends with the weights an unbroken run would have; the file goes once
+``teacher.pt`` is saved.
 
 A teacher from torchvision, timm or an import path (kdnas.teacher_sources) runs behind ``TeacherInput``
 at its own input size and normalisation. When its classes are not the data's, its classifier is
@@ -52,7 +55,7 @@ from kdnas.teacher_sources import (
     read_state_dict,
     state_dict_mismatch,
 )
-from kdnas.trainer import autocast, evaluate, fit, keep_freed_memory, return_freed_memory
+from kdnas.trainer import EpochCheckpoint, autocast, evaluate, fit, keep_freed_memory, return_freed_memory
 
 __all__ = [
     "Teacher",
@@ -211,12 +214,14 @@ def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step:
             log.warning("teacher: the [teacher] section or the data changed since %s was made; %s", path, again)
 
     torch.manual_seed(cfg.data.seed)
+    # Hours of teacher training on a CPU survive an interrupt: a later run resumes from the last epoch.
+    progress = EpochCheckpoint(out_dir / "teacher.partial.pt", fingerprint)
     if section.source == "kdnas":
         spec = teacher_spec(cfg, data)
-        model, head_classes, label = _trained(spec, data, section.train, on_step), None, ""
+        model, head_classes, label = _trained(spec, data, section.train, on_step, progress), None, ""
     else:
         spec = None
-        model, head_classes, label = _from_elsewhere(section, data, on_step)
+        model, head_classes, label = _from_elsewhere(section, data, on_step, progress)
     teacher = _finish(model, data, fingerprint, path, section, spec=spec, label=label)
     _atomic_save(
         {
@@ -237,17 +242,21 @@ def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step:
         },
         path,
     )
+    progress.discard()
     log.info("teacher: saved %s (test accuracy %s)", path, percent(teacher.test_accuracy))
     return teacher
 
 
-def _trained(spec: ArchSpec, data: ImageData, recipe: TrainRecipe, on_step: StepHook | None) -> nn.Module:
+def _trained(
+    spec: ArchSpec, data: ImageData, recipe: TrainRecipe, on_step: StepHook | None, progress: EpochCheckpoint
+) -> nn.Module:
     """A kdnas network trained from scratch with the ``[teacher] train`` recipe."""
     model = build_model(spec).to(data.train.images.device)
     log.info(
         "teacher: training %s (%s params) for %d epochs", spec.describe(), f"{count_params(model):,}", recipe.epochs
     )
-    result = fit(model, AugmentedViews(data), recipe, on_step=on_step, on_epoch=_epoch_logger("", recipe))
+    views = AugmentedViews(data)
+    result = fit(model, views, recipe, on_step=on_step, on_epoch=_epoch_logger("", recipe), checkpoint=progress)
     log.info("teacher: trained in %.0f s", result.seconds)
     return model
 
@@ -257,7 +266,7 @@ def _epoch_logger(what: str, recipe: TrainRecipe) -> Callable[[int, float], None
 
 
 def _from_elsewhere(
-    section: TeacherConfig, data: ImageData, on_step: StepHook | None
+    section: TeacherConfig, data: ImageData, on_step: StepHook | None, progress: EpochCheckpoint
 ) -> tuple[TeacherInput, int | None, str]:
     """A teacher from a source elsewhere, fitted to the data: (model, classes of a replaced head or None, label).
 
@@ -300,9 +309,8 @@ def _from_elsewhere(
                 recipe.epochs,
                 recipe.lr,
             )
-        result = fit(
-            model, AugmentedViews(data), recipe, on_step=on_step, on_epoch=_epoch_logger("fine-tuning ", recipe)
-        )
+        on_epoch = _epoch_logger("fine-tuning ", recipe)
+        result = fit(model, AugmentedViews(data), recipe, on_step=on_step, on_epoch=on_epoch, checkpoint=progress)
         log.info("teacher: fine-tuned in %.0f s", result.seconds)
         label += f", fine-tuned {recipe.epochs} epochs"
     if model.input_size is not None:

@@ -14,8 +14,9 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -23,12 +24,14 @@ from torch import nn
 from kdnas.config import TrainRecipe
 from kdnas.data import AugmentedViews, DatasetInfo, Split, normalize
 from kdnas.distill import KDSpec, kd_loss
+from kdnas.files import atomic_write
 from kdnas.registry import Registry
 
 __all__ = [
     "PRECISIONS",
     "SoftTargets",
     "FitResult",
+    "EpochCheckpoint",
     "WeightAverage",
     "TrainingDiverged",
     "fit",
@@ -70,6 +73,43 @@ class FitResult:
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class EpochCheckpoint:
+    """Where ``fit`` keeps its whole training state after every epoch, so that training stopped mid-way
+    (Ctrl-C, a machine gone) resumes from the last finished epoch and ends with the very weights an unbroken
+    run reaches: views and learning rate are functions of (epoch, step), everything else is saved here.
+
+    ``key`` names what is trained (its settings and data); a file saved under another key is not resumed.
+    """
+
+    path: Path
+    key: str
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None (with a warning when a file is there but cannot serve)."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, corrupted: train from the start rather than fail
+            log.warning("%s is unreadable (%s); training from the first epoch", self.path, type(err).__name__)
+            return None
+        if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT or state.get("key") != self.key:
+            log.warning("%s was saved for other settings; training from the first epoch", self.path)
+            return None
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        atomic_write(self.path, lambda tmp: torch.save({"format": _CHECKPOINT_FORMAT, "key": self.key, **state}, tmp))
+
+    def discard(self) -> None:
+        """Drop the file: the training it was kept for is finished and stored."""
+        self.path.unlink(missing_ok=True)
+
+
+_CHECKPOINT_FORMAT = "kdnas-epoch-checkpoint-1"
 
 
 def _lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
@@ -189,6 +229,13 @@ class WeightAverage:
         # recomputed by refresh_batch_norm.
         self._averaged, self._current = list(self.module.parameters()), list(model.parameters())
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.steps = state["steps"]
+
     @torch.no_grad()
     def update(self) -> None:
         """Fold in the model's current weights; call after every optimizer step."""
@@ -236,6 +283,7 @@ def fit(
     soft_targets: SoftTargets | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    checkpoint: EpochCheckpoint | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``views`` and evaluate it on the validation split after every epoch.
 
@@ -251,6 +299,7 @@ def fit(
         on_epoch: called after each epoch's evaluation as ``on_epoch(epoch, val_accuracy)``; it may
             raise (e.g. ``optuna.TrialPruned``) to stop training.
         on_step: called after every optimizer step as ``on_step(step, total_steps)``.
+        checkpoint: where the training state is saved after every epoch and resumed from, if there.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
@@ -275,10 +324,18 @@ def fit(
     horizon = recipe.average_epochs * steps_per_epoch
     average = WeightAverage(model, horizon) if horizon > 0 else None
     evaluated = average.module if average else model
-    result = FitResult()
-    start = time.perf_counter()
-    step = 0
-    for epoch in range(recipe.epochs):
+    result, first_epoch, step = FitResult(), 0, 0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        first_epoch, step = saved["epoch"], saved["step"]
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if average is not None:
+            average.load_state_dict(saved["average"])
+        result = FitResult(**{kept.name: saved[kept.name] for kept in fields(FitResult)})
+        log.info("resuming from epoch %d of %d, saved in %s", first_epoch, recipe.epochs, checkpoint.path)
+    start = time.perf_counter() - result.seconds
+    for epoch in range(first_epoch, recipe.epochs):
         model.train()
         order, params = views.order(epoch), views.epoch_params(epoch)
         loss_sum = torch.zeros((), device=device)
@@ -316,6 +373,17 @@ def fit(
         return_freed_memory(device)  # nor do evaluation's blocks fit the next epoch's training steps
         result.val_accuracy.append(accuracy)
         result.seconds = time.perf_counter() - start
+        if checkpoint is not None:
+            checkpoint.save(
+                {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "average": average.state_dict() if average is not None else None,
+                    **asdict(result),
+                }
+            )
         if on_epoch is not None:
             on_epoch(epoch, accuracy)
     if average is not None:  # the trained network is the one whose accuracy was reported

@@ -105,6 +105,25 @@ def test_first_call_trains_and_saves(tiny_data, tmp_path):
     assert not teacher.model.training
 
 
+def test_interrupted_teacher_training_resumes_from_its_last_epoch_to_the_same_weights(tiny_data, tmp_path, caplog):
+    cfg = study(dataclasses.replace(TEACHER, train=dataclasses.replace(TEACHER.train, epochs=3)))
+    unbroken = obtain_teacher(cfg, tiny_data, subdir(tmp_path, "unbroken"))
+    out = subdir(tmp_path, "interrupted")
+
+    def ctrl_c_in_the_last_epoch(step: int, total: int) -> None:
+        if step == total - 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        obtain_teacher(cfg, tiny_data, out, on_step=ctrl_c_in_the_last_epoch)
+    assert sorted(p.name for p in out.iterdir()) == ["teacher.partial.pt"]
+    with caplog.at_level(logging.INFO):
+        resumed = obtain_teacher(cfg, tiny_data, out)
+    assert any(message.startswith("resuming from epoch 2 of 3") for message in caplog.messages)
+    assert resumed.weights_sha256 == unbroken.weights_sha256
+    assert sorted(p.name for p in out.iterdir()) == ["teacher.pt"]
+
+
 def test_teacher_file_written_before_families_is_reused(tiny_data, tmp_path):
     first = obtain_teacher(study(), tiny_data, tmp_path)
     path = tmp_path / "teacher.pt"

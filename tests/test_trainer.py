@@ -19,6 +19,7 @@ from kdnas.distill import KDSpec
 from kdnas.models import ArchSpec, build_model
 from kdnas.teacher import LiveTeacher, Teacher, soft_targets_for
 from kdnas.trainer import (
+    EpochCheckpoint,
     FitResult,
     TrainingDiverged,
     WeightAverage,
@@ -152,6 +153,52 @@ def test_same_seed_gives_identical_weights(tiny_data):
     fit(a, AugmentedViews(tiny_data), RECIPE)
     fit(b, AugmentedViews(tiny_data), RECIPE)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def _interrupted_after_epoch(last: int):
+    """An ``on_epoch`` that stops training, as Ctrl-C would, once epoch ``last`` (0-based) is evaluated."""
+
+    def on_epoch(epoch: int, accuracy: float) -> None:
+        if epoch == last:
+            raise KeyboardInterrupt
+
+    return on_epoch
+
+
+def test_training_resumed_from_its_epoch_checkpoint_ends_as_an_unbroken_run(tiny_data, tmp_path, caplog):
+    views, recipe = AugmentedViews(tiny_data), replace(RECIPE, epochs=3, average_epochs=0.5, momentum=0.9)
+    unbroken = seeded_model(3)
+    expected = fit(unbroken, views, recipe)
+    checkpoint = EpochCheckpoint(tmp_path / "partial.pt", key="run")
+    with pytest.raises(KeyboardInterrupt):
+        fit(seeded_model(3), views, recipe, checkpoint=checkpoint, on_epoch=_interrupted_after_epoch(1))
+    resumed = seeded_model(4)  # another start: every weight must come from the checkpoint
+    with caplog.at_level(logging.INFO, logger="kdnas.trainer"):
+        result = fit(resumed, views, recipe, checkpoint=checkpoint)
+    assert f"resuming from epoch 2 of 3, saved in {checkpoint.path}" in caplog.messages
+    assert (result.val_accuracy, result.train_loss, result.images) == (
+        expected.val_accuracy,
+        expected.train_loss,
+        expected.images,
+    )
+    pairs = zip(resumed.state_dict().values(), unbroken.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+@pytest.mark.parametrize("content", ["other key", "garbage"])
+def test_an_epoch_checkpoint_of_other_settings_or_unreadable_is_not_resumed(tiny_data, tmp_path, caplog, content):
+    views = AugmentedViews(tiny_data)
+    path = tmp_path / "partial.pt"
+    if content == "garbage":
+        path.write_bytes(b"not a torch file")
+    else:
+        stop = _interrupted_after_epoch(0)
+        with pytest.raises(KeyboardInterrupt):
+            fit(seeded_model(3), views, RECIPE, checkpoint=EpochCheckpoint(path, "a"), on_epoch=stop)
+    with caplog.at_level(logging.WARNING, logger="kdnas.trainer"):
+        result = fit(seeded_model(3), views, RECIPE, checkpoint=EpochCheckpoint(path, "b"))
+    assert result.train_loss == fit(seeded_model(3), views, RECIPE).train_loss  # trained from the first epoch
+    assert [r.getMessage().split(";")[1] for r in caplog.records] == [" training from the first epoch"]
 
 
 def test_different_data_seed_changes_the_run(image_data_factory):
