@@ -333,7 +333,7 @@ def fit(
         if average is not None:
             average.load_state_dict(saved["average"])
         result = FitResult(**{kept.name: saved[kept.name] for kept in fields(FitResult)})
-        log.info("resuming from epoch %d of %d, saved in %s", first_epoch, recipe.epochs, checkpoint.path)
+        log.info("resuming after epoch %d of %d, saved in %s", first_epoch, recipe.epochs, checkpoint.path)
     start = time.perf_counter() - result.seconds
     for epoch in range(first_epoch, recipe.epochs):
         model.train()

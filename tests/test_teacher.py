@@ -119,7 +119,7 @@ def test_interrupted_teacher_training_resumes_from_its_last_epoch_to_the_same_we
     assert sorted(p.name for p in out.iterdir()) == ["teacher.partial.pt"]
     with caplog.at_level(logging.INFO):
         resumed = obtain_teacher(cfg, tiny_data, out)
-    assert any(message.startswith("resuming from epoch 2 of 3") for message in caplog.messages)
+    assert any(message.startswith("resuming after epoch 2 of 3") for message in caplog.messages)
     assert resumed.weights_sha256 == unbroken.weights_sha256
     assert sorted(p.name for p in out.iterdir()) == ["teacher.pt"]
 

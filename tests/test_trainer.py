@@ -175,7 +175,7 @@ def test_training_resumed_from_its_epoch_checkpoint_ends_as_an_unbroken_run(tiny
     resumed = seeded_model(4)  # another start: every weight must come from the checkpoint
     with caplog.at_level(logging.INFO, logger="kdnas.trainer"):
         result = fit(resumed, views, recipe, checkpoint=checkpoint)
-    assert f"resuming from epoch 2 of 3, saved in {checkpoint.path}" in caplog.messages
+    assert f"resuming after epoch 2 of 3, saved in {checkpoint.path}" in caplog.messages
     assert (result.val_accuracy, result.train_loss, result.images) == (
         expected.val_accuracy,
         expected.train_loss,
