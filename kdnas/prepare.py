@@ -47,6 +47,7 @@ def prepare_objective(
     with exclusive(out_dir / ".teacher.lock", "teacher: another worker is building it; waiting"):
         with step_bar("teacher", progress) as hook:
             teacher = obtain_teacher(cfg, data, out_dir, on_step=_warn_if_sized_for_a_gpu(hook, cfg, train_device))
+        _refuse_another_teacher(study, teacher.weights_sha256)  # before the soft targets cost anything
         views = AugmentedViews(data)
         soft_targets = None
         if cfg.kd.may_distill:
@@ -67,7 +68,6 @@ def prepare_objective(
         percent(teacher.test_accuracy),
         percent(teacher.val_accuracy),
     )
-    _refuse_another_teacher(study, teacher.weights_sha256)
     study.set_user_attr("teacher", teacher.summary())
     study.set_user_attr("train_device", str(train_device))
     return Objective(cfg, views, soft_targets, train_device, out_dir)
