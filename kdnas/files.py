@@ -52,6 +52,29 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def torch_save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` completely or not at all (a crash leaves the old file or none)."""
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def read_torch_dict(path: Path, expected_format: str, then: str = "it will be rebuilt") -> dict[str, Any] | None:
+    """The dict ``torch.save``d in ``path``, or None, with a warning ending in ``then``, if the file is unreadable
+    or not of ``expected_format`` (its "format" key)."""
+    import torch
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupted, not a torch file: report, never use
+        log.warning("%s is unreadable (%s); %s", path, type(err).__name__, then)
+        return None
+    if not isinstance(blob, dict) or blob.get("format") != expected_format:
+        log.warning("%s is not a %s file; %s", path, expected_format, then)
+        return None
+    return blob
+
+
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file's bytes, read in 1 MiB blocks (a checkpoint may not fit in memory twice): tells a
     replaced or retrained teacher file from the one a search used."""

@@ -44,7 +44,7 @@ from kdnas.config import FinetuneRecipe, StudyConfig, TeacherConfig, TrainRecipe
 from kdnas.data import AugmentedViews, DatasetInfo, ImageData, normalize
 from kdnas.errors import KdnasError
 from kdnas.families import get_family
-from kdnas.files import atomic_write, file_sha256
+from kdnas.files import file_sha256, read_torch_dict, torch_save_atomic
 from kdnas.models import ArchSpec, build_model, count_params
 from kdnas.progress import percent
 from kdnas.teacher_sources import (
@@ -142,24 +142,6 @@ def teacher_fingerprint(section: TeacherConfig, data_fingerprint: str, checkpoin
     return fingerprint if checkpoint_sha256 is None else section_hash(fingerprint, checkpoint_sha256)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` completely or not at all (a crash leaves the old file or none)."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def _read(path: Path, expected_format: str) -> dict[str, Any] | None:
-    """The stored dict, or None (with a warning) if the file is unreadable or of another format."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, corrupted, not a torch file: report, never use
-        log.warning("%s is unreadable (%s); it will be rebuilt", path, type(err).__name__)
-        return None
-    if not isinstance(blob, dict) or blob.get("format") != expected_format:
-        log.warning("%s is not a %s file; it will be rebuilt", path, expected_format)
-        return None
-    return blob
-
-
 def checkpoint_sha256(section: TeacherConfig) -> str | None:
     """SHA-256 of the section's checkpoint file (None without one).
 
@@ -203,7 +185,7 @@ def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step:
 
     path = out_dir / "teacher.pt"
     if path.exists():
-        blob = _read(path, TEACHER_FORMAT)
+        blob = read_torch_dict(path, TEACHER_FORMAT)
         if blob is not None and blob.get("fingerprint") == fingerprint:
             teacher = _from_blob(path, device, blob)
             if teacher is not None:
@@ -223,7 +205,7 @@ def obtain_teacher(cfg: StudyConfig, data: ImageData, out_dir: Path, *, on_step:
         spec = None
         model, head_classes, label = _from_elsewhere(section, data, on_step, progress)
     teacher = _finish(model, data, fingerprint, path, section, spec=spec, label=label)
-    _atomic_save(
+    torch_save_atomic(
         {
             "format": TEACHER_FORMAT,
             "fingerprint": fingerprint,
@@ -371,7 +353,7 @@ def load_stored_teacher(path: Path, device: torch.device | str, blob: dict[str, 
         KdnasError: the file is missing, unreadable, not a kdnas teacher, or its weights are not the
             ones it records the hash of.
     """
-    blob = blob if blob is not None else _read(path, TEACHER_FORMAT) if path.is_file() else None
+    blob = blob if blob is not None else read_torch_dict(path, TEACHER_FORMAT) if path.is_file() else None
     teacher = None if blob is None else _from_blob(path, device, blob)
     if teacher is None:
         raise KdnasError(f"no usable teacher at {path}; run the search again to train it")
@@ -513,7 +495,7 @@ def soft_targets_for(
     key = section_hash(depends_on)
     device = views.data.train.images.device
     if path.exists():
-        blob = _read(path, SOFT_TARGETS_FORMAT)
+        blob = read_torch_dict(path, SOFT_TARGETS_FORMAT)
         if blob is not None and blob.get("key") == key:
             return CachedSoftTargets(blob["logits"].to(device))
         if blob is not None:
@@ -536,7 +518,7 @@ def soft_targets_for(
             step += 1
             if on_step is not None:
                 on_step(step, steps)
-    _atomic_save({"format": SOFT_TARGETS_FORMAT, "key": key, **depends_on, "logits": logits.cpu()}, path)
+    torch_save_atomic({"format": SOFT_TARGETS_FORMAT, "key": key, **depends_on, "logits": logits.cpu()}, path)
     return_freed_memory(device)  # the teacher's batches are done; the trials that follow size theirs differently
     return CachedSoftTargets(logits)
 

@@ -24,7 +24,7 @@ from torch import nn
 from kdnas.config import TrainRecipe
 from kdnas.data import AugmentedViews, DatasetInfo, Split, normalize
 from kdnas.distill import KDSpec, kd_loss
-from kdnas.files import atomic_write
+from kdnas.files import read_torch_dict, torch_save_atomic
 from kdnas.registry import Registry
 
 __all__ = [
@@ -91,18 +91,14 @@ class EpochCheckpoint:
         """The saved state, or None (with a warning when a file is there but cannot serve)."""
         if not self.path.is_file():
             return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as err:  # truncated, corrupted: train from the start rather than fail
-            log.warning("%s is unreadable (%s); training from the first epoch", self.path, type(err).__name__)
-            return None
-        if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT or state.get("key") != self.key:
+        state = read_torch_dict(self.path, _CHECKPOINT_FORMAT, then="training from the first epoch")
+        if state is not None and state.get("key") != self.key:
             log.warning("%s was saved for other settings; training from the first epoch", self.path)
             return None
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        atomic_write(self.path, lambda tmp: torch.save({"format": _CHECKPOINT_FORMAT, "key": self.key, **state}, tmp))
+        torch_save_atomic({"format": _CHECKPOINT_FORMAT, "key": self.key, **state}, self.path)
 
     def discard(self) -> None:
         """Drop the file: the training it was kept for is finished and stored."""
