@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from kdnas.config import StudyConfig
 from kdnas.errors import KdnasError
 from kdnas.files import write_json
-from kdnas.status import BUDGET_STATUSES, TrialStatus
+from kdnas.status import BUDGET_STATUSES, TRAINED_STATUSES, TrialStatus
 from kdnas.storage import hide_password
 from kdnas.study import budget_trials, open_study
 
@@ -204,12 +204,14 @@ def optimize(study: optuna.Study, objective: Objective, cfg: StudyConfig, progre
     from tqdm import tqdm
 
     from kdnas.progress import trial_line
+    from kdnas.space import candidate_count
     from kdnas.trainer import TrainingDiverged
 
     target = cfg.budget.trials
     remaining = target - budget_trials(study)
     bar = tqdm(total=remaining, desc="trials", unit="trial", disable=not progress, dynamic_ncols=True)
     rejected_in_a_row = 0
+    candidates = candidate_count(cfg)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal rejected_in_a_row
@@ -225,6 +227,13 @@ def optimize(study: optuna.Study, objective: Objective, cfg: StudyConfig, progre
                 bar.set_postfix_str(f"best acc {100 * best:.2f}%")
         if budget_trials(study) >= target:
             study.stop()
+        elif untrained and len(_candidates_tried(study)) >= candidates:
+            log.warning(
+                "stopping: each of the %d candidates of the space is trained or over [constraints]; widen the "
+                "space for more trials",
+                candidates,
+            )
+            study.stop()
         elif rejected_in_a_row >= _MAX_CONSECUTIVE_REJECTIONS:
             log.warning(
                 "stopping: the last %d candidates were all over [constraints] or already trained, so the space "
@@ -238,6 +247,16 @@ def optimize(study: optuna.Study, objective: Objective, cfg: StudyConfig, progre
         study.optimize(objective, timeout=timeout, catch=(TrainingDiverged,), callbacks=[after_trial])
     finally:
         bar.close()
+
+
+def _candidates_tried(study: optuna.Study) -> set[tuple]:
+    """The distinct candidates the study trained, stopped or rejected: those a new draw cannot add to."""
+    import optuna
+
+    tried = TRAINED_STATUSES | {TrialStatus.REJECTED}
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    trials = study.get_trials(deepcopy=False, states=states)
+    return {tuple(sorted(t.params.items())) for t in trials if t.user_attrs.get("status") in tried}
 
 
 def _finish(study: optuna.Study, cfg: StudyConfig, out_dir: Path) -> None:

@@ -6,17 +6,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import optuna
 
-from kdnas.config import StudyConfig
+from kdnas.config import ChoiceParam, NumParam, StudyConfig
 from kdnas.distill import KDSpec
-from kdnas.families import get_family, suggest_value
+from kdnas.families import get_family, grid, suggest_value
 from kdnas.models import ArchSpec
 
-__all__ = ["suggest", "specs_from_params", "architectures", "space_size", "extreme_student"]
+__all__ = ["suggest", "specs_from_params", "architectures", "space_size", "candidate_count", "extreme_student"]
 
 
 def suggest(
@@ -46,6 +47,20 @@ def specs_from_params(
 def space_size(cfg: StudyConfig) -> float:
     """How many student networks the space holds (``math.inf`` when a knob is a continuous range)."""
     return get_family(cfg.student.family).count(cfg.student.knobs)
+
+
+def candidate_count(cfg: StudyConfig) -> float:
+    """How many distinct candidates (network and distillation settings) the space holds: ``math.inf`` when
+    a knob is a continuous range."""
+    kd = cfg.kd
+    rates = _count(kd.decay_rate)
+    decays = sum(1 if choice == "none" else rates for choice in dict.fromkeys(kd.alpha_decay.choices))
+    return space_size(cfg) * _count(kd.temperature) * _count(kd.alpha) * decays
+
+
+def _count(knob: NumParam | ChoiceParam) -> float:
+    values = grid(knob)
+    return math.inf if values is None else len(values)
 
 
 def architectures(cfg: StudyConfig, in_channels: int, num_classes: int, image_size: int) -> Iterator[ArchSpec]:

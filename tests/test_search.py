@@ -139,19 +139,31 @@ def test_constraints_reject_before_training(tmp_path: Path) -> None:
 
 
 @needs_data
-def test_a_used_up_space_stops_the_search_with_what_it_trained(tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr("kdnas.runner._MAX_CONSECUTIVE_REJECTIONS", 5)
+def test_a_used_up_space_stops_the_search_with_what_it_trained(tmp_path: Path, capsys) -> None:
     text = (STUDIES_DIR / "smoke.toml").read_text()
     kd = text[text.index("[kd]") : text.index("[train]")]
     text = text.replace(kd, '[kd]\ntemperature = 4.0\nalpha = 0.9\nalpha_decay = "none"\n\n')
     path = tmp_path / "one.toml"
-    path.write_text(text + "\n[constraints]\nmax_params = 6_000\n")  # width 4 only, one KD setting: one candidate
+    path.write_text(text + "\n[constraints]\nmax_params = 6_000\n")  # widths 4 and 8, one KD setting; w8 over
     out = tmp_path / "run"
     assert main(["--study", str(path), "--out", str(out), "--no-progress", "--trials", "3"]) == 0
     study = _load(out, "one")
     statuses = [t.user_attrs["status"] for t in study.trials]
-    assert statuses.count("complete") == 1 and set(statuses) <= {"complete", "duplicate", "rejected"}
-    assert "complete" not in statuses[-5:]
+    assert statuses.count("complete") == 1 and set(statuses) == {"complete", "duplicate", "rejected"}
+    # Stopped at the first draw after both candidates were seen, not after 200 draws in a row.
+    seen = max(statuses.index("complete"), statuses.index("rejected"))
+    assert len(statuses) == seen + 2, statuses
+    err = capsys.readouterr().err
+    assert "stopping: each of the 2 candidates of the space is trained or over [constraints]" in err
+
+
+@needs_data
+def test_a_space_rejected_draw_after_draw_stops_the_search(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("kdnas.runner._MAX_CONSECUTIVE_REJECTIONS", 5)
+    path = _write_study(tmp_path, "[constraints]\nmax_params = 1_000\n")  # no network fits; KD settings endless
+    assert main(["--study", str(path), "--out", str(tmp_path / "run"), "--no-progress", "--trials", "3"]) == 0
+    statuses = [t.user_attrs["status"] for t in _load(tmp_path / "run", "custom").trials]
+    assert statuses == ["rejected"] * 5
     assert "the last 5 candidates were all over [constraints] or already trained" in capsys.readouterr().err
 
 

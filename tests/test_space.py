@@ -9,7 +9,7 @@ import optuna
 from kdnas.config import StudyConfig, study_from_dict
 from kdnas.distill import ALPHA_SCHEDULES, KDSpec
 from kdnas.models import ArchSpec
-from kdnas.space import architectures, space_size, specs_from_params, suggest
+from kdnas.space import architectures, candidate_count, space_size, specs_from_params, suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -177,6 +177,19 @@ def test_alpha_zero_replays_exactly():
     }
     _, kd = specs_from_params(params, config(), 1, 10, 32)
     assert kd.alpha == 0.0 and kd.alpha_at(0.5) == 0.0
+
+
+def test_candidate_count_is_every_network_and_distillation_setting_the_sampler_can_draw():
+    kd = {
+        "temperature": [2.0, 4.0],
+        "alpha": {"low": 0.0, "high": 1.0, "step": 0.5},
+        "alpha_decay": ["none", "linear"],
+        "decay_rate": {"low": 1.0, "high": 2.0, "step": 0.5},  # drawn for "linear" only
+    }
+    cfg = config(student={"base_width": [8, 16], "blocks": 1}, kd=kd)
+    drawn = {tuple(sorted(trial.params.items())) for trial, _, _ in sampled_trials(cfg, 1000)}
+    assert candidate_count(cfg) == len(drawn) == 2 * 2 * 3 * (1 + 3)
+    assert candidate_count(config()) == math.inf  # a continuous temperature
 
 
 def test_architectures_are_every_network_the_sampler_can_draw():
