@@ -386,8 +386,11 @@ def _run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace, bu
     """A method's run: its search, grown past its trials until it has spent ``budget`` training FLOPs (when
     given), then (arch-then-kd) its front distilled."""
     cfg = method_study(base, method, seed)
-    kept = unfinished.journal_path(args.record, f"{method}-{seed}") if args.record else None
-    study = search(cfg, args.out, _storage(args.out, method, seed), args.data_dir, kept)
+    storage = _storage(args.out, method, seed)
+    study = _stored_study(cfg, storage)
+    if study is None or budget_trials(study) < cfg.budget.trials:  # a finished search is read, not run again
+        kept = unfinished.journal_path(args.record, f"{method}-{seed}") if args.record else None
+        study = search(cfg, args.out, storage, args.data_dir, kept)
     references = _references(base, args)
     if budget is not None:
         cfg, study = _grow(method, cfg, study, args, references["train_images"], budget)
