@@ -101,7 +101,7 @@ def test_ctrl_c_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
     slow = (STUDIES_DIR / "smoke.toml").read_text().replace("[train]\nepochs = 2", "[train]\nepochs = 10")
     study_file.write_text(slow)
     command = [sys.executable, "-m", "kdnas.search", "--study", str(study_file), "--out", str(out), "--no-progress"]
-    command += ["--trials", "2"]  # the interrupted trial's retry and one more
+    command += ["--trials", "1"]  # the resume trains the interrupted trial's candidate again
     # A suite started in the background (`cmd &` without job control) hands its children SIGINT ignored,
     # and Python then leaves Ctrl-C ignored too: give the search the default, as a terminal would.
     restore_ctrl_c = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
@@ -118,7 +118,8 @@ def test_ctrl_c_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
     interrupted = _study(out).trials[victim.number]
     assert interrupted.state == optuna.trial.TrialState.FAIL and interrupted.user_attrs["status"] == "interrupted"
     assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0  # resumes to the budget
-    _check_consistent(_study(out), 2)
+    (retried,) = _check_consistent(_study(out), 1)
+    assert retried.params == interrupted.params and retried.number > interrupted.number
 
 
 def _wait_for_running_trial(out: Path, timeout_s: float, search: subprocess.Popen) -> optuna.trial.FrozenTrial:
