@@ -136,7 +136,7 @@ def _parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.tiny:
         args.images, args.epochs, args.student_width, args.teacher_width = 512, 1, 8, 16
-        args.es_seeds, args.es_trials, args.es_extra = 1, 1, 1.0
+        args.es_seeds, args.es_trials, args.es_extra, args.es_limit_train = 1, 1, 1.0, 512
     args.study = args.study or ("smoke" if args.tiny else "fashion")
     return args
 
