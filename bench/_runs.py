@@ -13,15 +13,30 @@ from kdnas.errors import KdnasError, TeacherChanged
 from kdnas.status import TrialStatus
 
 
+def stored_study(cfg: StudyConfig, storage: Path):
+    """The study of ``cfg`` stored in SQLite ``storage``, or None before it started."""
+    import optuna
+
+    if not storage.is_file():
+        return None
+    try:
+        return optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{storage}")
+    except KeyError:  # the file exists, the study was never created in it
+        return None
+
+
 def search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path, kept_in: Path | None = None):
     """Run the search of ``cfg`` in ``run_dir`` (where the teacher, soft targets and latency figures of every
     study sharing its settings are kept once) with its trials in SQLite ``storage``; the stored study. A study
-    already holding its budget trains nothing: kept runs are read again. ``kept_in``: another file its trials
-    are kept in (and put back from), which a redo must delete too."""
-    import optuna
-
+    already holding its budget is read, not searched again (which would load the data and the teacher for
+    nothing): kept runs are read again. ``kept_in``: another file its trials are kept in (and put back from),
+    which a redo must delete too."""
     from kdnas.runner import run_search
+    from kdnas.study import budget_trials
 
+    study = stored_study(cfg, storage)
+    if study is not None and budget_trials(study) >= cfg.budget.trials:
+        return study
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the bench prints its own tables; progress on stderr
             code = run_search(cfg, run_dir, storage=f"sqlite:///{storage}", device="auto", data_dir=data_dir)
@@ -32,7 +47,7 @@ def search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path, kept_
         raise SystemExit(f"error: {err}") from None
     if code != 0:
         raise SystemExit(f"error: the search of {cfg.name!r} failed (exit code {code})")
-    return optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{storage}")
+    return stored_study(cfg, storage)
 
 
 def fewer_training_images(cfg: DataConfig, train_images: int | None) -> DataConfig:

@@ -59,6 +59,7 @@ from _runs import (
     fewer_training_images,
     first_reach,
     search,
+    stored_study,
     training_flops,
 )
 
@@ -296,23 +297,11 @@ def _storage(out: Path, method: str, seed: int) -> Path:
     return out / f"{method}-{seed}.db"
 
 
-def _stored_study(cfg: StudyConfig, storage: Path):
-    """The study a method's run stored in ``storage``, or None before it started."""
-    import optuna
-
-    if not storage.is_file():
-        return None
-    try:
-        return optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{storage}")
-    except KeyError:  # the file exists, the study was never created in it
-        return None
-
-
 def _save_unfinished(base: StudyConfig, args: argparse.Namespace, keys: list[tuple[str, int]]) -> None:
     """--save-unfinished: the trials of every run started in --out and not finished, kept in --record."""
     for method, seed in keys:
         cfg = method_study(base, method, seed)
-        if _stored_study(cfg, _storage(args.out, method, seed)) is None:
+        if stored_study(cfg, _storage(args.out, method, seed)) is None:
             continue
         run = f"{method}-{seed}"
         kept = unfinished.save(_storage(args.out, method, seed), cfg.name, args.out, args.record, run)
@@ -335,7 +324,7 @@ def _restore_unfinished(base: StudyConfig, args: argparse.Namespace, keys: list[
 def _stored_spent(base: StudyConfig, method: str, seed: int, args: argparse.Namespace) -> float:
     """Training FLOPs a method's run had spent before this invocation (arch-then-kd: with its distillation)."""
     cfg = method_study(base, method, seed)
-    study = _stored_study(cfg, _storage(args.out, method, seed))
+    study = stored_study(cfg, _storage(args.out, method, seed))
     if study is None:
         return 0.0
     return _search_spent(method, cfg, study, _references(base, args)["train_images"])
@@ -386,11 +375,8 @@ def _run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace, bu
     """A method's run: its search, grown past its trials until it has spent ``budget`` training FLOPs (when
     given), then (arch-then-kd) its front distilled."""
     cfg = method_study(base, method, seed)
-    storage = _storage(args.out, method, seed)
-    study = _stored_study(cfg, storage)
-    if study is None or budget_trials(study) < cfg.budget.trials:  # a finished search is read, not run again
-        kept = unfinished.journal_path(args.record, f"{method}-{seed}") if args.record else None
-        study = search(cfg, args.out, storage, args.data_dir, kept)
+    kept = unfinished.journal_path(args.record, f"{method}-{seed}") if args.record else None
+    study = search(cfg, args.out, _storage(args.out, method, seed), args.data_dir, kept)
     references = _references(base, args)
     if budget is not None:
         cfg, study = _grow(method, cfg, study, args, references["train_images"], budget)
@@ -400,7 +386,7 @@ def _run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace, bu
 def _kept_run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace, budget: float | None):
     """A finished run read back without training anything (--no-train), or None where it is not finished."""
     cfg = method_study(base, method, seed)
-    study = _stored_study(cfg, _storage(args.out, method, seed))
+    study = stored_study(cfg, _storage(args.out, method, seed))
     if study is None or budget_trials(study) < cfg.budget.trials:
         return None
     references = _references(base, args)
