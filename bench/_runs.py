@@ -25,6 +25,14 @@ def stored_study(cfg: StudyConfig, storage: Path):
         return None
 
 
+def finished_study(cfg: StudyConfig, storage: Path):
+    """The study of ``cfg`` in SQLite ``storage`` once it holds its budget of trials, else None."""
+    from kdnas.study import budget_trials
+
+    study = stored_study(cfg, storage)
+    return study if study is not None and budget_trials(study) >= cfg.budget.trials else None
+
+
 def search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path, kept_in: Path | None = None):
     """Run the search of ``cfg`` in ``run_dir`` (where the teacher, soft targets and latency figures of every
     study sharing its settings are kept once) with its trials in SQLite ``storage``; the stored study. A study
@@ -32,10 +40,9 @@ def search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path, kept_
     nothing): kept runs are read again. ``kept_in``: another file its trials are kept in (and put back from),
     which a redo must delete too."""
     from kdnas.runner import run_search
-    from kdnas.study import budget_trials
 
-    study = stored_study(cfg, storage)
-    if study is not None and budget_trials(study) >= cfg.budget.trials:
+    study = finished_study(cfg, storage)
+    if study is not None:
         return study
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the bench prints its own tables; progress on stderr

@@ -57,6 +57,7 @@ from _kd_effect import kd_effect
 from _runs import (
     compute_curve,
     fewer_training_images,
+    finished_study,
     first_reach,
     search,
     stored_study,
@@ -386,8 +387,8 @@ def _run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace, bu
 def _kept_run(method: str, seed: int, base: StudyConfig, args: argparse.Namespace, budget: float | None):
     """A finished run read back without training anything (--no-train), or None where it is not finished."""
     cfg = method_study(base, method, seed)
-    study = stored_study(cfg, _storage(args.out, method, seed))
-    if study is None or budget_trials(study) < cfg.budget.trials:
+    study = finished_study(cfg, _storage(args.out, method, seed))
+    if study is None:
         return None
     references = _references(base, args)
     spent = _search_spent(method, cfg, study, references["train_images"])
