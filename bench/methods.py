@@ -211,7 +211,7 @@ def _parse_args() -> argparse.Namespace:
         raise SystemExit("error: --save-unfinished keeps runs in --record; pass --record FOLDER")
     if args.tiny:
         # 2 trials: with KD fixed, smoke's space holds 2 candidates.
-        args.study, args.limit_train, args.seeds, args.sizes = "smoke", 1000, 2, "6000,20000"
+        args.study, args.limit_train, args.seeds, args.sizes = "smoke", 500, 2, "6000,20000"
         args.trials = args.trials or 2
     return args
 

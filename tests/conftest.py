@@ -9,6 +9,7 @@ split carries ``i`` in its first pixel, which lets a test follow an image throug
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from collections.abc import Callable
@@ -45,6 +46,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """In CI, it fails, before the test's fixtures are set up (this conftest's hook runs before pytest's)."""
     for package in _needed(item):
         require(package)
+
+
+# The commands the tests start (``python -m kdnas.search``, the benches) train on one thread too: the
+# tests run one process per core (pytest-xdist), and a second thread per process would oversubscribe them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _smoke import FEWER_IMAGES, edited_smoke
 
 from kdnas.search import main
 from kdnas.storage import open_storage
@@ -24,8 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.needs("postgresql")]
 BUDGET_STATUSES = ("complete", "stopped", "diverged")
 
 
-def _worker(url: str, out: Path, trials: int, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "kdnas.search", "--study", "smoke", "--out", str(out), "--storage", url]
+def _worker(url: str, out: Path, trials: int, *extra: str, study: str = "smoke") -> subprocess.Popen:
+    command = [sys.executable, "-m", "kdnas.search", "--study", study, "--out", str(out), "--storage", url]
     # One thread each, as on hosts of their own: three processes each spinning up every core of this
     # machine would mostly wait on each other.
     return subprocess.Popen(
@@ -52,8 +53,8 @@ def _check_consistent(study: optuna.Study, budget: int) -> None:
 
 @pytest.mark.needs("dataset-fashion-mnist")
 def test_three_workers_on_postgres_build_the_teacher_once_and_share_the_study(postgres_url, tmp_path) -> None:
-    out = tmp_path / "shared"
-    workers = [_worker(postgres_url, out, 6) for _ in range(3)]
+    out, study = tmp_path / "shared", str(edited_smoke(tmp_path, FEWER_IMAGES))
+    workers = [_worker(postgres_url, out, 6, study=study) for _ in range(3)]
     errs = [w.communicate(timeout=600)[1] for w in workers]
     assert [w.returncode for w in workers] == [0, 0, 0], "\n".join(e[-1500:] for e in errs)
     assert sum(e.count("teacher: training") for e in errs) == 1  # the others waited, then loaded it

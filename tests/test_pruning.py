@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from _smoke import edited_smoke
 
 from kdnas.config import EarlyStopConfig
 from kdnas.pruning import EARLY_STOP_POLICIES, Curve, EarlyStopper, pareto_ranks, rung_epochs
@@ -158,7 +159,6 @@ def test_halving_decides_only_at_rungs_and_counts_running_trials() -> None:
 @pytest.mark.slow
 @pytest.mark.needs("dataset-fashion-mnist")
 def test_search_records_stopped_trials_as_pruned_with_their_partial_curve(tmp_path) -> None:
-    from kdnas.config import STUDIES_DIR
     from kdnas.search import main
 
     # Which trials stop must not hang on the machine's arithmetic: a teacher that learned nothing
@@ -167,22 +167,20 @@ def test_search_records_stopped_trials_as_pruned_with_their_partial_curve(tmp_pa
     # they come as 0, 1, 0, 1 (each with its own temperature: a study trains no parameters twice). Each
     # alpha = 1 trial is then beaten after epoch 1 by the finished alpha = 0 trial, as small as itself, far
     # beyond any noise allowance; the alpha = 0 ones never are.
-    text = (STUDIES_DIR / "smoke.toml").read_text()
-    for old, new in [
-        ("seed = 0", "seed = 10"),
-        ('policy = "none"', 'policy = "pareto"'),
-        ("base_width = { low = 4, high = 8, step = 4 }", "base_width = 4"),
-        ("epochs = 2, batch_size = 64, lr = 0.1 }", "epochs = 2, batch_size = 64, lr = 1e-6 }"),
-        ("alpha = { low = 0.0, high = 1.0, step = 0.1 }", "alpha = { low = 0.0, high = 1.0, step = 1.0 }"),
-        ('alpha_decay = ["none", "linear", "cosine", "exponential"]', 'alpha_decay = ["none"]'),
-        ("startup_trials = 3", "startup_trials = 4"),
-        ("\ntrials = 3", "\ntrials = 4"),
-    ]:
-        assert old in text, old
-        text = text.replace(old, new)
-    (tmp_path / "stopping.toml").write_text(text + '\n[objectives]\nmetrics = ["val_accuracy", "params"]\n')
+    edits = {
+        "seed = 0": "seed = 10",
+        'policy = "none"': 'policy = "pareto"',
+        "base_width = { low = 4, high = 8, step = 4 }": "base_width = 4",
+        "epochs = 2, batch_size = 64, lr = 0.1 }": "epochs = 2, batch_size = 64, lr = 1e-6 }",
+        "alpha = { low = 0.0, high = 1.0, step = 0.1 }": "alpha = { low = 0.0, high = 1.0, step = 1.0 }",
+        'alpha_decay = ["none", "linear", "cosine", "exponential"]': 'alpha_decay = ["none"]',
+        "startup_trials = 3": "startup_trials = 4",
+        "\ntrials = 3": "\ntrials = 4",
+    }
+    objectives = '[objectives]\nmetrics = ["val_accuracy", "params"]\n'
+    path = edited_smoke(tmp_path, edits, name="stopping", extra=objectives)
     out = tmp_path / "run"
-    assert main(["--study", str(tmp_path / "stopping.toml"), "--out", str(out), "--no-progress"]) == 0
+    assert main(["--study", str(path), "--out", str(out), "--no-progress"]) == 0
 
     study = optuna.load_study(study_name="stopping", storage=f"sqlite:///{out / 'study.db'}")
     trained = [t for t in study.trials if t.user_attrs.get("status") in ("complete", "stopped")]

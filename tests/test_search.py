@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 from _needs import require
+from _smoke import FEWER_IMAGES, edited_smoke
 
 from kdnas.config import STUDIES_DIR
 from kdnas.data import DATASETS
@@ -23,13 +24,6 @@ needs_data = pytest.mark.needs("dataset-fashion-mnist")
 
 def _load(out: Path, name: str = "smoke") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
-
-
-def _write_study(tmp_path: Path, extra: str, name: str = "custom") -> Path:
-    """The smoke study with ``extra`` TOML appended (later keys of a table must not repeat earlier ones)."""
-    path = tmp_path / f"{name}.toml"
-    path.write_text((STUDIES_DIR / "smoke.toml").read_text() + "\n" + extra)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +95,7 @@ def test_run_with_budget_reached_trains_nothing(smoke_run: tuple[Path, int], cap
 
 def test_changed_space_refuses_to_mix_trials(smoke_run: tuple[Path, int], tmp_path: Path, capsys) -> None:
     out, _ = smoke_run
-    changed = _write_study(tmp_path, "[constraints]\nmax_params = 10_000\n", name="smoke")
+    changed = edited_smoke(tmp_path, name="smoke", extra="[constraints]\nmax_params = 10_000\n")
     assert main(["--study", str(changed), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "different data/teacher/space" in err and "--fresh" in err
@@ -127,7 +121,8 @@ def test_a_resume_with_another_teachers_weights_refuses_to_mix_trials(
 
 @needs_data
 def test_constraints_reject_before_training(tmp_path: Path) -> None:
-    path = _write_study(tmp_path, "[constraints]\nmax_params = 6_000\n")  # only width 4 fits
+    only_width_4 = "[constraints]\nmax_params = 6_000\n"
+    path = edited_smoke(tmp_path, FEWER_IMAGES, name="custom", extra=only_width_4)
     out = tmp_path / "run"
     assert main(["--study", str(path), "--out", str(out), "--no-progress", "--trials", "2"]) == 0
     study = _load(out, "custom")
@@ -140,11 +135,11 @@ def test_constraints_reject_before_training(tmp_path: Path) -> None:
 
 @needs_data
 def test_a_used_up_space_stops_the_search_with_what_it_trained(tmp_path: Path, capsys) -> None:
-    text = (STUDIES_DIR / "smoke.toml").read_text()
-    kd = text[text.index("[kd]") : text.index("[train]")]
-    text = text.replace(kd, '[kd]\ntemperature = 4.0\nalpha = 0.9\nalpha_decay = "none"\n\n')
-    path = tmp_path / "one.toml"
-    path.write_text(text + "\n[constraints]\nmax_params = 6_000\n")  # widths 4 and 8, one KD setting; w8 over
+    smoke = (STUDIES_DIR / "smoke.toml").read_text()
+    one_kd = '[kd]\ntemperature = 4.0\nalpha = 0.9\nalpha_decay = "none"\n\n'
+    edits = {**FEWER_IMAGES, smoke[smoke.index("[kd]") : smoke.index("[train]")]: one_kd}
+    # Widths 4 and 8, one KD setting; w8 over the constraint.
+    path = edited_smoke(tmp_path, edits, name="one", extra="[constraints]\nmax_params = 6_000\n")
     out = tmp_path / "run"
     assert main(["--study", str(path), "--out", str(out), "--no-progress", "--trials", "3"]) == 0
     study = _load(out, "one")
@@ -161,7 +156,8 @@ def test_a_used_up_space_stops_the_search_with_what_it_trained(tmp_path: Path, c
 @needs_data
 def test_a_space_rejected_draw_after_draw_stops_the_search(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setattr("kdnas.runner._MAX_CONSECUTIVE_REJECTIONS", 5)
-    path = _write_study(tmp_path, "[constraints]\nmax_params = 1_000\n")  # no network fits; KD settings endless
+    no_network_fits = "[constraints]\nmax_params = 1_000\n"  # and KD settings are endless
+    path = edited_smoke(tmp_path, FEWER_IMAGES, name="custom", extra=no_network_fits)
     assert main(["--study", str(path), "--out", str(tmp_path / "run"), "--no-progress", "--trials", "3"]) == 0
     statuses = [t.user_attrs["status"] for t in _load(tmp_path / "run", "custom").trials]
     assert statuses == ["rejected"] * 5
@@ -170,10 +166,10 @@ def test_a_space_rejected_draw_after_draw_stops_the_search(tmp_path: Path, capsy
 
 @needs_data
 def test_a_study_on_onnxruntime_optimises_macs_and_size_and_rejects_by_macs(tmp_path: Path) -> None:
-    text = (STUDIES_DIR / "smoke.toml").read_text().replace("[latency]\n", '[latency]\nruntime = "onnxruntime"\n')
+    onnx = {**FEWER_IMAGES, "[latency]\n": '[latency]\nruntime = "onnxruntime"\n'}
     extra = '[objectives]\nmetrics = ["val_accuracy", "macs", "size_kb", "latency_ms"]\n\n[constraints]\n'
-    path = tmp_path / "onnx.toml"
-    path.write_text(f"{text}\n{extra}max_macs = 1_000_000\n")  # w4 b1-1-1: 605,408 MACs; w8: 2,364,864
+    # w4 b1-1-1: 605,408 MACs; w8: 2,364,864
+    path = edited_smoke(tmp_path, onnx, name="onnx", extra=f"{extra}max_macs = 1_000_000\n")
     out = tmp_path / "run"
     assert main(["--study", str(path), "--out", str(out), "--no-progress", "--trials", "2"]) == 0
     study = _load(out, "onnx")
@@ -194,9 +190,7 @@ def test_a_study_on_onnxruntime_optimises_macs_and_size_and_rejects_by_macs(tmp_
 
 @needs_data
 def test_diverging_trial_is_failed_with_reason_and_study_goes_on(tmp_path: Path, capsys) -> None:
-    text = (STUDIES_DIR / "smoke.toml").read_text().replace("lr = 0.1\n\n[latency]", "lr = 1e12\n\n[latency]")
-    path = tmp_path / "diverge.toml"
-    path.write_text(text)
+    path = edited_smoke(tmp_path, {**FEWER_IMAGES, "lr = 0.1\n\n[latency]": "lr = 1e12\n\n[latency]"}, name="diverge")
     out = tmp_path / "run"
     assert main(["--study", str(path), "--out", str(out), "--no-progress", "--trials", "2"]) == 0
     trials = _load(out, "diverge").trials
@@ -234,8 +228,7 @@ def test_unknown_study_name_lists_known_studies(capsys) -> None:
 def test_missing_dataset_says_where_it_looked(tmp_path: Path, capsys, monkeypatch) -> None:
     # Only the download is replaced: this machine is offline, and a real attempt costs ~20 s of DNS time.
     monkeypatch.setattr("kdnas.data._download.torchvision_datasets", _offline)
-    path = _write_study(tmp_path, "", name="cifar_missing")
-    path.write_text(path.read_text().replace('dataset = "fashion_mnist"', 'dataset = "cifar10"'))
+    path = edited_smoke(tmp_path, {'dataset = "fashion_mnist"': 'dataset = "cifar10"'}, name="cifar_missing")
     out = tmp_path / "run"
     assert main(["--study", str(path), "--out", str(out), "--data-dir", str(tmp_path / "empty")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the failed download's log lines
@@ -266,9 +259,9 @@ def test_unreachable_storage_is_one_line_error(tmp_path: Path, capsys, url: str,
 
 @needs_data
 def test_fresh_starts_over(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    assert main(["--study", "smoke", "--out", str(out), "--trials", "1", "--no-progress"]) == 0
-    assert main(["--study", "smoke", "--out", str(out), "--trials", "1", "--no-progress", "--fresh"]) == 0
+    out, path = tmp_path / "run", str(edited_smoke(tmp_path, FEWER_IMAGES))
+    assert main(["--study", path, "--out", str(out), "--trials", "1", "--no-progress"]) == 0
+    assert main(["--study", path, "--out", str(out), "--trials", "1", "--no-progress", "--fresh"]) == 0
     study = _load(out)
     assert [t.number for t in study.trials] == [0]
     with sqlite3.connect(out / "study.db") as db:
@@ -278,8 +271,7 @@ def test_fresh_starts_over(tmp_path: Path) -> None:
 @needs_data
 def test_a_soft_target_cache_too_large_for_memory_stops_before_the_teacher_trains(tmp_path: Path, capsys) -> None:
     # 10^9 epochs of soft targets for 3,600 images is 72 TB: more memory than any machine this runs on has.
-    path = _write_study(tmp_path, "", name="huge_cache")
-    path.write_text(path.read_text().replace("[train]\nepochs = 2", "[train]\nepochs = 1_000_000_000"))
+    path = edited_smoke(tmp_path, {"[train]\nepochs = 2": "[train]\nepochs = 1_000_000_000"}, name="huge_cache")
     out = tmp_path / "run"
     assert main(["--study", str(path), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err

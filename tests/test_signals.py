@@ -11,8 +11,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _smoke import edited_smoke
 
-from kdnas.config import STUDIES_DIR
 from kdnas.storage import default_url, local_file, open_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs("dataset-fashion-mnist")]
@@ -26,16 +26,6 @@ _EDITS = {
     "[train]\nepochs = 2": "[train]\nepochs = 20",
 }
 TERMINATED = "terminated (SIGTERM): the study is consistent; run the same command to resume"
-
-
-def _study_file(tmp_path: Path) -> Path:
-    text = (STUDIES_DIR / "smoke.toml").read_text()
-    for old, new in _EDITS.items():
-        assert old in text, f"studies/smoke.toml changed: update _EDITS ({old!r})"
-        text = text.replace(old, new)
-    path = tmp_path / "smoke.toml"
-    path.write_text(text)
-    return path
 
 
 def _running_trials(out: Path) -> list[optuna.trial.FrozenTrial]:
@@ -53,7 +43,7 @@ def _terminate_during_a_trial(tmp_path: Path, *extra: str) -> tuple[str, optuna.
     """Run the search, SIGTERM it once ``workers`` trials train; its stderr, the study, the numbers of those
     trials, seconds to exit."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "kdnas.search", "--study", str(_study_file(tmp_path)), "--out", str(out)]
+    command = [sys.executable, "-m", "kdnas.search", "--study", str(edited_smoke(tmp_path, _EDITS)), "--out", str(out)]
     search = subprocess.Popen([*command, "--no-progress", *extra], stderr=subprocess.PIPE, text=True)
     workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
     try:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _smoke import FEWER_IMAGES, edited_smoke
 
-from kdnas.config import STUDIES_DIR
 from kdnas.search import main
 from kdnas.storage import default_url, local_file, open_storage
 
@@ -42,8 +42,8 @@ def _check_consistent(study: optuna.Study, budget: int) -> list[optuna.trial.Fro
 
 @pytest.mark.needs("dataset-fashion-mnist")
 def test_three_local_workers_share_a_journal_and_build_the_teacher_once(tmp_path: Path, capfd) -> None:
-    out = tmp_path / "run"
-    assert main(["--study", "smoke", "--out", str(out), "--workers", "3", "--trials", "5", "--no-progress"]) == 0
+    out, study = tmp_path / "run", str(edited_smoke(tmp_path, FEWER_IMAGES))
+    assert main(["--study", study, "--out", str(out), "--workers", "3", "--trials", "5", "--no-progress"]) == 0
     err = capfd.readouterr().err
     assert "several workers share" in err and (out / "study.journal").is_file() and not (out / "study.db").exists()
     assert err.count("teacher: training") == 1 and err.count("teacher: reusing") == 3  # built once, loaded by each
@@ -58,10 +58,10 @@ def test_three_local_workers_share_a_journal_and_build_the_teacher_once(tmp_path
 
 @pytest.mark.needs("dataset-fashion-mnist")
 def test_a_study_in_sqlite_moves_to_the_journal_when_workers_join(tmp_path: Path, capfd) -> None:
-    out = tmp_path / "run"
-    assert main(["--study", "smoke", "--out", str(out), "--trials", "1", "--no-progress"]) == 0
+    out, study = tmp_path / "run", str(edited_smoke(tmp_path, FEWER_IMAGES))
+    assert main(["--study", study, "--out", str(out), "--trials", "1", "--no-progress"]) == 0
     first = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}").trials[0]
-    assert main(["--study", "smoke", "--out", str(out), "--workers", "2", "--trials", "3", "--no-progress"]) == 0
+    assert main(["--study", study, "--out", str(out), "--workers", "2", "--trials", "3", "--no-progress"]) == 0
     assert (out / "study.db.moved-to-journal").is_file() and not (out / "study.db").exists()
     study = _study(out)
     assert study.trials[0].params == first.params and study.trials[0].values == first.values
@@ -96,10 +96,9 @@ def test_a_worker_killed_mid_trial_loses_nothing(tmp_path: Path) -> None:
 @pytest.mark.needs("dataset-fashion-mnist")
 def test_ctrl_c_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    # Trials long enough (smoke trains in seconds) that the signal surely lands inside the one watched.
-    study_file = tmp_path / "smoke.toml"
-    slow = (STUDIES_DIR / "smoke.toml").read_text().replace("[train]\nepochs = 2", "[train]\nepochs = 10")
-    study_file.write_text(slow)
+    # Trials long enough (smoke trains in seconds) that the signal surely lands inside the one watched:
+    # 10 epochs of 1,000 images, about 15 s on a 2 GHz core.
+    study_file = edited_smoke(tmp_path, {**FEWER_IMAGES, "[train]\nepochs = 2": "[train]\nepochs = 10"})
     command = [sys.executable, "-m", "kdnas.search", "--study", str(study_file), "--out", str(out), "--no-progress"]
     command += ["--trials", "1"]  # the resume trains the interrupted trial's candidate again
     # A suite started in the background (`cmd &` without job control) hands its children SIGINT ignored,
