@@ -53,8 +53,8 @@ def _check_consistent(study: optuna.Study, budget: int) -> None:
 
 @pytest.mark.needs("dataset-fashion-mnist")
 def test_three_workers_on_postgres_build_the_teacher_once_and_share_the_study(postgres_url, tmp_path) -> None:
-    out, study = tmp_path / "shared", str(edited_smoke(tmp_path, FEWER_IMAGES))
-    workers = [_worker(postgres_url, out, 6, study=study) for _ in range(3)]
+    out, path = tmp_path / "shared", str(edited_smoke(tmp_path, FEWER_IMAGES))
+    workers = [_worker(postgres_url, out, 6, study=path) for _ in range(3)]
     errs = [w.communicate(timeout=600)[1] for w in workers]
     assert [w.returncode for w in workers] == [0, 0, 0], "\n".join(e[-1500:] for e in errs)
     assert sum(e.count("teacher: training") for e in errs) == 1  # the others waited, then loaded it

@@ -42,8 +42,8 @@ def _check_consistent(study: optuna.Study, budget: int) -> list[optuna.trial.Fro
 
 @pytest.mark.needs("dataset-fashion-mnist")
 def test_three_local_workers_share_a_journal_and_build_the_teacher_once(tmp_path: Path, capfd) -> None:
-    out, study = tmp_path / "run", str(edited_smoke(tmp_path, FEWER_IMAGES))
-    assert main(["--study", study, "--out", str(out), "--workers", "3", "--trials", "5", "--no-progress"]) == 0
+    out, path = tmp_path / "run", str(edited_smoke(tmp_path, FEWER_IMAGES))
+    assert main(["--study", path, "--out", str(out), "--workers", "3", "--trials", "5", "--no-progress"]) == 0
     err = capfd.readouterr().err
     assert "several workers share" in err and (out / "study.journal").is_file() and not (out / "study.db").exists()
     assert err.count("teacher: training") == 1 and err.count("teacher: reusing") == 3  # built once, loaded by each
@@ -58,10 +58,10 @@ def test_three_local_workers_share_a_journal_and_build_the_teacher_once(tmp_path
 
 @pytest.mark.needs("dataset-fashion-mnist")
 def test_a_study_in_sqlite_moves_to_the_journal_when_workers_join(tmp_path: Path, capfd) -> None:
-    out, study = tmp_path / "run", str(edited_smoke(tmp_path, FEWER_IMAGES))
-    assert main(["--study", study, "--out", str(out), "--trials", "1", "--no-progress"]) == 0
+    out, path = tmp_path / "run", str(edited_smoke(tmp_path, FEWER_IMAGES))
+    assert main(["--study", path, "--out", str(out), "--trials", "1", "--no-progress"]) == 0
     first = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}").trials[0]
-    assert main(["--study", study, "--out", str(out), "--workers", "2", "--trials", "3", "--no-progress"]) == 0
+    assert main(["--study", path, "--out", str(out), "--workers", "2", "--trials", "3", "--no-progress"]) == 0
     assert (out / "study.db.moved-to-journal").is_file() and not (out / "study.db").exists()
     study = _study(out)
     assert study.trials[0].params == first.params and study.trials[0].values == first.values
