@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import torch
 
     from kdnas.data import AugmentedViews
+    from kdnas.distill import KDSpec
+    from kdnas.models import ArchSpec
     from kdnas.pruning import Curve
     from kdnas.trainer import SoftTargets
 
@@ -68,13 +70,7 @@ class Objective:
         self.needs_size = "size_kb" in cfg.objectives.metrics or cfg.constraints.max_size_kb is not None
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
-        import torch
-
-        from kdnas.deploy import onnx_size_kb
-        from kdnas.measure import count_macs
-        from kdnas.models import build_model, count_params
         from kdnas.space import suggest
-        from kdnas.trainer import TrainingDiverged, fit
         from kdnas.workers import worker_id
 
         cfg, info = self.cfg, self.views.data.info
@@ -85,6 +81,24 @@ class Objective:
         twin = _trained_twin(trial)
         if twin is not None:  # training is deterministic: the stored result is this candidate's result
             return _reuse(trial, twin)
+        try:
+            return self._measure_and_train(trial, arch, kd)
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM from a scheduler, while measuring or training
+            _set_status(trial, TrialStatus.INTERRUPTED, str(err) or "interrupted by the user")
+            # The candidate is trained again by the next run, as the sampler would not propose it twice.
+            trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            raise
+
+    def _measure_and_train(self, trial: optuna.Trial, arch: ArchSpec, kd: KDSpec) -> tuple[float, ...]:
+        """Build the sampled student, measure it, reject it or train it; the trial's objective values."""
+        import torch
+
+        from kdnas.deploy import onnx_size_kb
+        from kdnas.measure import count_macs
+        from kdnas.models import build_model, count_params
+        from kdnas.trainer import TrainingDiverged, fit
+
+        cfg, info = self.cfg, self.views.data.info
         torch.manual_seed(cfg.seed)  # same candidate, same initial weights, same result
         model = build_model(arch)
         params, macs = count_params(model), count_macs(model, self.input_shape)
@@ -121,11 +135,6 @@ class Objective:
             )
         except TrainingDiverged as err:
             _set_status(trial, TrialStatus.DIVERGED, str(err))
-            raise
-        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM from a scheduler
-            _set_status(trial, TrialStatus.INTERRUPTED, str(err) or "interrupted by the user")
-            # The candidate is trained again by the next run, as the sampler would not propose it twice.
-            trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             raise
         trial.set_user_attr("status", TrialStatus.COMPLETE)
         trial.set_user_attr("val_curve", result.val_accuracy)

@@ -36,7 +36,8 @@ def _running_trials(out: Path) -> list[optuna.trial.FrozenTrial]:
     except KeyError:  # the file is there, the study not yet
         return []
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    return [t for t in running if "latency_ms" in t.user_attrs]  # measured: training has begun
+    # Built: the signal lands while its latency is timed or while it trains, both of which end the same way.
+    return [t for t in running if "arch" in t.user_attrs]
 
 
 def _terminate_during_a_trial(tmp_path: Path, *extra: str) -> tuple[str, optuna.Study, list[int], float]:
