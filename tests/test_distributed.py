@@ -10,11 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
+from _running import wait_for_started_trials
 from _smoke import FEWER_IMAGES, edited_smoke
 
 from kdnas.search import main
@@ -68,7 +68,7 @@ def test_a_worker_killed_mid_trial_is_retried_after_its_heartbeat_stops(postgres
     out = tmp_path / "shared"
     grace = ("--heartbeat-grace", "6")
     first = _worker(postgres_url, out, 5, *grace)
-    victim = _wait_for_running_trial(postgres_url, timeout_s=300)
+    (victim, *_) = wait_for_started_trials(postgres_url)
     second = _worker(postgres_url, out, 5, *grace)  # the survivor, started once the first trains
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
@@ -81,20 +81,6 @@ def test_a_worker_killed_mid_trial_is_retried_after_its_heartbeat_stops(postgres
     assert len(retries) == 1 and retries[0].params == victim.params
     assert retries[0].user_attrs["status"] == "complete"
     _check_consistent(study, 5)
-
-
-def _wait_for_running_trial(url: str, timeout_s: float) -> optuna.trial.FrozenTrial:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            running = _study(url).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        except KeyError:  # the study does not exist yet
-            running = []
-        started = [t for t in running if "latency_ms" in t.user_attrs]
-        if started:
-            return started[0]
-        time.sleep(0.5)
-    raise AssertionError(f"no trial started within {timeout_s} s")
 
 
 def test_wrong_password_is_a_one_line_error_before_any_training(postgres_url, tmp_path, capsys) -> None:

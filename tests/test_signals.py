@@ -11,9 +11,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _running import wait_for_started_trials
 from _smoke import edited_smoke
 
-from kdnas.storage import default_url, local_file, open_storage
+from kdnas.storage import default_url, open_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs("dataset-fashion-mnist")]
 
@@ -28,18 +29,6 @@ _EDITS = {
 TERMINATED = "terminated (SIGTERM): the study is consistent; run the same command to resume"
 
 
-def _running_trials(out: Path) -> list[optuna.trial.FrozenTrial]:
-    if not local_file(default_url(out)).exists():
-        return []
-    try:
-        study = optuna.load_study(study_name="smoke", storage=open_storage(default_url(out)))
-    except KeyError:  # the file is there, the study not yet
-        return []
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    # Built: the signal lands while its latency is timed or while it trains, both of which end the same way.
-    return [t for t in running if "arch" in t.user_attrs]
-
-
 def _terminate_during_a_trial(tmp_path: Path, *extra: str) -> tuple[str, optuna.Study, list[int], float]:
     """Run the search, SIGTERM it once ``workers`` trials train; its stderr, the study, the numbers of those
     trials, seconds to exit."""
@@ -48,11 +37,7 @@ def _terminate_during_a_trial(tmp_path: Path, *extra: str) -> tuple[str, optuna.
     search = subprocess.Popen([*command, "--no-progress", *extra], stderr=subprocess.PIPE, text=True)
     workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
     try:
-        deadline = time.monotonic() + 120
-        while len(running := _running_trials(out)) < workers:
-            assert search.poll() is None, f"the search exited first: {search.communicate()[1][-2000:]}"
-            assert time.monotonic() < deadline, "no trial started within 120 s"
-            time.sleep(0.3)
+        running = wait_for_started_trials(out, workers, search=search, timeout_s=120)
         search.send_signal(signal.SIGTERM)  # to the parent only, as Kubernetes signals PID 1
         start = time.monotonic()
         _, err = search.communicate(timeout=60)

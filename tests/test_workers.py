@@ -8,15 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
+from _running import wait_for_started_trials
 from _smoke import FEWER_IMAGES, edited_smoke
 
 from kdnas.search import main
-from kdnas.storage import default_url, local_file, open_storage
+from kdnas.storage import default_url, open_storage
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def test_a_worker_killed_mid_trial_loses_nothing(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "kdnas.search", "--study", "smoke", "--out", str(out), "--no-progress"]
     search = subprocess.Popen([*command, "--workers", "2", "--trials", "4"], stderr=subprocess.PIPE, text=True)
     try:
-        victim = _wait_for_running_trial(out, timeout_s=300, search=search)
+        (victim, *_) = wait_for_started_trials(out, search=search)
         host, pid = victim.user_attrs["worker"].rsplit(":", 1)
         os.kill(int(pid), signal.SIGKILL)
         _, err = search.communicate(timeout=600)
@@ -106,7 +106,7 @@ def test_ctrl_c_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
     restore_ctrl_c = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
     search = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=restore_ctrl_c)
     try:
-        victim = _wait_for_running_trial(out, timeout_s=300, search=search)
+        (victim, *_) = wait_for_started_trials(out, search=search)
         search.send_signal(signal.SIGINT)
         _, err = search.communicate(timeout=120)
     finally:
@@ -119,23 +119,6 @@ def test_ctrl_c_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
     assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0  # resumes to the budget
     (retried,) = _check_consistent(_study(out), 1)
     assert retried.params == interrupted.params and retried.number > interrupted.number
-
-
-def _wait_for_running_trial(out: Path, timeout_s: float, search: subprocess.Popen) -> optuna.trial.FrozenTrial:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if search.poll() is not None:
-            raise AssertionError(f"the search exited ({search.returncode}) first: {search.communicate()[1][-2000:]}")
-        if local_file(default_url(out)).exists():
-            try:
-                running = _study(out).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            except KeyError:  # the file is there, the study not yet
-                running = []
-            started = [t for t in running if "worker" in t.user_attrs and "latency_ms" in t.user_attrs]
-            if started:
-                return started[0]
-        time.sleep(0.5)
-    raise AssertionError(f"no trial started within {timeout_s} s")
 
 
 def test_trials_left_running_by_dead_processes_of_this_host_are_recovered(tmp_path: Path) -> None:
