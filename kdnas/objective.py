@@ -78,12 +78,12 @@ class Objective:
         if trial.user_attrs.get("val_curve"):  # a retry inherits the dead trial's partial curve
             trial.set_user_attr("val_curve", [])
         arch, kd = suggest(trial, cfg, info.in_channels, info.num_classes, info.image_size)
-        twin = _trained_twin(trial)
-        if twin is not None:  # training is deterministic: the stored result is this candidate's result
-            return _reuse(trial, twin)
         try:
+            twin = _trained_twin(trial)
+            if twin is not None:  # training is deterministic: the stored result is this candidate's result
+                return _reuse(trial, twin)
             return self._measure_and_train(trial, arch, kd)
-        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM from a scheduler, while measuring or training
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM from a scheduler, anywhere once it is sampled
             _set_status(trial, TrialStatus.INTERRUPTED, str(err) or "interrupted by the user")
             # The candidate is trained again by the next run, as the sampler would not propose it twice.
             trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})

@@ -24,7 +24,7 @@ class TrialStatus(StrEnum):
     DIVERGED = "diverged"  # its loss went non-finite (failed)
     REJECTED = "rejected"  # over a constraint, never trained (pruned)
     DUPLICATE = "duplicate"  # the same candidate as an earlier trained trial, whose result it reuses
-    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM while timed or trained (failed; its candidate queued again)
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM once sampled (failed; its candidate queued again)
     WORKER_DIED = "worker died"  # its worker process vanished (failed; its candidate queued again)
 
 
