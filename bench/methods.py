@@ -105,7 +105,7 @@ def main() -> None:
     _check_settings(args.out, "--out", "runs", settings)
     if args.record:
         args.record.mkdir(parents=True, exist_ok=True)
-        _check_settings(args.record, "--record", "records", _portable(settings))
+        _check_settings(args.record, "--record", "records", _settings(args, unfinished.portable(base)))
     print(
         f"kdnas methods bench: torch {torch.__version__}, {args.threads} threads; study {base.name!r}, "
         f"at least {base.budget.trials} trials, {args.seeds} seeds, training images: {base.data.limit_train or 'all'}, "
@@ -242,15 +242,6 @@ def _settings(args: argparse.Namespace, base: StudyConfig) -> dict:
     }
 
 
-def _portable(settings: dict) -> dict:
-    """``settings`` with the teacher checkpoint named by its file name, not by this machine's path."""
-    teacher = settings["study"]["teacher"]
-    if not teacher.get("checkpoint"):
-        return settings
-    study = {**settings["study"], "teacher": {**teacher, "checkpoint": Path(teacher["checkpoint"]).name}}
-    return {**settings, "study": study}
-
-
 def _check_settings(folder: Path, option: str, what: str, settings: dict) -> None:
     """``settings`` stored in ``folder`` on first use; a folder of ``what`` made with others is refused."""
     path = folder / "bench-settings.json"
@@ -305,15 +296,15 @@ def _save_unfinished(base: StudyConfig, args: argparse.Namespace, keys: list[tup
         if stored_study(cfg, _storage(args.out, method, seed)) is None:
             continue
         run = f"{method}-{seed}"
-        kept = unfinished.save(_storage(args.out, method, seed), cfg.name, args.out, args.record, run)
+        kept = unfinished.save(_storage(args.out, method, seed), cfg, args.out, args.record, run)
         print(f"methods: {method}, seed {seed}: {kept} trials kept in {args.record / unfinished.FOLDER}")
 
 
 def _restore_unfinished(base: StudyConfig, args: argparse.Namespace, keys: list[tuple[str, int]]) -> None:
     """Runs kept unfinished in --record (by --save-unfinished on another machine) put back into --out."""
     for method, seed in keys:
-        name = method_study(base, method, seed).name
-        restored = unfinished.restore(_storage(args.out, method, seed), name, args.out, args.record, f"{method}-{seed}")
+        cfg = method_study(base, method, seed)
+        restored = unfinished.restore(_storage(args.out, method, seed), cfg, args.out, args.record, f"{method}-{seed}")
         if restored:
             print(
                 f"methods: {method}, seed {seed}: resumes from the {restored} trials kept in "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from _browser import console_messages, open_in_chromium, rendered_figures
 from kdnas.config import EarlyStopConfig, load_study
 from kdnas.pruning import EarlyStopper
 from kdnas.results import trials_frame
+from kdnas.study import search_space_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -160,8 +162,10 @@ def test_an_unfinished_run_resumes_elsewhere_with_its_running_trial_queued_again
     out.mkdir()
     elsewhere.mkdir()
     (out / "latency.json").write_text('{"cpu, batch 1": {"resnet w8": 1.5}}')
+    smoke = load_study("smoke")
+    cfg = dataclasses.replace(smoke, teacher=dataclasses.replace(smoke.teacher, checkpoint=str(out / "teacher.pt")))
     db = out / "kdnas-0.db"
-    study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}", directions=["maximize", "minimize"])
+    study = optuna.create_study(study_name=cfg.name, storage=f"sqlite:///{db}", directions=["maximize", "minimize"])
     study.set_user_attr("teacher", {"test_accuracy": 0.7})
     width = {"width": optuna.distributions.IntDistribution(8, 16)}
     study.tell(study.ask(width), [0.5, 100])
@@ -170,18 +174,27 @@ def test_an_unfinished_run_resumes_elsewhere_with_its_running_trial_queued_again
     running = study.ask(width)  # the first queued candidate, on a machine that then goes away
     running.set_user_attr("worker", "gone-host:123")
 
-    assert unfinished.save(db, "s", out, record, "kdnas-0") == 4  # the running trial failed, queued again
-    assert unfinished.restore(elsewhere / "kdnas-0.db", "s", elsewhere, record, "kdnas-0") == 4
-    resumed = optuna.load_study(study_name="s", storage=f"sqlite:///{elsewhere / 'kdnas-0.db'}")
+    assert unfinished.save(db, cfg, out, record, "kdnas-0") == 4  # the running trial failed, queued again
+    assert str(tmp_path) not in unfinished.journal_path(record, "kdnas-0").read_text()  # no machine's path
+    here = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, checkpoint=str(elsewhere / "teacher.pt")))
+    assert unfinished.restore(elsewhere / "kdnas-0.db", here, elsewhere, record, "kdnas-0") == 4
+    resumed = optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{elsewhere / 'kdnas-0.db'}")
     states = [trial.state.name for trial in resumed.trials]
     assert states == ["COMPLETE", "FAIL", "WAITING", "WAITING"]
     assert [resumed.ask(width).params["width"] for _ in "12"] == [16, 12]
     assert resumed.user_attrs["teacher"] == {"test_accuracy": 0.7}
+    assert resumed.user_attrs["config"]["teacher"]["checkpoint"] == str(elsewhere / "teacher.pt")
+    assert resumed.user_attrs["space_hash"] == search_space_hash(here)  # kdnas resumes it as its own
     assert (elsewhere / "latency.json").read_text() == (out / "latency.json").read_text()
     assert study.trials[1].state == optuna.trial.TrialState.RUNNING  # the run saved is left as it was
 
-    # A folder that already holds the run keeps it; a finished run's kept trials go.
-    assert unfinished.restore(elsewhere / "kdnas-0.db", "s", elsewhere, record, "kdnas-0") == 0
+    # A folder that already holds the run keeps it; trials kept with other settings are refused.
+    assert unfinished.restore(elsewhere / "kdnas-0.db", here, elsewhere, record, "kdnas-0") == 0
+    longer = dataclasses.replace(here, train=dataclasses.replace(here.train, epochs=here.train.epochs + 1))
+    with pytest.raises(SystemExit, match=r"^error: .*kdnas-0\.journal holds trials made with other settings; "):
+        unfinished.restore(tmp_path / "third.db", longer, tmp_path, record, "kdnas-0")
+    assert not (tmp_path / "third.db").exists()
+    # A finished run's kept trials go.
     unfinished.forget(record, "kdnas-0")
     assert not (record / unfinished.FOLDER).exists()
 
