@@ -59,14 +59,16 @@ def save(db: Path, cfg: StudyConfig, out: Path, record: Path, run: str) -> int:
     journal.parent.mkdir(parents=True, exist_ok=True)
 
     def copy(tmp: Path) -> None:
-        tmp.unlink(missing_ok=True)
-        target = open_storage(journal_url(tmp))
-        optuna.copy_study(from_study_name=study_name, from_storage=f"sqlite:///{db}", to_storage=target)
-        study = optuna.load_study(study_name=study_name, storage=target)
+        # Changed in memory first: a journal keeps every value ever written, the machine's path included.
+        staged = optuna.storages.InMemoryStorage()
+        optuna.copy_study(from_study_name=study_name, from_storage=f"sqlite:///{db}", to_storage=staged)
+        study = optuna.load_study(study_name=study_name, storage=staged)
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         for worker in sorted({trial.user_attrs.get("worker", "") for trial in running}):
             recover_trials_of(study, worker)
         _mark_study(study, portable(cfg))
+        tmp.unlink(missing_ok=True)
+        optuna.copy_study(from_study_name=study_name, from_storage=staged, to_storage=open_storage(journal_url(tmp)))
 
     atomic_write(journal, copy)
     for name in FOLDER_FILES:
