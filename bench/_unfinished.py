@@ -15,14 +15,13 @@ own path. The teacher's weights themselves are compared by kdnas when the run re
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 
 from kdnas.config import StudyConfig
 from kdnas.files import atomic_write
 from kdnas.storage import journal_url, open_storage
-from kdnas.study import search_space_hash
+from kdnas.study import search_space_hash, store_config
 from kdnas.workers import recover_trials_of
 
 FOLDER = "unfinished"
@@ -46,14 +45,12 @@ def portable(cfg: StudyConfig) -> StudyConfig:
 def _mark_study(study, cfg: StudyConfig) -> None:
     """Store ``cfg`` as the study's settings, as ``kdnas.study.open_study`` does."""
     study.set_user_attr("space_hash", search_space_hash(cfg))
-    study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict(), default=list)))
+    store_config(study, cfg)
 
 
 def save(db: Path, cfg: StudyConfig, out: Path, record: Path, run: str) -> int:
     """Keep run ``run``'s trials (its study ``cfg`` in SQLite ``db``) in ``record``; the number kept."""
     import optuna
-
-    study_name = cfg.name
 
     journal = journal_path(record, run)
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -61,20 +58,20 @@ def save(db: Path, cfg: StudyConfig, out: Path, record: Path, run: str) -> int:
     def copy(tmp: Path) -> None:
         # Changed in memory first: a journal keeps every value ever written, the machine's path included.
         staged = optuna.storages.InMemoryStorage()
-        optuna.copy_study(from_study_name=study_name, from_storage=f"sqlite:///{db}", to_storage=staged)
-        study = optuna.load_study(study_name=study_name, storage=staged)
+        optuna.copy_study(from_study_name=cfg.name, from_storage=f"sqlite:///{db}", to_storage=staged)
+        study = optuna.load_study(study_name=cfg.name, storage=staged)
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         for worker in sorted({trial.user_attrs.get("worker", "") for trial in running}):
             recover_trials_of(study, worker)
         _mark_study(study, portable(cfg))
         tmp.unlink(missing_ok=True)
-        optuna.copy_study(from_study_name=study_name, from_storage=staged, to_storage=open_storage(journal_url(tmp)))
+        optuna.copy_study(from_study_name=cfg.name, from_storage=staged, to_storage=open_storage(journal_url(tmp)))
 
     atomic_write(journal, copy)
     for name in FOLDER_FILES:
         if (out / name).is_file():
             atomic_write(journal.parent / name, lambda tmp, name=name: shutil.copyfile(out / name, tmp))
-    return len(optuna.load_study(study_name=study_name, storage=open_storage(journal_url(journal))).trials)
+    return len(optuna.load_study(study_name=cfg.name, storage=open_storage(journal_url(journal))).trials)
 
 
 def restore(db: Path, cfg: StudyConfig, out: Path, record: Path, run: str) -> int:

@@ -104,8 +104,13 @@ def open_study(
     study.set_user_attr("data_info", json.loads(json.dumps(info.summary(), default=list)))
     seed = _sampler_seed(cfg, len(study.get_trials(deepcopy=False)), worker)
     study.sampler = build_sampler(cfg.sampler, seed)
-    study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict(), default=list)))
+    store_config(study, cfg)
     return study
+
+
+def store_config(study: optuna.Study, cfg: StudyConfig) -> None:
+    """Keep ``cfg`` in the study, so that reading the study back (report, export, train) knows its settings."""
+    study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict(), default=list)))
 
 
 def stored_data_info(study: optuna.Study, cfg: StudyConfig) -> DatasetInfo:
