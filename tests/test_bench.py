@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from _browser import console_messages, open_in_chromium, rendered_figures
 from kdnas.config import EarlyStopConfig, load_study
 from kdnas.pruning import EarlyStopper
 from kdnas.results import trials_frame
-from kdnas.study import search_space_hash
+from kdnas.study import search_space_hash, store_config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -168,7 +167,7 @@ def test_an_unfinished_run_resumes_elsewhere_with_its_running_trial_queued_again
     db = out / "kdnas-0.db"
     study = optuna.create_study(study_name=cfg.name, storage=f"sqlite:///{db}", directions=["maximize", "minimize"])
     study.set_user_attr("teacher", {"test_accuracy": 0.7})
-    study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict(), default=list)))  # as kdnas stores it
+    store_config(study, cfg)  # as kdnas stores it
     width = {"width": optuna.distributions.IntDistribution(8, 16)}
     study.tell(study.ask(width), [0.5, 100])
     study.enqueue_trial({"width": 12})
