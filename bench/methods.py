@@ -162,6 +162,7 @@ def main() -> None:
     _print_students(methods, seeds, args, runs)
     if "kdnas" in methods and len(methods) > 1:
         _print_paired(methods, seeds, args, runs, curves)
+    _print_per_seed(methods, seeds, args, runs, curves)
     _print_kd_effect(seeds, args, runs)
     _write_figure(args.out / "methods.html", methods, seeds, curves, base.name)
 
@@ -661,18 +662,21 @@ def _print_hypervolumes(methods: list[str], seeds: int, runs: dict, curves: dict
         hv_p = with_interval([curves[method, s]["params"][-1] for s in range(seeds)], ".4f")
         hv_l = with_interval([curves[method, s]["latency_ms"][-1] for s in range(seeds)], ".4f")
         spent = with_interval([curves[method, s]["compute"][-1] for s in range(seeds)], ".3g", 1e-12)
-        shares = []
-        for s in range(seeds):
-            goal = curves["random", s]
-            found = first_reach(curves[method, s]["compute"], curves[method, s]["params"], goal["params"][-1])
-            if found is not None:
-                shares.append(found / goal["compute"][-1])
+        shares = [share for s in range(seeds) if (share := _reach_share(curves, method, s)) is not None]
         if shares:
             share = with_interval(shares, ".0f", 100, "%")
             reach = f"{share} of random's compute ({len(shares)} of {_seeds(seeds)})"
         else:
             reach = f"not reached (0 of {_seeds(seeds)})"
         print(f"{method:<13} {hv_p:>17} {hv_l:>17} {spent:>16} {trials:6.1f}   {reach}")
+
+
+def _reach_share(curves: dict, method: str, seed: int) -> float | None:
+    """The share of random search's compute a method spent to first reach random's final hypervolume
+    (accuracy vs parameters) on a seed, or None where it never did."""
+    goal = curves["random", seed]
+    found = first_reach(curves[method, seed]["compute"], curves[method, seed]["params"], goal["params"][-1])
+    return None if found is None else found / goal["compute"][-1]
 
 
 def _print_students(methods: list[str], seeds: int, args: argparse.Namespace, runs: dict) -> None:
@@ -730,6 +734,40 @@ def _print_paired(methods: list[str], seeds: int, args: argparse.Namespace, runs
             ]
             cells.append(cell(differences, 2, 22))
         print(f"{method:<13} " + " ".join(cells))
+
+
+def _print_per_seed(methods: list[str], seeds: int, args: argparse.Namespace, runs: dict, curves: dict) -> None:
+    """Every figure of the sections above for each seed alone: with few seeds a mean and its interval hide
+    whether one method leads on every seed or on one by much."""
+    sizes = args.sizes.split(",")
+    print(
+        "\n== per seed: final hypervolumes, compute (TFLOP), trials that cost training, share of random's compute "
+        "to reach its final HV (params), test accuracy (%) of the retrained student handed over within a size"
+    )
+    print(
+        f"{'method':<13} {'seed':>4} {'HV params':>9} {'HV latency':>10} {'TFLOP':>8} {'trials':>6} {'stopped':>7} "
+        f"{'duplicates':>10} {'networks':>8} {'reach':>6} " + " ".join(f"{f'<= {int(size):,}':>10}" for size in sizes)
+    )
+    for method in methods:
+        for seed in range(seeds):
+            run, curve, share = runs[method, seed], curves[method, seed], _reach_share(curves, method, seed)
+            statuses = run.frame["status"].value_counts()
+            students = [run.students.get(size) for size in sizes]
+            print(
+                f"{method:<13} {seed:>4} {curve['params'][-1]:9.4f} {curve['latency_ms'][-1]:10.4f} "
+                f"{curve['compute'][-1] / 1e12:8.2f} {run.trials:6d} {statuses.get(TrialStatus.STOPPED, 0):7d} "
+                f"{statuses.get(TrialStatus.DUPLICATE, 0):10d} {_networks(run.frame):8d} "
+                f"{'-' if share is None else f'{100 * share:.1f}%':>6} "
+                + " ".join(f"{100 * s['test_accuracy']:10.2f}" if s else f"{'-':>10}" for s in students)
+            )
+
+
+def _networks(frame) -> int:
+    """Distinct architectures a run's search trained (arch-then-kd's distilled retrains are not others)."""
+    trained = frame[frame["status"].isin([TrialStatus.COMPLETE, TrialStatus.STOPPED, TrialStatus.DIVERGED])]
+    if "retrain_of" in trained:
+        trained = trained[trained["retrain_of"].isna()]
+    return trained["arch"].nunique()
 
 
 def _print_kd_effect(seeds: int, args: argparse.Namespace, runs: dict) -> None:

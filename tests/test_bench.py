@@ -111,6 +111,16 @@ def test_methods_bench_runs_every_method_over_seeds_keeps_records_and_refuses_ot
     assert paired, out
     assert abs(float(paired[1]) - (hv["kdnas"] - hv["random"])) <= 2e-4, out
     assert not re.search(r"^kdnas +[+-]", out, re.M)  # kdnas is not compared with itself
+    # Each seed alone, every method: the summary's means are their means.
+    seed_row = r"^([a-z-]+) +([01]) +([\d.]+) +[\d.]+ +[\d.]+ +\d+ +\d+ +\d+ +(\d+) +(-|[\d.]+%) "
+    per_seed = re.findall(seed_row, out, re.M)
+    assert sorted((m, int(seed)) for m, seed, *_ in per_seed) == sorted((m, s) for m in rows for s in (0, 1)), out
+    per_seed_hv = {(m, int(seed)): float(value) for m, seed, value, *_ in per_seed}
+    assert abs((per_seed_hv["kdnas", 0] + per_seed_hv["kdnas", 1]) / 2 - hv["kdnas"]) <= 1e-4, out
+    for method in rows:  # the seeds on which a method reached random's final HV, as the summary counts them
+        reached = re.search(rf"^{method} .*\((\d) of 2 seeds\)$", out, re.M)
+        assert int(reached[1]) == sum(reach != "-" for m, *_, reach in per_seed if m == method), out
+    assert all(int(networks) >= 1 for _, _, _, networks, _ in per_seed), out
     assert "too few finished trials to fit" in out  # 2 random trials per seed: no fit of what KD is worth
     retrained = tmp_path / "runs" / "retrained"  # weights only: the bench reads the accuracy, exports nothing
     assert sorted({p.name for p in retrained.rglob("student.*")}) == ["student.pt"]
