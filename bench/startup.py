@@ -14,7 +14,7 @@ No early stopping: the surrogate has no learning curves. What it prints: the fit
 and 95% interval over seeds of the final hypervolume of (accuracy, parameters), the true (noise-free)
 accuracy of the student it hands over within 25k, 50k and 100k parameters, its trials and distinct
 networks. ``--kd-scale`` multiplies what distillation is worth, to ask how a design fares where it pays
-less, or hurts (negative).
+less, or hurts (negative); ``--startup-trials`` gives the TPE designs another start-up length than the study's.
 
 A surrogate is a model of the regime, not the regime: it ranks designs for a real run to confirm.
 """
@@ -59,6 +59,7 @@ class Surrogate:
     mean_log_params: float
     residual_sd: float
     trials: int
+    imputed: int  # networks without a finished trial, their base from a line in log params
 
     def accuracy(self, arch: str, temperature: float, alpha: float, alpha_decay: str, decay_rate: float) -> float:
         a = mean_alpha(temperature, alpha, alpha_decay, decay_rate)
@@ -83,8 +84,8 @@ def fit(record: Path) -> Surrogate:
         frames.append(frame)
     if not frames:
         raise SystemExit(f"error: {record} holds no records of bench/methods.py; pass its --record folder")
-    done = pd.concat(frames, ignore_index=True)
-    done = done[done["status"].eq("complete") & done["val_accuracy"].notna()]
+    every = pd.concat(frames, ignore_index=True)
+    done = every[every["status"].eq("complete") & every["val_accuracy"].notna()]
     a = np.array([mean_alpha(*row) for row in done[list(KD_PARAMS)].itertuples(False)])
     log_params = np.log(done["params"].to_numpy(float))
     mean_log_params = float(log_params.mean())
@@ -98,19 +99,36 @@ def fit(record: Path) -> Surrogate:
     accuracy = done["val_accuracy"].to_numpy(float)
     coef, *_ = np.linalg.lstsq(design, accuracy, rcond=None)
     residual = accuracy - design @ coef
-    networks = done.groupby("arch")[["params", "macs", "latency_ms"]].mean()
-    networks["base"] = pd.Series(coef[: len(archs)], index=archs)
+    # Every network a search trained, also one that was only ever stopped early (a search may propose it again):
+    # without a finished trial its base comes from a line in log params through the others'.
+    trained = every[every["status"].isin(["complete", "stopped"])]
+    networks = trained.groupby("arch")[["params", "macs", "latency_ms"]].mean()
+    base = pd.Series(coef[: len(archs)], index=archs)
+    slope, intercept = np.polyfit(np.log(networks.loc[archs, "params"].to_numpy(float)), base.to_numpy(), 1)
+    networks["base"] = base.reindex(networks.index).fillna(intercept + slope * np.log(networks["params"]))
     sd = math.sqrt(float(residual @ residual) / max(1, len(done) - design.shape[1]))
     reference = float(run["references"]["params"])  # the same in every record of a folder
-    return Surrogate(networks, reference, coef[-4:], mean_log_params, sd, len(done))
+    return Surrogate(networks, reference, coef[-4:], mean_log_params, sd, len(done), len(networks) - len(archs))
 
 
-def simulate(design: str, seed: int, base: StudyConfig, surrogate: Surrogate, noise: float, budget: float | None):
-    """One simulated search; ``budget`` None: random search's 20 trials, whose MACs become the others' budget."""
+def simulate(
+    design: str,
+    seed: int,
+    base: StudyConfig,
+    surrogate: Surrogate,
+    noise: float,
+    budget: float | None,
+    startup_trials: int | None = None,
+):
+    """One simulated search; ``budget`` None: random search's 20 trials, whose MACs become the others' budget;
+    ``startup_trials`` None: the study's."""
     method = {"random": "random", "fixed-kd": "fixed-kd"}.get(design, "kdnas")
     cfg = method_study(base, method, seed)
     if design.startswith("tpe-"):
-        cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, startup=design[4:]))
+        sampler = dataclasses.replace(cfg.sampler, startup=design[4:])
+        if startup_trials is not None:
+            sampler = dataclasses.replace(sampler, startup_trials=startup_trials)
+        cfg = dataclasses.replace(cfg, sampler=sampler)
     info = DATASETS.get(cfg.data.dataset)
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as folder:
@@ -152,6 +170,7 @@ def main() -> None:
     parser.add_argument("--study", default="cifar-cpu", help="the study those records searched")
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--noise", type=float, default=0.012, help="sd of a validation figure (0.012: 1.2 points)")
+    parser.add_argument("--startup-trials", type=int, help="the TPE designs' start-up trials (default: the study's)")
     parser.add_argument("--kd-scale", default="1", help="comma-separated factors on what distillation is worth")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -159,7 +178,8 @@ def main() -> None:
     surrogate = fit(args.record)
     base = load_study(args.study)
     print(
-        f"surrogate: {surrogate.trials} finished trials of {len(surrogate.networks)} networks in {args.record}; "
+        f"surrogate: {surrogate.trials} finished trials of {len(surrogate.networks)} networks in {args.record}"
+        f"{f' ({surrogate.imputed} only stopped early: base from a line in log params)' if surrogate.imputed else ''}; "
         f"residual sd {100 * surrogate.residual_sd:.2f} points; a, a^2, a*log params, a*log T: "
         + ", ".join(f"{c:+.4f}" for c in surrogate.kd)
     )
@@ -170,7 +190,7 @@ def main() -> None:
             rows, budget = simulate("random", seed, base, scaled, args.noise, None)
             results["random"].append(summary(rows, surrogate.reference))
             for design in list(DESIGNS)[1:]:
-                rows, _ = simulate(design, seed, base, scaled, args.noise, budget)
+                rows, _ = simulate(design, seed, base, scaled, args.noise, budget, args.startup_trials)
                 results[design].append(summary(rows, surrogate.reference))
         print(
             f"\n== what distillation is worth x {scale:g}; {args.seeds} simulated seeds, random search's compute "

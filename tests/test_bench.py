@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -309,10 +310,20 @@ def test_startup_bench_fits_the_records_and_runs_every_design(tmp_path: Path) ->
     out = done.stdout
     assert re.search(r"^surrogate: \d+ finished trials of 24 networks in .*; residual sd [\d.]+ points", out, re.M), out
     assert "== what distillation is worth x -1; 2 simulated seeds" in out, out
-    rows = re.findall(r"^(random|tpe-random|tpe-pairs|fixed-kd) +[\d.]+ \+- [\d.]+ .* ([\d.]+) +([\d.]+)$", out, re.M)
+    rows = re.findall(r"^(random|tpe-\w+|fixed-kd) +[\d.]+ \+- [\d.]+ .* ([\d.]+) +([\d.]+)$", out, re.M)
     assert [name for name, *_ in rows] == ["random", "tpe-random", "tpe-pairs", "fixed-kd"], out
     assert all(float(networks) <= 24 for *_, networks in rows), out  # cifar-cpu holds 24 networks
     assert all(float(trials) == 20 for name, trials, _ in rows if name == "random"), out
+    # The strong regime's seeds 0 and 1 hold a network that was only ever stopped early: it is simulated too.
+    strong = tmp_path / "strong"
+    strong.mkdir()
+    for path in (ROOT / "docs" / "bench-methods" / "cifar-strong").glob("*-[01].json"):
+        shutil.copy(path, strong)
+    one = subprocess.run(
+        [*command[:-1], "1", "--record", str(strong), "--startup-trials", "4"], capture_output=True, text=True
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert re.search(r"^surrogate: .* of 24 networks in .* \(1 only stopped early: base from a line", one.stdout, re.M)
     empty = subprocess.run([*command, "--record", str(tmp_path)], capture_output=True, text=True)
     assert empty.returncode != 0 and empty.stderr.strip().count("\n") == 0, empty.stderr
     assert "holds no records of bench/methods.py" in empty.stderr
