@@ -17,6 +17,9 @@ runs at least as many trials and goes on until it has spent as much compute (ear
                    accuracy-vs-parameters front distilled with T = 4, alpha = 0.9, no decay (counted in its compute)
   (d) fixed-kd     the study's sampler over architectures, KD fixed at T = 4, alpha = 0.9, no decay
   (e) kdnas-no-es  as (a) without early stopping (separates the sampler from the stopping)
+and, only where --methods names it:
+  (f) kdnas-usual  as (a), its start-up trials each a network with the usual recipe alone, twice as many
+                   networks as (a)'s pairs (bench/startup.py's surrogate favours it where distillation pays)
 
 Compute is training FLOPs (epochs x MACs x 6 x training images, as bench/speed.py counts it; the teacher's
 soft targets are computed once per folder and not counted). Printed, never asserted: per method the
@@ -24,7 +27,8 @@ hypervolume of (validation accuracy, parameters) and of (accuracy, latency) at t
 over seeds; the compute each needs to reach random search's final hypervolume; and the test accuracy of
 the student each method would hand over within --sizes parameters (its best by validation accuracy,
 trained again with kdnas.train for --retrain-epochs), averaged over seeds; then kdnas minus each method, paired
-by seed; and what distillation is worth by size, fitted to random search's trials (bench/_kd_effect.py).
+by seed; every figure for each seed alone; and what distillation is worth by size, fitted to random search's
+trials (bench/_kd_effect.py).
 methods.html in --out draws hypervolume against compute.
 
 Whether distillation settings matter depends on the regime: by default the teacher is the study's, trained on
@@ -79,7 +83,9 @@ METHODS = {
     "arch-then-kd": "(c) the sampler over architectures without KD, then its front distilled (T 4, alpha 0.9)",
     "fixed-kd": "(d) the sampler over architectures, KD fixed at T 4, alpha 0.9",
     "kdnas-no-es": "(e) as (a) without early stopping",
+    "kdnas-usual": "(f) as (a), its start-up networks trained with the usual recipe alone (startup = usual)",
 }
+ISSUE_METHODS = list(METHODS)[:5]  # (a) to (e), the comparison issue 23 asks for: the default --methods
 # A run grows to its seed's compute budget up to this many times its trials (a space can be used up).
 MAX_GROWTH = 10
 USED_UP = "bench: space used up"  # a study attribute: growing it trained nothing more
@@ -175,7 +181,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 of every method")
     parser.add_argument(
         "--methods",
-        default=",".join(METHODS),
+        default=",".join(ISSUE_METHODS),
         help="comma-separated, of: " + ", ".join(METHODS) + " (random runs in any case: it sets the budgets)",
     )
     parser.add_argument("--epochs", type=int, default=0, help="epochs of every student (0: the study's)")
@@ -282,6 +288,7 @@ def method_study(base: StudyConfig, method: str, seed: int) -> StudyConfig:
         "arch-then-kd": {"kd": dataclass_from_dict(KDSpace, NO_KD, "kd")},
         "fixed-kd": {"kd": dataclass_from_dict(KDSpace, USUAL_KD, "kd")},
         "kdnas-no-es": {"early_stop": no_stopping},
+        "kdnas-usual": {"sampler": dataclasses.replace(base.sampler, startup="usual")},
     }[method]
     return dataclasses.replace(base, name=f"{base.name}-{method}", seed=seed, **changes)
 

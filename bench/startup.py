@@ -47,6 +47,7 @@ DESIGNS = {
     "random": "random search",
     "tpe-random": 'TPE, start-up drawn at random (startup = "random")',
     "tpe-pairs": 'TPE, start-up in pairs without / with the usual recipe (startup = "pairs")',
+    "tpe-usual": 'TPE, start-up networks with the usual recipe (startup = "usual")',
     "fixed-kd": "TPE over architectures, KD fixed at T 4, alpha 0.9",
 }
 
@@ -171,10 +172,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--noise", type=float, default=0.012, help="sd of a validation figure (0.012: 1.2 points)")
     parser.add_argument("--startup-trials", type=int, help="the TPE designs' start-up trials (default: the study's)")
+    parser.add_argument(
+        "--designs", default=",".join(list(DESIGNS)[1:]), help="comma-separated designs besides random search"
+    )
     parser.add_argument("--kd-scale", default="1", help="comma-separated factors on what distillation is worth")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)  # trials asked and told, not optimize()
+    designs = [design for design in args.designs.split(",") if design != "random"]  # random search runs anyway
+    unknown = sorted(set(designs) - set(DESIGNS))
+    if unknown:
+        raise SystemExit(f"error: unknown design(s) {', '.join(unknown)}; known: {', '.join(DESIGNS)}")
     surrogate = fit(args.record)
     base = load_study(args.study)
     print(
@@ -185,11 +193,11 @@ def main() -> None:
     )
     for scale in (float(s) for s in args.kd_scale.split(",")):
         scaled = dataclasses.replace(surrogate, kd=scale * surrogate.kd)
-        results = {design: [] for design in DESIGNS}
+        results = {"random": [], **{design: [] for design in designs}}
         for seed in range(args.seeds):
             rows, budget = simulate("random", seed, base, scaled, args.noise, None)
             results["random"].append(summary(rows, surrogate.reference))
-            for design in list(DESIGNS)[1:]:
+            for design in designs:
                 rows, _ = simulate(design, seed, base, scaled, args.noise, budget, args.startup_trials)
                 results[design].append(summary(rows, surrogate.reference))
         print(

@@ -62,7 +62,7 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
     "macs": "minimize",
     "size_kb": "minimize",
 }
-STARTUP_DESIGNS = ("pairs", "random")  # how a TPE study's start-up trials are drawn (SamplerConfig.startup)
+STARTUP_DESIGNS = ("pairs", "usual", "random")  # how a TPE study's start-up trials are drawn (SamplerConfig.startup)
 # What a study optimises when its file does not say: the objectives of kdnas before MACs and size were.
 DEFAULT_METRICS = ("val_accuracy", "params", "latency_ms")
 # The names a study file gives (dataset, student family, alpha schedule, precision, device, sampler, early-stop
@@ -518,7 +518,8 @@ class SamplerConfig:
     name: str = "tpe"
     startup_trials: int = 10  # random trials before the model-based sampler takes over
     # "pairs": each start-up architecture trained without distillation and with the usual recipe
-    # (kdnas.study.KD_ANCHORS), so TPE starts from both ends of the KD space; "random": KD drawn at random too.
+    # (kdnas.study.KD_ANCHORS), so TPE starts from both ends of the KD space; "usual": each with the usual recipe
+    # alone, twice the architectures; "random": KD drawn at random too.
     startup: str = "pairs"
 
     def __post_init__(self) -> None:

@@ -30,6 +30,8 @@ MAX_DRAWS = 100  # random draws per start-up network wanted before a small space
 USUAL_KD = {"temperature": 4.0, "alpha": 0.9, "alpha_decay": "none"}
 NO_KD = {"temperature": 4.0, "alpha": 0.0, "alpha_decay": "none"}
 KD_ANCHORS = (NO_KD, USUAL_KD)  # the two ends a "pairs" start-up trains each architecture at, in this order
+# The KD settings each start-up architecture is trained at, by [sampler] startup ("random": drawn with it).
+STARTUP_ANCHORS = {"pairs": KD_ANCHORS, "usual": (USUAL_KD,)}
 
 
 def search_space_hash(cfg: StudyConfig) -> str:
@@ -139,7 +141,8 @@ def _queue_startup_smallest_first(study: optuna.Study, cfg: StudyConfig, info: D
     random order, the start-up trials that end off the front tend to come before the trials that beat
     them, and nothing could stop them; smallest first, every trial that could beat one has finished
     before it starts. With ``startup = "pairs"`` (and a KD space holding both anchors) each drawn
-    architecture is queued twice, without distillation first, then with the usual recipe.
+    architecture is queued twice, without distillation first, then with the usual recipe; with ``"usual"``
+    twice as many architectures are queued, each with the usual recipe alone.
     """
     import optuna
 
@@ -147,7 +150,9 @@ def _queue_startup_smallest_first(study: optuna.Study, cfg: StudyConfig, info: D
     from kdnas.space import suggest
 
     count = min(cfg.sampler.startup_trials, cfg.budget.trials)  # none left queued by a small budget
-    anchors = KD_ANCHORS if cfg.sampler.startup == "pairs" and _holds_anchors(cfg) else ({},)
+    anchors = STARTUP_ANCHORS.get(cfg.sampler.startup, ({},))
+    if not _holds_anchors(cfg, anchors):
+        anchors = ({},)
     draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
     wanted = math.ceil(count / len(anchors))
     candidates, networks = [], set()
@@ -157,8 +162,8 @@ def _queue_startup_smallest_first(study: optuna.Study, cfg: StudyConfig, info: D
         trial = draws.ask()
         arch, _ = suggest(trial, cfg, info.in_channels, info.num_classes, info.image_size)
         network = arch.describe()
-        if len(anchors) > 1 and network in networks:
-            continue  # the same network paired twice would train the same two candidates again
+        if anchors[0] and network in networks:
+            continue  # the same network drawn twice would train the same candidates again
         networks.add(network)
         candidates.append((count_params(build_model(arch)), trial.params))
     queued = [
@@ -172,7 +177,7 @@ def _queue_startup_smallest_first(study: optuna.Study, cfg: StudyConfig, info: D
         study.enqueue_trial(params)
 
 
-def _holds_anchors(cfg: StudyConfig) -> bool:
+def _holds_anchors(cfg: StudyConfig, anchors: tuple[dict, ...]) -> bool:
     """Whether every anchor's KD settings lie in the study's KD space (a study that fixes them has none)."""
     from kdnas.families import grid
 
@@ -183,7 +188,7 @@ def _holds_anchors(cfg: StudyConfig) -> bool:
         return any(value == v or (isinstance(v, float) and math.isclose(value, v)) for v in values)
 
     kd = cfg.kd
-    return all(holds(getattr(kd, name), value) for anchor in KD_ANCHORS for name, value in anchor.items())
+    return all(holds(getattr(kd, name), value) for anchor in anchors for name, value in anchor.items())
 
 
 def budget_trials(study: optuna.Study) -> int:

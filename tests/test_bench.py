@@ -288,6 +288,16 @@ def test_kd_effect_finds_where_distillation_pays_and_where_it_hurts() -> None:
     assert kd_effect(frame.head(11), [20_000]) is None  # too few trials to fit six coefficients
 
 
+def test_each_method_changes_only_its_own_part_of_the_study() -> None:
+    base = load_study("cifar-cpu")
+    kdnas = methods.method_study(base, "kdnas", 3)
+    assert (kdnas.seed, kdnas.name) == (3, "cifar-cpu-kdnas")
+    usual = methods.method_study(base, "kdnas-usual", 3)
+    assert usual.sampler.startup == "usual" and kdnas.sampler.startup == "pairs"
+    assert dataclasses.replace(usual, name=kdnas.name, sampler=kdnas.sampler) == kdnas
+    assert methods.ISSUE_METHODS == ["kdnas", "random", "arch-then-kd", "fixed-kd", "kdnas-no-es"]  # the default
+
+
 def test_methods_bench_regimes_set_the_teacher_checkpoint_and_the_students_epochs(tmp_path, monkeypatch) -> None:
     (tmp_path / "teacher.pt").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
@@ -311,7 +321,7 @@ def test_startup_bench_fits_the_records_and_runs_every_design(tmp_path: Path) ->
     assert re.search(r"^surrogate: \d+ finished trials of 24 networks in .*; residual sd [\d.]+ points", out, re.M), out
     assert "== what distillation is worth x -1; 2 simulated seeds" in out, out
     rows = re.findall(r"^(random|tpe-\w+|fixed-kd) +[\d.]+ \+- [\d.]+ .* ([\d.]+) +([\d.]+)$", out, re.M)
-    assert [name for name, *_ in rows] == ["random", "tpe-random", "tpe-pairs", "fixed-kd"], out
+    assert [name for name, *_ in rows] == ["random", "tpe-random", "tpe-pairs", "tpe-usual", "fixed-kd"], out
     assert all(float(networks) <= 24 for *_, networks in rows), out  # cifar-cpu holds 24 networks
     assert all(float(trials) == 20 for name, trials, _ in rows if name == "random"), out
     # The strong regime's seeds 0 and 1 hold a network that was only ever stopped early: it is simulated too.

@@ -309,7 +309,7 @@ def test_log_flag_that_is_not_a_bool_is_rejected(tmp_path):
         pytest.param("[early_stop]\nsigmas = -1\n", "sigmas must be >= 0, got -1", id="early-stop-sigmas"),
         pytest.param(
             '[sampler]\nstartup = "pair"\n',
-            "startup must be one of 'pairs', 'random', got 'pair'",
+            "startup must be one of 'pairs', 'usual', 'random', got 'pair'",
             id="sampler-startup",
         ),
         pytest.param(

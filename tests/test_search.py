@@ -363,6 +363,27 @@ def test_a_pairs_startup_trains_each_architecture_without_distillation_then_with
     assert [p["alpha"] for p in smoke] == [0.0, 0.9, 0.0] and smoke[0]["base_width"] != smoke[2]["base_width"]
 
 
+def test_a_usual_startup_trains_twice_the_architectures_each_with_the_usual_recipe(tmp_path: Path) -> None:
+    from kdnas.config import KDSpace, dataclass_from_dict, load_study
+    from kdnas.study import USUAL_KD
+
+    pairs = load_study("fashion")
+    usual = dataclasses.replace(pairs, sampler=dataclasses.replace(pairs.sampler, startup="usual"))
+    queued = startup_queue(usual, tmp_path)
+    assert len(queued) == pairs.sampler.startup_trials
+    assert all({key: p[key] for key in USUAL_KD} == USUAL_KD for p in queued)
+    networks = [str(network_params(p)) for p in queued]
+    assert len(set(networks)) == len(networks)  # no network twice
+    # The same draws as the pairs' (same seed), twice as many of them kept.
+    assert {str(network_params(p)) for p in startup_queue(pairs, tmp_path / "p")} < set(networks)
+    # A KD space without alpha = 0 cannot pair, but still holds the usual recipe.
+    kd = {"temperature": {"low": 1.0, "high": 8.0}, "alpha": {"low": 0.5, "high": 1.0, "step": 0.1}}
+    strong_kd = dataclasses.replace(usual, kd=dataclass_from_dict(KDSpace, {**kd, "alpha_decay": ["none"]}, "kd"))
+    narrower = startup_queue(strong_kd, tmp_path / "s")
+    assert len({str(network_params(p)) for p in narrower}) == len(narrower) == pairs.sampler.startup_trials
+    assert all({key: p[key] for key in USUAL_KD} == USUAL_KD for p in narrower)
+
+
 def test_a_study_whose_kd_space_lacks_an_anchor_draws_its_startup_at_random(tmp_path: Path) -> None:
     from kdnas.config import KDSpace, dataclass_from_dict, load_study
 
