@@ -74,7 +74,7 @@ from kdnas.distill import KDSpec
 from kdnas.files import write_json, write_text
 from kdnas.progress import duration, percent
 from kdnas.results import KD_PARAMS, hypervolume_history, hypervolume_reference, pareto_front, trials_frame
-from kdnas.status import TrialStatus
+from kdnas.status import BUDGET_STATUSES, TrialStatus
 from kdnas.study import NO_KD, USUAL_KD, budget_trials
 
 METHODS = {
@@ -771,7 +771,7 @@ def _print_per_seed(methods: list[str], seeds: int, args: argparse.Namespace, ru
 
 def _networks(frame) -> int:
     """Distinct architectures a run's search trained (arch-then-kd's distilled retrains are not others)."""
-    trained = frame[frame["status"].isin([TrialStatus.COMPLETE, TrialStatus.STOPPED, TrialStatus.DIVERGED])]
+    trained = frame[frame["status"].isin(BUDGET_STATUSES)]
     if "retrain_of" in trained:
         trained = trained[trained["retrain_of"].isna()]
     return trained["arch"].nunique()

@@ -364,8 +364,10 @@ def test_a_pairs_startup_trains_each_architecture_without_distillation_then_with
 
 
 def test_a_usual_startup_trains_twice_the_architectures_each_with_the_usual_recipe(tmp_path: Path) -> None:
-    from kdnas.config import KDSpace, dataclass_from_dict, load_study
-    from kdnas.study import USUAL_KD
+    from kdnas.config import STARTUP_DESIGNS, KDSpace, dataclass_from_dict, load_study
+    from kdnas.study import STARTUP_ANCHORS, USUAL_KD
+
+    assert set(STARTUP_DESIGNS) == {*STARTUP_ANCHORS, "random"}  # every design the config accepts is queued
 
     pairs = load_study("fashion")
     usual = dataclasses.replace(pairs, sampler=dataclasses.replace(pairs.sampler, startup="usual"))
