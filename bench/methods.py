@@ -228,7 +228,9 @@ def _base_study(args: argparse.Namespace) -> StudyConfig:
     trials = args.trials or cfg.budget.trials
     teacher = cfg.teacher
     if args.teacher_checkpoint:
-        if not args.teacher_checkpoint.is_file():
+        # Only training reads the file: --no-train and --save-unfinished compare settings, which name it.
+        will_train = not (args.no_train or args.save_unfinished)
+        if will_train and not args.teacher_checkpoint.is_file():
             raise SystemExit(f"error: --teacher-checkpoint {args.teacher_checkpoint} is not a file; pass a state dict")
         # Absolute: the retrained students find it from their own folders.
         teacher = dataclasses.replace(teacher, checkpoint=str(args.teacher_checkpoint.resolve()))

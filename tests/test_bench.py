@@ -301,7 +301,7 @@ def test_each_method_changes_only_its_own_part_of_the_study() -> None:
 def test_methods_bench_regimes_set_the_teacher_checkpoint_and_the_students_epochs(tmp_path, monkeypatch) -> None:
     (tmp_path / "teacher.pt").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
-    options = {"study": "fashion", "limit_train": 12_000, "trials": 0}
+    options = {"study": "fashion", "limit_train": 12_000, "trials": 0, "no_train": False, "save_unfinished": False}
     default = methods._base_study(argparse.Namespace(**options, epochs=0, teacher_checkpoint=None))
     assert (default.train.epochs, default.teacher.checkpoint) == (load_study("fashion").train.epochs, None)
     strong = methods._base_study(argparse.Namespace(**options, epochs=9, teacher_checkpoint=Path("teacher.pt")))
@@ -309,6 +309,18 @@ def test_methods_bench_regimes_set_the_teacher_checkpoint_and_the_students_epoch
     assert strong.teacher.checkpoint == str(tmp_path.resolve() / "teacher.pt")  # found from any folder
     with pytest.raises(SystemExit, match=r"^error: --teacher-checkpoint gone.pt is not a file; pass a state dict$"):
         methods._base_study(argparse.Namespace(**options, epochs=0, teacher_checkpoint=Path("gone.pt")))
+
+
+def test_methods_bench_prints_the_strong_records_without_their_teacher(tmp_path: Path) -> None:
+    """The docs' strong-regime table is printed from the records on any machine: --no-train reads no teacher."""
+    record = ROOT / "docs" / "bench-methods" / "cifar-strong"
+    options = ["--study", "cifar-cpu", "--limit-train", "10000", "--epochs", "12", "--seeds", "2"]
+    command = [sys.executable, str(ROOT / "bench" / "methods.py"), *options, "--record", str(record)]
+    absent = ["--teacher-checkpoint", "absent/teacher.pt", "--out", "out", "--no-train"]
+    done = subprocess.run([*command, *absent], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "teacher: 87.67% test accuracy, weights 03607e454a24 (10 of 10 runs)" in done.stdout
+    assert (tmp_path / "out" / "methods.html").is_file() and not (tmp_path / "absent").exists()
 
 
 @pytest.mark.slow
