@@ -423,7 +423,9 @@ def _finished_run(method: str, cfg: StudyConfig, study, args: argparse.Namespace
 
 def _students(cfg: StudyConfig, study, frame, args: argparse.Namespace) -> tuple[dict[str, dict], bool]:
     """Per size of --sizes, the student a run hands over (its best by validation accuracy within the size)
-    trained again for the retrained students' epochs; and whether none was missing (--no-train)."""
+    trained again for the retrained students' epochs; and whether none was missing (--no-train). A student's
+    "distilled" says it is arch-then-kd's usual-recipe retraining of search trial "trial"; otherwise it is that
+    trial trained again with its own settings, distillation included."""
     epochs = args.retrain_epochs or cfg.train.epochs
     done = frame[frame["status"] == TrialStatus.COMPLETE]
     students, complete = {}, True
