@@ -849,6 +849,9 @@ def _write_figure(path: Path, methods: list[str], seeds: int, curves: dict, stud
             xaxis_title="training compute (TFLOP)",
             yaxis_title="hypervolume",
             template="plotly_white",
+            # Below the plot, so the curves get the page's width (the five names are long).
+            legend={"orientation": "h", "yanchor": "top", "y": -0.25, "xanchor": "left", "x": 0},
+            height=560,
         )
         divs.append(figure.to_html(full_html=False, include_plotlyjs=False, div_id=name))
     page = (
