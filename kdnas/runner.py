@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from kdnas.data import SoftTargetBytes
     from kdnas.objective import Objective
 
-__all__ = ["run_search", "print_pareto_table"]
+__all__ = ["ensure_writable", "run_search", "print_pareto_table"]
 
 log = logging.getLogger("kdnas.search")
 
@@ -30,12 +31,14 @@ log = logging.getLogger("kdnas.search")
 _MAX_CONSECUTIVE_REJECTIONS = 200
 
 
-def _ensure_writable(out_dir: Path) -> None:
+def ensure_writable(out_dir: Path) -> None:
+    """Create `out_dir` and check it takes files, so a bad --out fails before any training."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        # A probe of its own name: workers sharing --out start together, and one worker's unlink of a
+        # shared name made another's fail ("No such file or directory").
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
     except OSError as err:
         raise KdnasError(f"cannot write to {out_dir} ({err.strerror}); pass a writable --out") from None
 
@@ -91,7 +94,7 @@ def run_search(
     warn_if_emulated(train_device, cfg.train.precision, cfg.teacher.train.precision)
     with step_bar("decoding", progress) as hook:
         data = load_data(cfg.data, data_dir, cache_dir=out_dir, soft_target_bytes=_soft_target_bytes(cfg), on_step=hook)
-    _ensure_writable(out_dir)
+    ensure_writable(out_dir)
     storage_url = storage or default_url(out_dir)
     if workers > 1:
         storage_url = shareable_url(storage_url, cfg.name)

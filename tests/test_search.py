@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -15,6 +16,7 @@ from _smoke import FEWER_IMAGES, edited_smoke
 
 from kdnas.config import STUDIES_DIR
 from kdnas.data import DATASETS
+from kdnas.runner import ensure_writable
 from kdnas.search import main
 
 pytestmark = pytest.mark.slow
@@ -287,6 +289,18 @@ def test_unwritable_out_is_a_one_line_error_before_any_training(tmp_path: Path, 
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot write to {blocker / 'run'}") and err.count("\n") == 1
     assert "pass a writable --out" in err
+
+
+def test_workers_sharing_an_out_folder_check_it_at_once_without_tripping_each_other(tmp_path: Path) -> None:
+    # Workers on one --out start together; each checks the folder is writable before any training.
+    def check_many_times() -> None:
+        for _ in range(300):
+            ensure_writable(tmp_path)
+
+    with ThreadPoolExecutor(4) as pool:
+        for done in [pool.submit(check_many_times) for _ in range(4)]:
+            done.result()  # raises the worker's KdnasError, if any
+    assert list(tmp_path.iterdir()) == []  # and leaves nothing behind
 
 
 def test_a_new_tpe_study_queues_its_random_startup_trials_smallest_first(tmp_path: Path) -> None:
