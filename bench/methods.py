@@ -76,6 +76,7 @@ from kdnas.progress import duration, percent
 from kdnas.results import KD_PARAMS, hypervolume_history, hypervolume_reference, pareto_front, trials_frame
 from kdnas.status import BUDGET_STATUSES, TrialStatus
 from kdnas.study import NO_KD, USUAL_KD, budget_trials
+from kdnas.trainer import PRECISIONS
 
 METHODS = {
     "kdnas": "(a) the study's sampler over architecture + KD, its early stopping",
@@ -194,6 +195,14 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--retrain-epochs", type=int, default=0, help="epochs of the retrained students (0: search's)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS.names(),
+        default="float32",
+        help="every teacher's and student's training precision (default float32 on every machine: the study's "
+        "'auto' trains in bfloat16 where the CPU computes in it natively, and such runs would not compare with "
+        "other machines' runs of the same folder)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="the folder that keeps every run")
     parser.add_argument(
         "--record",
@@ -234,11 +243,12 @@ def _base_study(args: argparse.Namespace) -> StudyConfig:
             raise SystemExit(f"error: --teacher-checkpoint {args.teacher_checkpoint} is not a file; pass a state dict")
         # Absolute: the retrained students find it from their own folders.
         teacher = dataclasses.replace(teacher, checkpoint=str(args.teacher_checkpoint.resolve()))
+    teacher = dataclasses.replace(teacher, train=dataclasses.replace(teacher.train, precision=args.precision))
     return dataclasses.replace(
         cfg,
         data=fewer_training_images(cfg.data, args.limit_train),
         teacher=teacher,
-        train=dataclasses.replace(cfg.train, epochs=args.epochs or cfg.train.epochs),
+        train=dataclasses.replace(cfg.train, epochs=args.epochs or cfg.train.epochs, precision=args.precision),
         budget=dataclasses.replace(cfg.budget, trials=trials, timeout_min=None),
     )
 
@@ -404,7 +414,7 @@ def _finished_run(method: str, cfg: StudyConfig, study, args: argparse.Namespace
     import pandas as pd
 
     from kdnas.measure import device_model, resolve_device
-    from kdnas.trainer import native_bfloat16
+    from kdnas.trainer import resolve_precision
 
     frame = trials_frame(study)
     if method == "arch-then-kd":
@@ -415,7 +425,8 @@ def _finished_run(method: str, cfg: StudyConfig, study, args: argparse.Namespace
         frame = pd.concat([frame, pd.DataFrame(distilled)], ignore_index=True)
     students, complete = _students(cfg, study, frame, args)
     device = resolve_device("auto")  # where the searches trained and timed
-    machine = f"{device_model('auto')}{' (bfloat16)' if native_bfloat16(device) else ''}, torch {torch.__version__}"
+    bfloat16 = resolve_precision(device, cfg.train.precision) == "bfloat16"
+    machine = f"{device_model('auto')}{' (bfloat16)' if bfloat16 else ''}, torch {torch.__version__}"
     spent = _spent(frame, cfg, references["train_images"])
     teacher = {key: study.user_attrs["teacher"][key] for key in ("test_accuracy", "weights_sha256")}
     return MethodRun(cfg, frame, budget_trials(study), spent, references, machine, teacher, students, complete)
