@@ -302,8 +302,12 @@ def test_methods_bench_regimes_set_the_teacher_checkpoint_and_the_students_epoch
     (tmp_path / "teacher.pt").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
     options = {"study": "fashion", "limit_train": 12_000, "trials": 0, "no_train": False, "save_unfinished": False}
+    options["precision"] = "float32"
     default = methods._base_study(argparse.Namespace(**options, epochs=0, teacher_checkpoint=None))
     assert (default.train.epochs, default.teacher.checkpoint) == (load_study("fashion").train.epochs, None)
+    # The study says "auto", which is bfloat16 on some CPUs: every machine's runs must train alike.
+    assert load_study("fashion").train.precision == "auto"
+    assert default.train.precision == default.teacher.train.precision == "float32"
     strong = methods._base_study(argparse.Namespace(**options, epochs=9, teacher_checkpoint=Path("teacher.pt")))
     assert (strong.train.epochs, strong.data.limit_train) == (9, 12_000)
     assert strong.teacher.checkpoint == str(tmp_path.resolve() / "teacher.pt")  # found from any folder
