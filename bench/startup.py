@@ -13,8 +13,9 @@ and every method given random search's compute (training MACs of 20 random trial
 No early stopping: the surrogate has no learning curves. What it prints: the fit, then per design the mean
 and 95% interval over seeds of the final hypervolume of (accuracy, parameters), the true (noise-free)
 accuracy of the student it hands over within 25k, 50k and 100k parameters, its trials and distinct
-networks. ``--kd-scale`` multiplies what distillation is worth, to ask how a design fares where it pays
-less, or hurts (negative); ``--startup-trials`` gives the TPE designs another start-up length than the study's.
+networks; then each design minus the shipped start-up (pairs), paired by simulated seed. ``--kd-scale``
+multiplies what distillation is worth, to ask how a design fares where it pays less, or hurts (negative);
+``--startup-trials`` gives the TPE designs another start-up length than the study's.
 
 A surrogate is a model of the regime, not the regime: it ranks designs for a real run to confirm.
 """
@@ -42,6 +43,7 @@ from kdnas.space import suggest
 from kdnas.study import NO_KD, USUAL_KD, open_study
 
 SIZES = (25_000, 50_000, 100_000)
+SHIPPED = "tpe-pairs"  # the start-up design kdnas ships, which the others are compared with
 USED_UP = 50  # proposals in a row that repeat a trained candidate: the space is used up
 DESIGNS = {
     "random": "random search",
@@ -214,6 +216,24 @@ def main() -> None:
                 + " ".join(f"{c:>15}" for c in cells)
                 + f"  {np.mean([r['trials'] for r in runs]):6.1f} {np.mean([r['networks'] for r in runs]):8.1f}"
             )
+        if SHIPPED in results:
+            _print_paired(results)
+
+
+def _print_paired(results: dict[str, list[dict[str, float]]]) -> None:
+    """Each design minus the shipped start-up, seed by seed: the designs of a simulated seed share its noise
+    draws' seed and random search's budget, so the paired interval is the one that says whether they differ."""
+    print(f"-- each design minus {SHIPPED} (shipped), paired by simulated seed (seeds ahead / seeds compared)")
+    for design, runs in results.items():
+        if design == SHIPPED:
+            continue
+        cells = []
+        for key, spec, scale in (("hv", "+.4f", 1), *((size, "+.2f", 100) for size in SIZES)):
+            pairs = [(run[key], base[key]) for run, base in zip(runs, results[SHIPPED], strict=True)]
+            differences = [a - b for a, b in pairs if not (math.isnan(a) or math.isnan(b))]
+            ahead = sum(difference > 0 for difference in differences)
+            cells.append(f"{with_interval(differences, spec, scale)} ({ahead}/{len(differences)})")
+        print(f"{design:<11} {cells[0]:>25} " + " ".join(f"{cell:>21}" for cell in cells[1:]))
 
 
 if __name__ == "__main__":

@@ -340,6 +340,9 @@ def test_startup_bench_fits_the_records_and_runs_every_design(tmp_path: Path) ->
     assert [name for name, *_ in rows] == ["random", "tpe-random", "tpe-pairs", "tpe-usual", "fixed-kd"], out
     assert all(float(networks) <= 24 for *_, networks in rows), out  # cifar-cpu holds 24 networks
     assert all(float(trials) == 20 for name, trials, _ in rows if name == "random"), out
+    paired = re.findall(r"^(random|tpe-\w+|fixed-kd) +[+-][\d.]+ \+- [\d.]+ \((\d)/(\d)\)", out, re.M)
+    assert [name for name, *_ in paired] == ["random", "tpe-random", "tpe-usual", "fixed-kd"], out  # minus pairs
+    assert all(int(ahead) <= int(compared) == 2 for _, ahead, compared in paired), out
     # The strong regime's seeds 0 and 1 hold a network that was only ever stopped early: it is simulated too.
     strong = tmp_path / "strong"
     strong.mkdir()
