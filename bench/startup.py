@@ -49,7 +49,6 @@ DESIGNS = {
     "random": "random search",
     "tpe-random": 'TPE, start-up drawn at random (startup = "random")',
     "tpe-pairs": 'TPE, start-up in pairs without / with the usual recipe (startup = "pairs")',
-    "tpe-spread": "TPE, start-up pairs whose distilled halves spread over the temperature range",
     "tpe-usual": 'TPE, start-up networks with the usual recipe (startup = "usual")',
     "fixed-kd": "TPE over architectures, KD fixed at T 4, alpha 0.9",
 }

@@ -62,8 +62,7 @@ METRICS: dict[str, Literal["maximize", "minimize"]] = {
     "macs": "minimize",
     "size_kb": "minimize",
 }
-# How a TPE study's start-up trials are drawn (SamplerConfig.startup).
-STARTUP_DESIGNS = ("pairs", "spread", "usual", "random")
+STARTUP_DESIGNS = ("pairs", "usual", "random")  # how a TPE study's start-up trials are drawn (SamplerConfig.startup)
 # What a study optimises when its file does not say: the objectives of kdnas before MACs and size were.
 DEFAULT_METRICS = ("val_accuracy", "params", "latency_ms")
 # The names a study file gives (dataset, student family, alpha schedule, precision, device, sampler, early-stop

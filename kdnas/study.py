@@ -31,7 +31,7 @@ USUAL_KD = {"temperature": 4.0, "alpha": 0.9, "alpha_decay": "none"}
 NO_KD = {"temperature": 4.0, "alpha": 0.0, "alpha_decay": "none"}
 KD_ANCHORS = (NO_KD, USUAL_KD)  # the two ends a "pairs" start-up trains each architecture at, in this order
 # The KD settings each start-up architecture is trained at, by [sampler] startup ("random": drawn with it).
-STARTUP_ANCHORS = {"pairs": KD_ANCHORS, "spread": KD_ANCHORS, "usual": (USUAL_KD,)}
+STARTUP_ANCHORS = {"pairs": KD_ANCHORS, "usual": (USUAL_KD,)}
 
 
 def search_space_hash(cfg: StudyConfig) -> str:
@@ -166,37 +166,15 @@ def _queue_startup_smallest_first(study: optuna.Study, cfg: StudyConfig, info: D
             continue  # the same network drawn twice would train the same candidates again
         networks.add(network)
         candidates.append((count_params(build_model(arch)), trial.params))
-    ordered = [params for _, params in sorted(candidates, key=lambda c: c[0])]  # stable: equal sizes keep draw order
-    temperatures = _spread_temperatures(cfg, len(ordered)) if cfg.sampler.startup == "spread" else None
     queued = [
-        {**params, **kd, **({"temperature": temperatures[i]} if temperatures and kd["alpha"] else {})} if kd else params
-        for i, params in enumerate(ordered)
+        {**params, **kd} if kd else params
+        for _, params in sorted(candidates, key=lambda c: c[0])  # stable: equal sizes keep their draw order
         for kd in anchors
     ]
     for params in queued[:count]:
         if params.get("alpha_decay") == "none":
             params.pop("decay_rate", None)  # conditional: only a decaying alpha has a rate
         study.enqueue_trial(params)
-
-
-def _spread_temperatures(cfg: StudyConfig, count: int) -> list[float] | None:
-    """``count`` temperatures spread evenly over the study's range (log-spaced where it is), shuffled with
-    the study's seed so size and temperature are not confounded; None for a fixed temperature."""
-    import random
-
-    from kdnas.families import grid
-
-    knob = cfg.kd.temperature
-    if knob.low == knob.high:
-        return None
-    low, high = (math.log(knob.low), math.log(knob.high)) if knob.log else (knob.low, knob.high)
-    targets = [low + (k + 0.5) / count * (high - low) for k in range(count)]
-    targets = [math.exp(t) if knob.log else t for t in targets]
-    values = grid(knob)
-    if values is not None:
-        targets = [min(values, key=lambda v: abs(v - t)) for t in targets]
-    random.Random(cfg.seed).shuffle(targets)
-    return [round(t, 3) for t in targets]
 
 
 def _holds_anchors(cfg: StudyConfig, anchors: tuple[dict, ...]) -> bool:
