@@ -40,7 +40,10 @@ Runs are kept in --out (one teacher, soft-target cache and latency table for all
 finished seeds again, resumes an interrupted one and trains only what is missing. A folder made with other
 settings is refused. --record keeps each finished run, with its retrained students, as a small JSON file
 (docs/bench-methods/ holds the project's): a run found there is read from it instead of trained, so a
-comparison of many hours goes on from another machine, where --out starts empty.
+comparison of many hours goes on from another machine, where --out starts empty. So that another machine
+trains the same teacher and trials, every run trains in float32 (--precision) and, on a CPU with AVX-512,
+with torch, oneDNN and MKL held to their AVX2 kernels (the script starts itself again with AVX2_KERNELS
+set; --native-kernels keeps the CPU's own, whose sums round differently).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -90,6 +94,8 @@ ISSUE_METHODS = list(METHODS)[:5]  # (a) to (e), the comparison issue 23 asks fo
 # A run grows to its seed's compute budget up to this many times its trials (a space can be used up).
 MAX_GROWTH = 10
 USED_UP = "bench: space used up"  # a study attribute: growing it trained nothing more
+# What holds torch (ATen), oneDNN and MKL to their AVX2 kernels: an AVX-512 CPU so trains what AVX2 ones do.
+AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 # Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond the table).
 T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
 # What a record keeps of a run's trials: what the figures and the students table read, and the KD settings.
@@ -99,8 +105,21 @@ RECORD_COLUMNS = (
 )  # fmt: skip
 
 
+def avx2_kernel_environment(capability: str, environ: dict[str, str]) -> dict[str, str] | None:
+    """The environment to start again with so that torch's CPU ``capability`` ("AVX512", "AVX2", ...) trains
+    as AVX2 machines do; None where it already does, or where the user chose kernels (ATEN_CPU_CAPABILITY)."""
+    if capability != "AVX512" or "ATEN_CPU_CAPABILITY" in environ:
+        return None
+    return {**environ, **AVX2_KERNELS}
+
+
 def main() -> None:
     args = _parse_args()
+    capability = torch.backends.cpu.get_cpu_capability()
+    environment = None if args.native_kernels else avx2_kernel_environment(capability, dict(os.environ))
+    if environment is not None:
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv], environment)  # the libraries read it at start-up
     torch.set_num_threads(args.threads)
     base = _base_study(args)
     methods = args.methods.split(",")
@@ -114,7 +133,8 @@ def main() -> None:
         args.record.mkdir(parents=True, exist_ok=True)
         _check_settings(args.record, "--record", "records", _settings(args, unfinished.portable(base)))
     print(
-        f"kdnas methods bench: torch {torch.__version__}, {args.threads} threads; study {base.name!r}, "
+        f"kdnas methods bench: torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()} kernels), "
+        f"{args.threads} threads; study {base.name!r}, "
         f"at least {base.budget.trials} trials, {args.seeds} seeds, training images: {base.data.limit_train or 'all'}, "
         f"student epochs {base.train.epochs}, retrained for {settings['retrain_epochs']}; runs in {args.out}"
     )
@@ -195,6 +215,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--retrain-epochs", type=int, default=0, help="epochs of the retrained students (0: search's)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--native-kernels",
+        action="store_true",
+        help="on an AVX-512 CPU, train with its own kernels instead of the AVX2 ones (faster or not, but the "
+        "teacher and trials then differ from those of AVX2 machines in the same record folder)",
+    )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS.names(),

@@ -90,6 +90,9 @@ def test_methods_bench_runs_every_method_over_seeds_keeps_records_and_refuses_ot
     first = subprocess.run([*command, "--record", "kept"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     out = first.stdout
+    # An AVX-512 CPU starts the bench again on AVX2 kernels, so it trains what the AVX2 machines do.
+    kernels = re.search(r"^kdnas methods bench: torch \S+ \((\S+) kernels\)", out, re.M)
+    assert kernels and kernels[1] != "AVX512", out
     assert first.stderr.count("teacher: training") == 1  # one teacher for every method and seed
     # Random search runs first on each seed; its compute is every method's budget there.
     assert "methods: random, seed 0 (run 1 of 10; time left: known once this invocation has trained)" in first.stderr
@@ -296,6 +299,12 @@ def test_each_method_changes_only_its_own_part_of_the_study() -> None:
     assert usual.sampler.startup == "usual" and kdnas.sampler.startup == "pairs"
     assert dataclasses.replace(usual, name=kdnas.name, sampler=kdnas.sampler) == kdnas
     assert methods.ISSUE_METHODS == ["kdnas", "random", "arch-then-kd", "fixed-kd", "kdnas-no-es"]  # the default
+
+
+def test_the_methods_bench_holds_avx512_cpus_to_avx2_kernels_unless_the_user_chose() -> None:
+    assert methods.avx2_kernel_environment("AVX512", {"PATH": "/bin"}) == {"PATH": "/bin", **methods.AVX2_KERNELS}
+    assert methods.avx2_kernel_environment("AVX2", {"PATH": "/bin"}) is None  # already trains as AVX2 machines do
+    assert methods.avx2_kernel_environment("AVX512", {"ATEN_CPU_CAPABILITY": "avx512"}) is None
 
 
 def test_methods_bench_regimes_set_the_teacher_checkpoint_and_the_students_epochs(tmp_path, monkeypatch) -> None:
