@@ -133,7 +133,7 @@ def main() -> None:
         args.record.mkdir(parents=True, exist_ok=True)
         _check_settings(args.record, "--record", "records", _settings(args, unfinished.portable(base)))
     print(
-        f"kdnas methods bench: torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()} kernels), "
+        f"kdnas methods bench: torch {torch.__version__} ({capability} kernels), "
         f"{args.threads} threads; study {base.name!r}, "
         f"at least {base.budget.trials} trials, {args.seeds} seeds, training images: {base.data.limit_train or 'all'}, "
         f"student epochs {base.train.epochs}, retrained for {settings['retrain_epochs']}; runs in {args.out}"
