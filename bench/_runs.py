@@ -57,6 +57,24 @@ def search(cfg: StudyConfig, run_dir: Path, storage: Path, data_dir: Path, kept_
     return stored_study(cfg, storage)
 
 
+def train_teacher(cfg: StudyConfig, run_dir: Path, data_dir: Path) -> Path:
+    """The teacher of ``cfg`` as a search of it trains it (the same data, seed and recipe: the same weights),
+    kept in ``run_dir`` and read from there again; its file."""
+    from kdnas.data import load_data
+    from kdnas.measure import resolve_device
+    from kdnas.progress import step_bar
+    from kdnas.teacher import obtain_teacher
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data = load_data(cfg.data, data_dir, cache_dir=run_dir).to(resolve_device("auto"))
+        with step_bar("teacher", False) as hook:  # a line a minute: an hour of training, in a background log
+            obtain_teacher(cfg, data, run_dir, on_step=hook)
+    except KdnasError as err:
+        raise SystemExit(f"error: {err}") from None
+    return run_dir / "teacher.pt"
+
+
 def fewer_training_images(cfg: DataConfig, train_images: int | None) -> DataConfig:
     """``cfg`` limited to ``train_images`` training images (None: all); ``limit_train`` keeps the study's
     validation set (a smaller one would turn every lead into noise)."""

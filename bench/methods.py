@@ -5,7 +5,7 @@ compute, over seeds. Every figure is measured in this run or in the kept runs it
     python bench/methods.py --study fashion --limit-train 12000 --seeds 5 --out runs/bench-methods-fashion
     python bench/methods.py --study cifar-cpu --limit-train 10000 --seeds 5 --out runs/bench-methods-cifar-weak
     python bench/methods.py --study cifar-cpu --limit-train 10000 --seeds 5 --epochs 12 \
-        --teacher-checkpoint runs/cifar-cpu/teacher.pt --out runs/bench-methods-cifar-strong
+        --teacher-all-images --out runs/bench-methods-cifar-strong
     python bench/methods.py --tiny --out /tmp/methods      # seconds: checks that the script runs
 
 Methods, each searched with the same data, space, recipe and teacher, and the same budget of training compute:
@@ -32,9 +32,10 @@ trials (bench/_kd_effect.py).
 methods.html in --out draws hypervolume against compute.
 
 Whether distillation settings matter depends on the regime: by default the teacher is the study's, trained on
-the bench's training images (a weak teacher when they are few); --teacher-checkpoint distils from a teacher
-trained elsewhere (for example on all the study's images: a strong one), and --epochs trains every student
-longer than the study does.
+the bench's training images (a weak teacher when they are few); --teacher-all-images trains it on all the
+study's training images instead (a strong one; once, in --out/teacher-all-images/, the very teacher a search of
+the study trains), --teacher-checkpoint distils from a teacher trained elsewhere, and --epochs trains every
+student longer than the study does.
 
 Runs are kept in --out (one teacher, soft-target cache and latency table for all): a later invocation reads
 finished seeds again, resumes an interrupted one and trains only what is missing. A folder made with other
@@ -69,6 +70,7 @@ from _runs import (
     first_reach,
     search,
     stored_study,
+    train_teacher,
     training_flops,
 )
 
@@ -94,6 +96,8 @@ ISSUE_METHODS = list(METHODS)[:5]  # (a) to (e), the comparison issue 23 asks fo
 # A run grows to its seed's compute budget up to this many times its trials (a space can be used up).
 MAX_GROWTH = 10
 USED_UP = "bench: space used up"  # a study attribute: growing it trained nothing more
+# Where --teacher-all-images keeps its teacher, in --out.
+ALL_IMAGES_TEACHER = Path("teacher-all-images") / "teacher.pt"
 # What holds torch (ATen), oneDNN and MKL to their AVX2 kernels: an AVX-512 CPU so trains what AVX2 ones do.
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 # Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond the table).
@@ -152,6 +156,8 @@ def main() -> None:
         return
     if args.record and not args.no_train:
         _restore_unfinished(base, args, [key for key in keys if key not in recorded])
+    if args.teacher_all_images and not args.no_train and any(key not in recorded for key in keys):
+        _train_teacher_on_all_images(base, args)
     left = None
     if not args.no_train:
         left = _TimeLeft(
@@ -211,6 +217,12 @@ def _parse_args() -> argparse.Namespace:
         type=Path,
         help="a state dict of the study's teacher network, loaded instead of training it",
     )
+    parser.add_argument(
+        "--teacher-all-images",
+        action="store_true",
+        help="train the study's teacher on all the study's training images, not only --limit-train's (the strong "
+        "regime: the teacher a search of the study trains, the same on every machine)",
+    )
     parser.add_argument("--sizes", default="25000,50000,100000", help="parameter budgets of the students table")
     parser.add_argument("--retrain-epochs", type=int, default=0, help="epochs of the retrained students (0: search's)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
@@ -249,6 +261,8 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--tiny", action="store_true", help="the smoke study, 2 seeds, 2 trials: checks the script")
     args = parser.parse_args()
+    if args.teacher_checkpoint and args.teacher_all_images:
+        raise SystemExit("error: --teacher-checkpoint and --teacher-all-images both name the teacher; pass one")
     if args.save_unfinished and not args.record:
         raise SystemExit("error: --save-unfinished keeps runs in --record; pass --record FOLDER")
     if args.tiny:
@@ -269,6 +283,8 @@ def _base_study(args: argparse.Namespace) -> StudyConfig:
             raise SystemExit(f"error: --teacher-checkpoint {args.teacher_checkpoint} is not a file; pass a state dict")
         # Absolute: the retrained students find it from their own folders.
         teacher = dataclasses.replace(teacher, checkpoint=str(args.teacher_checkpoint.resolve()))
+    if args.teacher_all_images:  # trained there before the first run that trains (_train_teacher_on_all_images)
+        teacher = dataclasses.replace(teacher, checkpoint=str((args.out / ALL_IMAGES_TEACHER).resolve()))
     teacher = dataclasses.replace(teacher, train=dataclasses.replace(teacher.train, precision=args.precision))
     return dataclasses.replace(
         cfg,
@@ -277,6 +293,17 @@ def _base_study(args: argparse.Namespace) -> StudyConfig:
         train=dataclasses.replace(cfg.train, epochs=args.epochs or cfg.train.epochs, precision=args.precision),
         budget=dataclasses.replace(cfg.budget, trials=trials, timeout_min=None),
     )
+
+
+def _train_teacher_on_all_images(base: StudyConfig, args: argparse.Namespace) -> None:
+    """The teacher ``base`` loads, trained (or read again) as a search of the study trains it: on the study's own
+    training images, with the bench's precision and kernels."""
+    study = load_study(args.study)
+    cfg = dataclasses.replace(study, teacher=dataclasses.replace(base.teacher, checkpoint=None))
+    images = f"its {study.data.limit_train}" if study.data.limit_train else "all its"
+    folder = (args.out / ALL_IMAGES_TEACHER).parent
+    print(f"teacher: the study's, trained on {images} training images in {folder}", file=sys.stderr, flush=True)
+    train_teacher(cfg, folder, args.data_dir)
 
 
 def _settings(args: argparse.Namespace, base: StudyConfig) -> dict:

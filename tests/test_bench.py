@@ -14,18 +14,21 @@ from pathlib import Path
 import optuna
 import pytest
 from _browser import console_messages, open_in_chromium, rendered_figures
+from _study_fixture import finished_smoke_study  # noqa: F401  (a fixture)
 
 from kdnas.config import EarlyStopConfig, load_study
+from kdnas.files import read_torch_dict
 from kdnas.pruning import EarlyStopper
 from kdnas.results import trials_frame
 from kdnas.study import search_space_hash, store_config
+from kdnas.teacher import TEACHER_FORMAT
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import _unfinished as unfinished  # noqa: E402  (bench/ is scripts, not a package)
 import methods  # noqa: E402  (bench/ is scripts, not a package)
 from _kd_effect import kd_effect, mean_alpha  # noqa: E402  (bench/ is scripts, not a package)
-from _runs import compute_curve, search  # noqa: E402  (bench/ is scripts, not a package)
+from _runs import compute_curve, search, train_teacher  # noqa: E402  (bench/ is scripts, not a package)
 from speed import Clairvoyant, rank_correlation, replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
 
 
@@ -311,7 +314,7 @@ def test_methods_bench_regimes_set_the_teacher_checkpoint_and_the_students_epoch
     (tmp_path / "teacher.pt").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
     options = {"study": "fashion", "limit_train": 12_000, "trials": 0, "no_train": False, "save_unfinished": False}
-    options["precision"] = "float32"
+    options |= {"precision": "float32", "out": Path("runs"), "teacher_all_images": False}
     default = methods._base_study(argparse.Namespace(**options, epochs=0, teacher_checkpoint=None))
     assert (default.train.epochs, default.teacher.checkpoint) == (load_study("fashion").train.epochs, None)
     # The study says "auto", which is bfloat16 on some CPUs: every machine's runs must train alike.
@@ -322,6 +325,23 @@ def test_methods_bench_regimes_set_the_teacher_checkpoint_and_the_students_epoch
     assert strong.teacher.checkpoint == str(tmp_path.resolve() / "teacher.pt")  # found from any folder
     with pytest.raises(SystemExit, match=r"^error: --teacher-checkpoint gone.pt is not a file; pass a state dict$"):
         methods._base_study(argparse.Namespace(**options, epochs=0, teacher_checkpoint=Path("gone.pt")))
+    options["teacher_all_images"] = True  # trained later, by the first run that trains
+    strong = methods._base_study(argparse.Namespace(**options, epochs=9, teacher_checkpoint=None))
+    assert strong.teacher.checkpoint == str(tmp_path.resolve() / "runs" / "teacher-all-images" / "teacher.pt")
+    both = ["--teacher-all-images", "--teacher-checkpoint", "t.pt"]
+    monkeypatch.setattr(sys, "argv", ["methods.py", "--out", "runs", *both])
+    with pytest.raises(SystemExit, match=r"^error: --teacher-checkpoint and --teacher-all-images both name the"):
+        methods._parse_args()
+
+
+@pytest.mark.needs("dataset-fashion-mnist")
+def test_all_images_train_the_teacher_a_search_trains(finished_smoke_study, tmp_path) -> None:  # noqa: F811
+    """--teacher-all-images: the strong regime's teacher is the study's own, bit for bit, not one like it."""
+    trained = train_teacher(load_study("smoke"), tmp_path / "teacher", Path("data"))
+    searched = finished_smoke_study.run_dir / "teacher.pt"
+    assert trained == tmp_path / "teacher" / "teacher.pt"
+    weights = [read_torch_dict(path, TEACHER_FORMAT)["weights_sha256"] for path in (trained, searched)]
+    assert weights[0] == weights[1]
 
 
 def test_methods_bench_prints_the_strong_records_without_their_teacher(tmp_path: Path) -> None:
