@@ -41,10 +41,12 @@ Runs are kept in --out (one teacher, soft-target cache and latency table for all
 finished seeds again, resumes an interrupted one and trains only what is missing. A folder made with other
 settings is refused. --record keeps each finished run, with its retrained students, as a small JSON file
 (docs/bench-methods/ holds the project's): a run found there is read from it instead of trained, so a
-comparison of many hours goes on from another machine, where --out starts empty. So that another machine
-trains the same teacher and trials, every run trains in float32 (--precision) and, on a CPU with AVX-512,
-with torch, oneDNN and MKL held to their AVX2 kernels (the script starts itself again with AVX2_KERNELS
-set; --native-kernels keeps the CPU's own, whose sums round differently).
+comparison of many hours goes on from another machine, where --out starts empty. Latencies are figures of
+the machine that timed them, so every latency hypervolume takes each network at the latency that random
+search's seed-0 machine recorded for it. So that another machine trains the same teacher and trials, every
+run trains in float32 (--precision) and, on a CPU with AVX-512, with torch, oneDNN and MKL held to their
+AVX2 kernels (the script starts itself again with AVX2_KERNELS set; --native-kernels keeps the CPU's own,
+whose sums round differently).
 """
 
 from __future__ import annotations
@@ -188,10 +190,11 @@ def main() -> None:
     runs = {key: run for key, run in runs.items() if all((method, key[1]) in runs for method in order)}
     if not runs:
         raise SystemExit(f"error: no seed is finished in {args.out}; run without --no-train to train them")
+    runs, own = one_machine_latencies(runs)
     curves = {key: _curves(run) for key, run in runs.items()}
     seeds = len(runs) // len(order)
     _print_teachers(runs)
-    _print_hypervolumes(methods, seeds, runs, curves)
+    _print_hypervolumes(methods, seeds, runs, curves, own)
     _print_students(methods, seeds, args, runs)
     if "kdnas" in methods and len(methods) > 1:
         _print_paired(methods, seeds, args, runs, curves)
@@ -676,6 +679,31 @@ def _references(base: StudyConfig, args: argparse.Namespace) -> dict[str, float]
     return references
 
 
+def one_machine_latencies(runs: dict) -> tuple[dict, int]:
+    """``runs`` with every network at the latency that random search's seed-0 machine timed it at, and its
+    reference: runs read from records may come from other machines, where networks' latencies relative to the
+    reference differ, so each machine's hypervolumes would measure another yardstick. Every run timed on that
+    machine (the same reference: the same latency table) adds the networks it timed. Also how many runs
+    keep their own machine's latencies: those with a network it never timed."""
+    reference = runs["random", 0].references["latency_ms"]
+    table = {}
+    for run in runs.values():
+        if run.references["latency_ms"] == reference:
+            timed = run.frame[run.frame["latency_ms"].notna()]
+            table.update(zip(timed["arch"], timed["latency_ms"], strict=True))
+    same, own = {}, 0
+    for key, run in runs.items():
+        frame = run.frame
+        timed = frame["latency_ms"].notna()
+        if run.references["latency_ms"] == reference or not frame["arch"][timed].isin(table).all():
+            same[key] = run
+            own += run.references["latency_ms"] != reference
+            continue
+        frame = frame.assign(latency_ms=frame["arch"].map(table).where(timed))
+        same[key] = dataclasses.replace(run, frame=frame, references={**run.references, "latency_ms": reference})
+    return same, own
+
+
 def _curves(run: MethodRun) -> dict[str, list[float]]:
     """Cumulative compute and both hypervolumes after each row of a method's frame."""
     cost, hv_params = compute_curve(run.frame, run.cfg, run.references["train_images"])
@@ -717,11 +745,12 @@ def _print_teachers(runs: dict) -> None:
     print(f"\nteacher{'s' if len(described) > 1 else ''}: {'; '.join(described)}")
 
 
-def _print_hypervolumes(methods: list[str], seeds: int, runs: dict, curves: dict) -> None:
-    # Every run's latencies against its own machine's reference: runs read from records may come from others.
+def _print_hypervolumes(methods: list[str], seeds: int, runs: dict, curves: dict, own: int) -> None:
     params = sorted({run.references["params"] for run in runs.values()})
     latencies = sorted({round(run.references["latency_ms"], 3) for run in runs.values()})
-    machines = f" ({len(latencies)} machines)" if len(latencies) > 1 else ""
+    machines = " as random search's seed-0 machine timed every network"
+    if own:
+        machines = f"{machines}, and {own} run(s) timed elsewhere, with a network it never timed, at their own"
     print(
         "\n== hypervolume at the end, every method given random search's compute on each seed "
         f"(mean +- 95% interval over {_seeds(seeds)}); "

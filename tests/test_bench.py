@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import shutil
 import subprocess
@@ -385,6 +386,30 @@ def test_startup_bench_fits_the_records_and_runs_every_design(tmp_path: Path) ->
     empty = subprocess.run([*command, "--record", str(tmp_path)], capture_output=True, text=True)
     assert empty.returncode != 0 and empty.stderr.strip().count("\n") == 0, empty.stderr
     assert "holds no records of bench/methods.py" in empty.stderr
+
+
+def test_latencies_of_runs_timed_elsewhere_are_taken_from_random_search_s_seed_0_machine() -> None:
+    """Records come from several machines, whose networks' latencies relative to their references differ:
+    one machine's figures make the latency hypervolumes compare."""
+    import pandas as pd
+
+    def run(reference: float, archs: list[str], latencies: list[float]) -> methods.MethodRun:
+        frame = pd.DataFrame({"arch": archs, "latency_ms": latencies})
+        return methods.MethodRun(None, frame, len(archs), 0.0, {"latency_ms": reference}, "", {}, {}, True)
+
+    nan = float("nan")
+    runs = {
+        ("random", 0): run(2.0, ["w8", "w12"], [1.0, 1.5]),
+        ("fixed-kd", 0): run(2.0, ["w16"], [1.8]),  # the same machine: its networks join the yardstick
+        ("kdnas", 0): run(1.0, ["w8", "w16", "w8"], [0.4, 0.9, nan]),  # a duplicate has no latency
+        ("kdnas", 1): run(1.0, ["w8", "w32"], [0.4, 0.95]),  # w32 never timed on seed 0's machine
+    }
+    same, own = methods.one_machine_latencies(runs)
+    assert same["random", 0] is runs["random", 0] and same["fixed-kd", 0] is runs["fixed-kd", 0]
+    assert same["kdnas", 0].references["latency_ms"] == 2.0
+    assert same["kdnas", 0].frame["latency_ms"].tolist()[:2] == [1.0, 1.8]
+    assert math.isnan(same["kdnas", 0].frame["latency_ms"].iloc[2])
+    assert same["kdnas", 1] is runs["kdnas", 1] and own == 1
 
 
 def test_mean_interval_uses_students_t() -> None:
