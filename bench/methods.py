@@ -304,7 +304,7 @@ def _train_teacher_on_all_images(base: StudyConfig, args: argparse.Namespace) ->
     study = load_study(args.study)
     cfg = dataclasses.replace(study, teacher=dataclasses.replace(base.teacher, checkpoint=None))
     images = f"its {study.data.limit_train}" if study.data.limit_train else "all its"
-    folder = (args.out / ALL_IMAGES_TEACHER).parent
+    folder = Path(base.teacher.checkpoint).parent
     print(f"teacher: the study's, trained on {images} training images in {folder}", file=sys.stderr, flush=True)
     train_teacher(cfg, folder, args.data_dir)
 
@@ -693,14 +693,14 @@ def one_machine_latencies(runs: dict) -> tuple[dict, int]:
             table.update(zip(timed["arch"], timed["latency_ms"], strict=True))
     same, own = {}, 0
     for key, run in runs.items():
-        frame = run.frame
-        timed = frame["latency_ms"].notna()
-        if run.references["latency_ms"] == reference or not frame["arch"][timed].isin(table).all():
+        timed = run.frame["latency_ms"].notna()
+        if run.references["latency_ms"] == reference:
             same[key] = run
-            own += run.references["latency_ms"] != reference
-            continue
-        frame = frame.assign(latency_ms=frame["arch"].map(table).where(timed))
-        same[key] = dataclasses.replace(run, frame=frame, references={**run.references, "latency_ms": reference})
+        elif not run.frame["arch"][timed].isin(table).all():
+            same[key], own = run, own + 1
+        else:
+            frame = run.frame.assign(latency_ms=run.frame["arch"].map(table).where(timed))
+            same[key] = dataclasses.replace(run, frame=frame, references={**run.references, "latency_ms": reference})
     return same, own
 
 
