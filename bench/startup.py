@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
+from _figures import with_interval
 from _kd_effect import mean_alpha
-from methods import method_study, with_interval
+from methods import method_study
 
 from kdnas.config import StudyConfig, load_study
 from kdnas.data import DATASETS

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import _unfinished as unfinished  # noqa: E402  (bench/ is scripts, not a package)
 import methods  # noqa: E402  (bench/ is scripts, not a package)
+from _figures import mean_interval, one_machine_latencies, with_interval  # noqa: E402  (bench/ is scripts, not a package)
 from _kd_effect import kd_effect, mean_alpha  # noqa: E402  (bench/ is scripts, not a package)
 from _runs import compute_curve, search, train_teacher  # noqa: E402  (bench/ is scripts, not a package)
 from speed import Clairvoyant, rank_correlation, replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
@@ -404,7 +405,7 @@ def test_latencies_of_runs_timed_elsewhere_are_taken_from_random_search_s_seed_0
         ("kdnas", 0): run(1.0, ["w8", "w16", "w8"], [0.4, 0.9, nan]),  # a duplicate has no latency
         ("kdnas", 1): run(1.0, ["w8", "w32"], [0.4, 0.95]),  # w32 never timed on seed 0's machine
     }
-    same, own = methods.one_machine_latencies(runs)
+    same, own = one_machine_latencies(runs)
     assert same["random", 0] is runs["random", 0] and same["fixed-kd", 0] is runs["fixed-kd", 0]
     assert same["kdnas", 0].references["latency_ms"] == 2.0
     assert same["kdnas", 0].frame["latency_ms"].tolist()[:2] == [1.0, 1.8]
@@ -413,15 +414,15 @@ def test_latencies_of_runs_timed_elsewhere_are_taken_from_random_search_s_seed_0
 
 
 def test_mean_interval_uses_students_t() -> None:
-    assert methods.mean_interval([1.0]) == (1.0, 0.0)
-    mean, half = methods.mean_interval([1.0, 2.0, 3.0])
+    assert mean_interval([1.0]) == (1.0, 0.0)
+    mean, half = mean_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.30 * 1.0 / 3**0.5)
 
 
 def test_one_seed_shows_no_interval() -> None:
-    assert methods.with_interval([0.5], ".4f") == "0.5000 +- -"  # not "+- 0.0000", which claims certainty
-    assert methods.with_interval([0.50, 0.52], "6.2f", 100) == " 51.00 +- 12.71"
-    assert methods.with_interval([-1.0, 1.0], "+.1f") == "+0.0 +- 12.7"  # a half-width has no sign
+    assert with_interval([0.5], ".4f") == "0.5000 +- -"  # not "+- 0.0000", which claims certainty
+    assert with_interval([0.50, 0.52], "6.2f", 100) == " 51.00 +- 12.71"
+    assert with_interval([-1.0, 1.0], "+.1f") == "+0.0 +- 12.7"  # a half-width has no sign
 
 
 def test_rank_correlation_is_spearmans() -> None:
