@@ -297,10 +297,9 @@ def _write_figure(path: Path, methods: dict[str, str], seeds: int, curves: dict,
         # The axis spans the means, not the bands, which would flatten the curves on few seeds.
         pad = max(0.05 * (max(means) - min(means)), 0.005)
         figure.update_yaxes(range=[min(means) - pad, max(means) + pad])
-        seeds_words = f"{seeds} seed{'s' if seeds > 1 else ''}"
         figure.update_layout(
             title=f"{study}: hypervolume of (accuracy, {title}) against training compute, mean and 95% band "
-            f"over {seeds_words}",
+            f"over {_seeds(seeds)}",
             xaxis_title="training compute (TFLOP)",
             yaxis_title="hypervolume",
             template="plotly_white",
