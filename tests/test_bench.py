@@ -28,10 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import _unfinished as unfinished  # noqa: E402  (bench/ is scripts, not a package)
 import methods  # noqa: E402  (bench/ is scripts, not a package)
+from _early_stopping import Clairvoyant, replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
 from _figures import mean_interval, one_machine_latencies, with_interval  # noqa: E402  (bench/ is scripts, not a package)
 from _kd_effect import kd_effect, mean_alpha  # noqa: E402  (bench/ is scripts, not a package)
+from _latency_checks import rank_correlation  # noqa: E402  (bench/ is scripts, not a package)
 from _runs import compute_curve, search, train_teacher  # noqa: E402  (bench/ is scripts, not a package)
-from speed import Clairvoyant, rank_correlation, replay_early_stopping, stopped_in_hindsight  # noqa: E402  (bench/ is scripts, not a package)
 
 
 @pytest.mark.slow
