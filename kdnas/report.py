@@ -28,11 +28,14 @@ from kdnas.errors import KdnasError
 from kdnas.files import write_text
 from kdnas.progress import duration, percent
 from kdnas.results import (
+    COMPARABLE_SIZE,
     FRONT_COLUMNS,
     HYPERVOLUME_MARGIN,
     NO_KD_ALPHA,
     hypervolume_history,
     hypervolume_reference,
+    kd_gain,
+    kd_pairs,
     pareto_front,
     pareto_table,
     trials_frame,
@@ -46,15 +49,12 @@ if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
 
-__all__ = ["kd_gain", "kd_pairs", "write_report", "build_parser", "main"]
+__all__ = ["write_report", "build_parser", "main"]
 
 log = logging.getLogger(__name__)
 
 _FAINT = "rgba(120, 120, 120, 0.35)"
 _FRONT = "#d62728"
-# A student without distillation stands for "the same size" when it has more than 1/COMPARABLE_SIZE of
-# the distilled one's parameters (and no more): a much smaller one would make distillation look better.
-COMPARABLE_SIZE = 1.5
 _KD = "#1f77b4"
 _NO_KD = "#ff7f0e"
 # Each cost's axis label; the report draws accuracy against params and latency (always measured) and
@@ -65,61 +65,6 @@ _COST_LABELS = {
     "macs": "multiply-accumulates per image",
     "size_kb": "ONNX file size (KiB)",
 }
-
-
-# ---------------------------------------------------------------------------------------------------
-# The data
-# ---------------------------------------------------------------------------------------------------
-
-
-def kd_gain(df: pd.DataFrame) -> pd.DataFrame:
-    """What distillation bought at each size, like for like.
-
-    Rows are the sizes (parameter counts) on either front, without and with distillation. ``kd`` /
-    ``no_kd`` are the best validation accuracy of complete trials with / without it of a comparable size:
-    at most that many parameters and more than 1 / ``COMPARABLE_SIZE`` of it (``smallest``), NaN where that
-    side has no such trial (a 38k-parameter student without distillation says nothing about what
-    distillation bought at 170k). ``gain`` is ``kd - no_kd``; ``kd_trial``, ``no_kd_trial``,
-    ``temperature``, ``alpha`` and ``alpha_decay`` name the two trials and the settings of the distilled
-    one (does the best temperature or alpha change with size?).
-    """
-    import pandas as pd
-
-    done = df[df["status"] == TrialStatus.COMPLETE]
-    sides = {"no_kd": done[~done["distilled"].astype(bool)], "kd": done[done["distilled"].astype(bool)]}
-    sizes = sorted(set().union(*(pareto_front(side, "params")["params"] for side in sides.values())))
-    rows = []
-    for size in sizes:
-        row: dict[str, Any] = {"params": size, "smallest": math.floor(size / COMPARABLE_SIZE) + 1}
-        for column, side in sides.items():
-            within = side[(side["params"] <= size) & (side["params"] >= row["smallest"])]
-            best = within.sort_values(["val_accuracy", "params"], ascending=[False, True]).head(1)
-            row[column] = best["val_accuracy"].iloc[0] if len(best) else math.nan
-            row[f"{column}_trial"] = best["trial"].iloc[0] if len(best) else math.nan
-            if column == "kd":
-                for name in ("temperature", "alpha", "alpha_decay"):
-                    row[name] = best[name].iloc[0] if len(best) and name in best else math.nan
-        rows.append(row)
-    columns = ["params", "smallest", "no_kd", "no_kd_trial", "kd", "kd_trial", "temperature", "alpha", "alpha_decay"]
-    table = pd.DataFrame(rows, columns=columns)
-    table["gain"] = table["kd"] - table["no_kd"]
-    return table
-
-
-def kd_pairs(df: pd.DataFrame) -> pd.DataFrame:
-    """Architectures trained both without and with distillation: the best validation accuracy each way and
-    the gain, exactly like for like; most parameters last."""
-    import pandas as pd
-
-    done = df[df["status"] == TrialStatus.COMPLETE]
-    rows = []
-    for (arch, params), group in done.groupby(["arch", "params"], sort=False):
-        distilled = group["distilled"].astype(bool)
-        if distilled.all() or not distilled.any():
-            continue
-        no_kd, kd = group[~distilled]["val_accuracy"].max(), group[distilled]["val_accuracy"].max()
-        rows.append({"arch": arch, "params": params, "no_kd": no_kd, "kd": kd, "gain": kd - no_kd})
-    return pd.DataFrame(rows, columns=["arch", "params", "no_kd", "kd", "gain"]).sort_values("params", kind="stable")
 
 
 # ---------------------------------------------------------------------------------------------------

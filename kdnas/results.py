@@ -1,4 +1,5 @@
-"""What a study holds, as data: one row per trial, the Pareto fronts, and the hypervolume over trials.
+"""What a study holds, as data: one row per trial, the Pareto fronts, the hypervolume over trials, and
+what distillation bought at each size, like for like.
 
 The table printed at the end of a search, the report, its CSV files, the export's picks and the
 benchmarks all read these, so a front is computed one way everywhere. A duplicate trial (a candidate
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kdnas.config import DEFAULT_METRICS, METRICS, StudyConfig
 from kdnas.status import TrialStatus, status_of
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NO_KD_ALPHA",
+    "COMPARABLE_SIZE",
     "HYPERVOLUME_MARGIN",
     "FRONT_COLUMNS",
     "trials_frame",
@@ -31,7 +33,13 @@ __all__ = [
     "hypervolume_reference",
     "hypervolume_2d",
     "hypervolume_history",
+    "kd_gain",
+    "kd_pairs",
 ]
+
+# A student without distillation stands for "the same size" when it has more than 1/COMPARABLE_SIZE of
+# the distilled one's parameters (and no more): a much smaller one would make distillation look better.
+COMPARABLE_SIZE = 1.5
 
 # The hypervolume's reference point lies this factor above the largest student a study can keep.
 HYPERVOLUME_MARGIN = 1.1
@@ -206,3 +214,53 @@ def hypervolume_history(df: pd.DataFrame, reference: float, cost: str = "params"
             points.append((1.0 - row.val_accuracy, spent / reference))
         history.append(hypervolume_2d(points, (1.0, 1.0)))
     return pd.Series(history, index=ordered["trial"].to_numpy(), name="hypervolume")
+
+
+def kd_gain(df: pd.DataFrame) -> pd.DataFrame:
+    """What distillation bought at each size, like for like.
+
+    Rows are the sizes (parameter counts) on either front, without and with distillation. ``kd`` /
+    ``no_kd`` are the best validation accuracy of complete trials with / without it of a comparable size:
+    at most that many parameters and more than 1 / ``COMPARABLE_SIZE`` of it (``smallest``), NaN where that
+    side has no such trial (a 38k-parameter student without distillation says nothing about what
+    distillation bought at 170k). ``gain`` is ``kd - no_kd``; ``kd_trial``, ``no_kd_trial``,
+    ``temperature``, ``alpha`` and ``alpha_decay`` name the two trials and the settings of the distilled
+    one (does the best temperature or alpha change with size?).
+    """
+    import pandas as pd
+
+    done = df[df["status"] == TrialStatus.COMPLETE]
+    sides = {"no_kd": done[~done["distilled"].astype(bool)], "kd": done[done["distilled"].astype(bool)]}
+    sizes = sorted(set().union(*(pareto_front(side, "params")["params"] for side in sides.values())))
+    rows = []
+    for size in sizes:
+        row: dict[str, Any] = {"params": size, "smallest": math.floor(size / COMPARABLE_SIZE) + 1}
+        for column, side in sides.items():
+            within = side[(side["params"] <= size) & (side["params"] >= row["smallest"])]
+            best = within.sort_values(["val_accuracy", "params"], ascending=[False, True]).head(1)
+            row[column] = best["val_accuracy"].iloc[0] if len(best) else math.nan
+            row[f"{column}_trial"] = best["trial"].iloc[0] if len(best) else math.nan
+            if column == "kd":
+                for name in ("temperature", "alpha", "alpha_decay"):
+                    row[name] = best[name].iloc[0] if len(best) and name in best else math.nan
+        rows.append(row)
+    columns = ["params", "smallest", "no_kd", "no_kd_trial", "kd", "kd_trial", "temperature", "alpha", "alpha_decay"]
+    table = pd.DataFrame(rows, columns=columns)
+    table["gain"] = table["kd"] - table["no_kd"]
+    return table
+
+
+def kd_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """Architectures trained both without and with distillation: the best validation accuracy each way and
+    the gain, exactly like for like; most parameters last."""
+    import pandas as pd
+
+    done = df[df["status"] == TrialStatus.COMPLETE]
+    rows = []
+    for (arch, params), group in done.groupby(["arch", "params"], sort=False):
+        distilled = group["distilled"].astype(bool)
+        if distilled.all() or not distilled.any():
+            continue
+        no_kd, kd = group[~distilled]["val_accuracy"].max(), group[distilled]["val_accuracy"].max()
+        rows.append({"arch": arch, "params": params, "no_kd": no_kd, "kd": kd, "gain": kd - no_kd})
+    return pd.DataFrame(rows, columns=["arch", "params", "no_kd", "kd", "gain"]).sort_values("params", kind="stable")

@@ -74,7 +74,7 @@ def test_pareto_front_keeps_one_of_equal_points_and_skips_missing():
 
 
 def test_kd_gain_compares_best_accuracy_within_each_size(synthetic_frame):
-    gain = report.kd_gain(synthetic_frame)
+    gain = results.kd_gain(synthetic_frame)
     assert gain["params"].tolist() == [2_000, 5_000, 20_000]
     assert math.isnan(gain["no_kd"].iloc[0])  # nothing without distillation is that small
     assert gain["gain"].iloc[1:].tolist() == pytest.approx([0.08, 0.05])
@@ -99,7 +99,7 @@ def _student(trial: int, params: int, accuracy: float, alpha: float, arch: str =
 def test_kd_gain_never_compares_a_distilled_student_with_a_much_smaller_one():
     # The case: a 170k distilled student against the only student without KD, of 38k parameters.
     df = pd.DataFrame([_student(0, 38_000, 0.88, 0.0), _student(1, 170_000, 0.91, 0.8), _student(2, 36_000, 0.87, 0.6)])
-    gain = report.kd_gain(df).set_index("params")
+    gain = results.kd_gain(df).set_index("params")
     assert math.isnan(gain.loc[170_000, "no_kd"]) and math.isnan(gain.loc[170_000, "gain"])
     assert gain.loc[170_000, "smallest"] == 113_334 and gain.loc[170_000, "kd"] == 0.91
     assert gain.loc[38_000, "gain"] == pytest.approx(-0.01)  # 36k distilled against 38k without: comparable
@@ -114,7 +114,7 @@ def test_kd_pairs_lists_architectures_trained_both_ways():
             _student(3, 9_000, 0.70, 0.5, "b"),  # distilled only: no pair
         ]
     )
-    pairs = report.kd_pairs(df)
+    pairs = results.kd_pairs(df)
     assert pairs["arch"].tolist() == ["a"] and pairs["gain"].tolist() == pytest.approx([0.04])
 
 
