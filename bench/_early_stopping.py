@@ -16,14 +16,13 @@ from _runs import compute_curve, fewer_training_images, first_reach, search  # b
 from kdnas.config import EarlyStopConfig, StudyConfig
 from kdnas.data import load_data
 from kdnas.pruning import Curve, EarlyStopper
+from kdnas.results import trials_frame
 
 
 def replay_early_stopping(study, stopper: EarlyStopper | Clairvoyant):
     """The trials frame of a study run without early stopping, as if ``stopper`` had judged each trial
     after each epoch against the trials before it (one worker): the same candidates, so the figure is
     the rule's own saving, free of the sampler's different path through a study that really stops."""
-    from kdnas.results import trials_frame
-
     df = trials_frame(study).set_index("trial")
     judged: list[Curve] = []
     for t in sorted(study.trials, key=lambda t: t.number):
@@ -85,8 +84,6 @@ def early_stopping(cfg: StudyConfig, args: argparse.Namespace) -> None:
     """Per seed: the study without early stopping, then with it, grown by a quarter of the trials at a
     time until it reaches the first run's final hypervolume, spends as much compute, or holds
     ``es_extra`` x the trials; and the first run replayed with the rule applied in hindsight."""
-    from kdnas.results import trials_frame
-
     policy = cfg.early_stop if cfg.early_stop.policy != "none" else EarlyStopConfig(policy="pareto")
     overrides = {
         "policy": args.es_policy,
@@ -175,8 +172,6 @@ def _grow_until_reached(
     """The study ``cfg`` (with early stopping) searched, then resumed with a quarter of its trials more
     at a time, until it reaches hypervolume ``hv0``, spends ``cost0`` or holds ``es_extra`` x its trials;
     the study, its compute and hypervolume curves, and the compute at which it reached ``hv0`` (or None)."""
-    from kdnas.results import trials_frame
-
     trials, budget = cfg.budget.trials, cfg.budget.trials
     while True:  # the same study, resumed with a larger budget: the same trials, then more
         grown = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, trials=budget))

@@ -10,7 +10,11 @@ import torch
 
 from kdnas.config import LatencyConfig, StudyConfig
 from kdnas.data import DatasetInfo
+from kdnas.families import get_family
+from kdnas.measure import anchor_network, anchored
 from kdnas.models import ArchSpec, build_model, count_params
+from kdnas.runtimes import runtime_for
+from kdnas.space import architectures, space_size
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float:
@@ -25,9 +29,6 @@ def _networks_of(cfg: StudyConfig, info: DatasetInfo, most: int) -> list[ArchSpe
     uniformly at random (seeded: an mbconv space holds millions)."""
     import optuna
 
-    from kdnas.families import get_family
-    from kdnas.space import architectures, space_size
-
     shape = (info.in_channels, info.num_classes, info.image_size)
     if space_size(cfg) <= most:
         return list(architectures(cfg, *shape))
@@ -41,8 +42,6 @@ def _networks_of(cfg: StudyConfig, info: DatasetInfo, most: int) -> list[ArchSpe
 
 
 def _of_space(cfg: StudyConfig, count: int) -> str:
-    from kdnas.space import space_size
-
     size = space_size(cfg)
     return "all of them" if count >= size else f"drawn at random from {size:,.0f}"
 
@@ -50,8 +49,6 @@ def _of_space(cfg: StudyConfig, count: int) -> str:
 def runtimes(cfg: StudyConfig, info: DatasetInfo, tiny: bool, networks: int) -> None:
     """Does eager torch rank the space's networks as ONNX Runtime (the deployed graph) does, at batch 1?"""
     import onnxruntime
-
-    from kdnas.runtimes import runtime_for
 
     archs = _networks_of(cfg, info, 3 if tiny else networks)
     models = [build_model(arch) for arch in archs]
@@ -89,9 +86,6 @@ def anchor(cfg: StudyConfig, info: DatasetInfo, tiny: bool, rounds: int = 8, pau
     """Do a minimum timing time and scaling by the anchor network make figures timed at different moments
     comparable? Each round times the network beside the anchor twice: exactly ``repeats`` runs, and rounds
     going on for ``min_time_s`` (the study's, or the default where the study sets none)."""
-    from kdnas.measure import anchor_network, anchored
-    from kdnas.runtimes import runtime_for
-
     rounds, pause_s = (2, 0.0) if tiny else (rounds, pause_s)
     arch = _networks_of(cfg, info, 1)[0]
     models = [build_model(arch).eval(), anchor_network(info.in_channels)]
